@@ -1,0 +1,37 @@
+# Every target works on a fresh machine with Python 3 and a C compiler.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.speeddata-installed
+SOURCES := $(wildcard pyproject.toml setup.py src/speeddata/*.pyx src/speeddata/*.pxd)
+
+.PHONY: up test bench lint clean install
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Build requirements go into the venv so rebuilds need no network and no isolation copy.
+$(STAMP): $(PY) $(SOURCES)
+	$(PIP) install "setuptools>=77" "wheel" "Cython>=3.0.8" "numpy>=1.24"
+	$(PIP) install --no-build-isolation -e ".[test,lint]"
+	touch $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/speeddata up --demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-columns=min,mean,ops,rounds
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/cython-lint src/speeddata
+
+clean:
+	rm -rf build dist src/*.egg-info src/speeddata/*.so src/speeddata/_*.c .pytest_cache .benchmarks

@@ -1,0 +1,170 @@
+# cython: language_level=3
+"""Inline Avro binary primitives shared by every compiled module.
+
+Avro 1.11 spec, "Binary Encoding": int and long are zigzag varints (at most 5 and 10
+bytes); float and double are little-endian IEEE 754; bytes and string are a long length
+then the bytes. Readers here never read past ``end`` and report failure by returning
+NULL, so a caller validates lengths once and needs no exceptions in its loop.
+"""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
+
+# Program opcodes: keep in sync with speeddata/schema.py.
+cdef enum:
+    OP_NULL = 0
+    OP_BOOLEAN = 1
+    OP_INT = 2
+    OP_LONG = 3
+    OP_FLOAT = 4
+    OP_DOUBLE = 5
+    OP_BYTES = 6
+    OP_STRING = 7
+    OP_ENUM = 8
+    OP_FIXED = 9
+    OP_UNION = 10
+
+
+cdef inline const uint8_t* read_varint(
+    const uint8_t* p, const uint8_t* end, int64_t* out, int max_bytes
+) noexcept nogil:
+    """Decode a zigzag varint of at most ``max_bytes`` (5 for int, 10 for long).
+
+    Returns the pointer past it, or NULL if it is truncated, too long, or its last byte
+    carries bits beyond 32 (int) or 64 (long) bits: such a value has no Avro meaning.
+    """
+    cdef uint64_t acc = 0
+    cdef uint64_t b
+    cdef int shift = 0
+    cdef int i
+    for i in range(max_bytes):
+        if p >= end:
+            return NULL
+        b = p[0]
+        p += 1
+        acc |= (b & 0x7f) << shift
+        if not (b & 0x80):
+            if i == 4 and max_bytes == 5 and b > 0x0f:
+                return NULL
+            if i == 9 and b > 0x01:
+                return NULL
+            out[0] = <int64_t>((acc >> 1) ^ (0 - (acc & 1)))
+            return p
+        shift += 7
+    return NULL
+
+
+cdef inline uint8_t* write_varint(uint8_t* p, int64_t v) noexcept nogil:
+    """Zigzag-encode ``v`` at ``p`` (room for 10 bytes needed); returns the pointer past it."""
+    cdef uint64_t z = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+    while z >= 0x80:
+        p[0] = <uint8_t>((z & 0x7f) | 0x80)
+        p += 1
+        z >>= 7
+    p[0] = <uint8_t>z
+    return p + 1
+
+
+cdef inline int varint_size(int64_t v) noexcept nogil:
+    """Bytes that ``write_varint`` takes for ``v``."""
+    cdef uint64_t z = (<uint64_t>v << 1) ^ <uint64_t>(v >> 63)
+    cdef int n = 1
+    while z >= 0x80:
+        z >>= 7
+        n += 1
+    return n
+
+
+cdef inline bint utf8_valid(const uint8_t* p, Py_ssize_t n) noexcept nogil:
+    """Strict UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF).
+
+    Same acceptance as Python's ``bytes.decode('utf-8')``, which fastavro uses, so a
+    string the relay stores is a string every reader can decode. ASCII runs go 8 bytes
+    at a time.
+    """
+    cdef Py_ssize_t i = 0
+    cdef uint8_t c, c1
+    cdef uint64_t word
+    while i < n:
+        if i + 8 <= n:
+            memcpy(&word, p + i, 8)  # unaligned-safe; compiles to one load
+            if (word & <uint64_t>0x8080808080808080) == 0:
+                i += 8
+                continue
+        c = p[i]
+        if c < 0x80:
+            i += 1
+        elif c < 0xc2:
+            return False  # continuation byte or overlong 2-byte lead
+        elif c < 0xe0:
+            if i + 1 >= n or (p[i + 1] & 0xc0) != 0x80:
+                return False
+            i += 2
+        elif c < 0xf0:
+            if i + 2 >= n:
+                return False
+            c1 = p[i + 1]
+            if (c1 & 0xc0) != 0x80 or (p[i + 2] & 0xc0) != 0x80:
+                return False
+            if c == 0xe0 and c1 < 0xa0:
+                return False  # overlong
+            if c == 0xed and c1 >= 0xa0:
+                return False  # surrogate
+            i += 3
+        elif c < 0xf5:
+            if i + 3 >= n:
+                return False
+            c1 = p[i + 1]
+            if (
+                (c1 & 0xc0) != 0x80
+                or (p[i + 2] & 0xc0) != 0x80
+                or (p[i + 3] & 0xc0) != 0x80
+            ):
+                return False
+            if c == 0xf0 and c1 < 0x90:
+                return False  # overlong
+            if c == 0xf4 and c1 >= 0x90:
+                return False  # above U+10FFFF
+            i += 4
+        else:
+            return False
+    return True
+
+
+cdef inline const uint8_t* skip_value(
+    const uint8_t* p, const uint8_t* end, int32_t op, int32_t arg, int64_t* value
+) noexcept nogil:
+    """Check and step over one encoded value of ``op``; NULL if it is not valid there.
+
+    ``value`` receives the integer of int/long/enum ops (for the time field).
+    """
+    cdef int64_t n
+    if op == OP_NULL:
+        return p
+    if op == OP_BOOLEAN:
+        if p >= end or p[0] > 1:
+            return NULL
+        return p + 1
+    if op == OP_INT:
+        return read_varint(p, end, value, 5)
+    if op == OP_LONG:
+        return read_varint(p, end, value, 10)
+    if op == OP_FLOAT:
+        return p + 4 if end - p >= 4 else NULL
+    if op == OP_DOUBLE:
+        return p + 8 if end - p >= 8 else NULL
+    if op == OP_FIXED:
+        return p + arg if end - p >= arg else NULL
+    if op == OP_ENUM:
+        p = read_varint(p, end, value, 5)
+        if p == NULL or value[0] < 0 or value[0] >= arg:
+            return NULL
+        return p
+    if op == OP_BYTES or op == OP_STRING:
+        p = read_varint(p, end, &n, 10)
+        if p == NULL or n < 0 or n > end - p:
+            return NULL
+        if op == OP_STRING and not utf8_valid(p, <Py_ssize_t>n):
+            return NULL
+        return p + n
+    return NULL

@@ -1,0 +1,9 @@
+from .schema import Schema
+
+class Validator:
+    schema: Schema
+    def __init__(self, schema: Schema | dict | str) -> None: ...
+    def count(self, data: bytes | bytearray | memoryview) -> int: ...
+    def check(
+        self, data: bytes | bytearray | memoryview
+    ) -> tuple[int, int, int | None, int | None]: ...

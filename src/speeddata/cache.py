@@ -1,0 +1,317 @@
+"""The disk cache: segment files, their indexes, recovery and listing (see docs/cache.md).
+
+``SegmentWriter`` is the pure-Python reference writer: the relay's compiled writer
+produces the same files, and tests compare the two. ``recover_segment`` trims a segment
+left open by a crash to its last complete block.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .schema import Schema
+
+__all__ = [
+    "IDX_DTYPE",
+    "RECV_DTYPE",
+    "MAGIC",
+    "Segment",
+    "SegmentWriter",
+    "ocf_header",
+    "encode_long",
+    "segment_stem",
+    "list_segments",
+    "recover_segment",
+]
+
+MAGIC = b"Obj\x01"
+
+IDX_DTYPE = np.dtype(
+    [
+        ("offset", "<u8"),
+        ("size", "<u4"),
+        ("n_records", "<u4"),
+        ("n_datagrams", "<u4"),
+        ("seq_first", "<u4"),
+        ("t_min", "<i8"),
+        ("t_max", "<i8"),
+    ]
+)
+RECV_DTYPE = np.dtype([("recv_ns", "<i8"), ("n_records", "<u4"), ("seq", "<u4")])
+assert IDX_DTYPE.itemsize == 40 and RECV_DTYPE.itemsize == 16
+
+
+def encode_long(value: int) -> bytes:
+    """Avro zigzag varint."""
+    z = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while z >= 0x80:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def ocf_header(schema: Schema, sync: bytes, channel: str, channel_id: int) -> bytes:
+    """The Object Container File header: magic, metadata map, sync marker."""
+    meta = {
+        "avro.schema": schema.json.encode(),
+        "avro.codec": b"null",
+        "speeddata.channel": channel.encode(),
+        "speeddata.channel_id": str(channel_id).encode(),
+    }
+    out = bytearray(MAGIC)
+    out += encode_long(len(meta))
+    for key, value in meta.items():
+        k = key.encode()
+        out += encode_long(len(k)) + k + encode_long(len(value)) + value
+    out += encode_long(0)
+    out += sync
+    return bytes(out)
+
+
+def segment_stem(t_ns: int) -> str:
+    """UTC file stem that sorts by time: ``20261125T103100.123456789Z``."""
+    sec, ns = divmod(t_ns, 1_000_000_000)
+    stamp = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}.{ns:09d}Z"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment of a channel: the three files sharing a stem."""
+
+    avro: Path
+
+    @property
+    def idx(self) -> Path:
+        return self.avro.with_suffix(".idx")
+
+    @property
+    def recv(self) -> Path:
+        return self.avro.with_suffix(".recv")
+
+    @property
+    def channel(self) -> str:
+        return self.avro.parent.name
+
+    def files(self) -> list[Path]:
+        return [self.avro, self.idx, self.recv]
+
+    def read_index(self) -> np.ndarray:
+        try:
+            raw = self.idx.read_bytes()
+        except FileNotFoundError:
+            return np.zeros(0, IDX_DTYPE)
+        return np.frombuffer(raw[: len(raw) // 40 * 40], IDX_DTYPE)
+
+    def read_recv(self) -> np.ndarray:
+        try:
+            raw = self.recv.read_bytes()
+        except FileNotFoundError:
+            return np.zeros(0, RECV_DTYPE)
+        return np.frombuffer(raw[: len(raw) // 16 * 16], RECV_DTYPE)
+
+    def header_size(self) -> int:
+        """Bytes up to and including the header's sync marker."""
+        with open(self.avro, "rb") as f:
+            head = f.read(64 * 1024)
+        return _parse_header(head)[0]
+
+    def sync(self) -> bytes:
+        with open(self.avro, "rb") as f:
+            head = f.read(64 * 1024)
+        return _parse_header(head)[1]
+
+
+def _read_long(buf, pos: int) -> tuple[int, int]:
+    acc = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        acc |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (acc >> 1) ^ -(acc & 1), pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _parse_header(head: bytes) -> tuple[int, bytes, dict]:
+    """-> (header size including sync, sync marker, metadata)."""
+    if head[:4] != MAGIC:
+        raise ValueError("not an Avro object container file")
+    pos = 4
+    meta = {}
+    while True:
+        count, pos = _read_long(head, pos)
+        if count == 0:
+            break
+        if count < 0:
+            _, pos = _read_long(head, pos)  # block byte size, unused
+            count = -count
+        for _ in range(count):
+            n, pos = _read_long(head, pos)
+            key = head[pos : pos + n].decode()
+            pos += n
+            n, pos = _read_long(head, pos)
+            meta[key] = head[pos : pos + n]
+            pos += n
+    sync = head[pos : pos + 16]
+    if len(sync) != 16:
+        raise ValueError("truncated header")
+    return pos + 16, sync, meta
+
+
+class SegmentWriter:
+    """Reference writer of one segment: pre-allocated, memory-mapped, trimmed on close.
+
+    ``append(datagrams, recv_ns, seqs, counts, t_ranges)`` writes one block holding the
+    given datagrams (bytes of whole records, already validated).
+    """
+
+    def __init__(
+        self,
+        channel_dir: Path,
+        schema: Schema,
+        channel: str,
+        channel_id: int,
+        size: int,
+        t_open_ns: int | None = None,
+        sync: bytes | None = None,
+    ):
+        channel_dir.mkdir(parents=True, exist_ok=True)
+        self.t_open_ns = t_open_ns if t_open_ns is not None else time.time_ns()
+        self.segment = Segment(channel_dir / f"{segment_stem(self.t_open_ns)}.avro")
+        self.sync = sync if sync is not None else os.urandom(16)
+        header = ocf_header(schema, self.sync, channel, channel_id)
+        self.capacity = max(size, len(header) + 64)
+        self._fd = os.open(self.segment.avro, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        os.ftruncate(self._fd, self.capacity)
+        self._map = mmap.mmap(self._fd, self.capacity)
+        self._map[: len(header)] = header
+        self.end = len(header)
+        self._idx = open(self.segment.idx, "wb", buffering=0)  # noqa: SIM115
+        self._recv = open(self.segment.recv, "wb", buffering=0)  # noqa: SIM115
+        self.n_blocks = 0
+        self.n_records = 0
+        self.closed = False
+
+    def room(self, n_bytes: int) -> bool:
+        """Whether a block of ``n_bytes`` of records fits."""
+        return self.end + n_bytes + 20 + 16 <= self.capacity
+
+    def append(
+        self,
+        datagrams: list[bytes],
+        recv_ns: list[int],
+        seqs: list[int],
+        counts: list[int],
+        t_min: int,
+        t_max: int,
+    ) -> None:
+        data = b"".join(datagrams)
+        n_records = sum(counts)
+        block = encode_long(n_records) + encode_long(len(data)) + data + self.sync
+        if self.end + len(block) > self.capacity:
+            raise ValueError("block does not fit in the segment; rotate first")
+        recv = np.zeros(len(datagrams), RECV_DTYPE)
+        recv["recv_ns"] = recv_ns
+        recv["n_records"] = counts
+        recv["seq"] = [s & 0xFFFFFFFF for s in seqs]
+        entry = np.zeros(1, IDX_DTYPE)
+        entry[0] = (self.end, len(block), n_records, len(datagrams), seqs[0] & 0xFFFFFFFF, t_min, t_max)
+        # docs/cache.md, "Write order": receive times, then the index entry, then the block.
+        self._recv.write(recv.tobytes())
+        self._idx.write(entry.tobytes())
+        self._map[self.end : self.end + len(block)] = block
+        self.end += len(block)
+        self.n_blocks += 1
+        self.n_records += n_records
+
+    def close(self) -> Segment:
+        """Unmap and trim the segment to its last block."""
+        if not self.closed:
+            self._map.close()
+            os.ftruncate(self._fd, self.end)
+            os.close(self._fd)
+            self._idx.close()
+            self._recv.close()
+            self.closed = True
+        return self.segment
+
+    def __enter__(self) -> SegmentWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def list_segments(cache_dir: Path, channel: str) -> list[Segment]:
+    """The channel's segments, oldest first."""
+    d = Path(cache_dir) / channel
+    if not d.is_dir():
+        return []
+    return [Segment(p) for p in sorted(d.glob("*.avro"))]
+
+
+def recover_segment(segment: Segment, validator=None) -> tuple[int, int]:
+    """Trim a segment (and its index files) to its last complete block, per docs/cache.md.
+
+    ``validator`` (anything with ``count(bytes) -> int``) also checks each block's records;
+    without it only framing is checked. Returns ``(good blocks, dropped index entries)``.
+    """
+    with open(segment.avro, "r+b") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if file_size == 0:
+            return (0, 0)
+        mm = mmap.mmap(f.fileno(), 0)
+        try:
+            header_size, sync, _ = _parse_header(mm[: min(file_size, 64 * 1024)])
+            index = segment.read_index()
+            end = header_size
+            good = 0
+            for entry in index:
+                if int(entry["offset"]) != end or end + int(entry["size"]) > file_size:
+                    break
+                try:
+                    n_records, pos = _read_long(mm, end)
+                    n_bytes, pos = _read_long(mm, pos)
+                except (ValueError, IndexError):
+                    break
+                block_end = pos + n_bytes + 16
+                if (
+                    n_records != int(entry["n_records"])
+                    or n_bytes < 0
+                    or block_end != end + int(entry["size"])
+                    or mm[pos + n_bytes : block_end] != sync
+                ):
+                    break
+                if validator is not None and validator.count(mm[pos : pos + n_bytes]) != n_records:
+                    break
+                end = block_end
+                good += 1
+        finally:
+            mm.close()
+        f.truncate(end)
+    n_datagrams = int(index["n_datagrams"][:good].sum()) if good else 0
+    with open(segment.idx, "r+b") if segment.idx.exists() else open(segment.idx, "wb") as f:
+        f.truncate(good * IDX_DTYPE.itemsize)
+    with open(segment.recv, "r+b") if segment.recv.exists() else open(segment.recv, "wb") as f:
+        f.truncate(n_datagrams * RECV_DTYPE.itemsize)
+    return good, len(index) - good
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON so that a reader sees the old or the new file, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    os.replace(tmp, path)

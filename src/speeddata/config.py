@@ -1,0 +1,399 @@
+"""Deployment configuration: one TOML file -> frozen dataclasses, with errors that say the fix.
+
+Every error names the file, the key (as a dotted path such as ``channels[2].port``) and
+what is allowed. Relative schema paths are resolved against the config file's folder;
+the cache folder is resolved against the current directory.
+
+The built-in default (``speeddata/default.toml``) runs three demo channels with
+everything on 127.0.0.1, so ``speeddata up`` works with no file at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpeedDataError
+from .schema import Schema, SchemaError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CacheConfig",
+    "ChannelConfig",
+    "MulticastConfig",
+    "RelayConfig",
+    "ServerConfig",
+    "DEFAULT_CONFIG",
+    "load_config",
+    "parse_size",
+    "parse_duration",
+    "parse_budget",
+    "parse_address",
+]
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+
+
+class ConfigError(SpeedDataError, ValueError):
+    """A configuration that cannot be used; the message names file, key and fix."""
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "min": 60.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 7 * 86400.0,
+}
+_NUMBER_UNIT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z%]*)\s*$")
+
+
+def parse_size(value: int | str) -> int:
+    """``"64 MiB"`` -> 67108864. Integers are bytes. SI (kB, MB) and IEC (KiB, MiB) units."""
+    if isinstance(value, bool):
+        raise ValueError("a size must be a number of bytes or a string such as '64 MiB'")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a size cannot be negative")
+        return value
+    m = _NUMBER_UNIT.match(str(value))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size; write bytes or e.g. '64 MiB', '2 GB', '512 kB'")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: int | float | str) -> float:
+    """``"30s"``, ``"2h"``, ``"500ms"``, ``"7d"`` -> seconds. Plain numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration must be seconds or a string such as '30s'")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    m = _NUMBER_UNIT.match(str(value))
+    unit = m.group(2).lower() if m else None
+    if not m or (unit and unit not in _DURATION_UNITS):
+        raise ValueError(
+            f"{value!r} is not a duration; write e.g. '500ms', '30s', '5min', '2h', '7d'"
+        )
+    return float(m.group(1)) * _DURATION_UNITS.get(unit or "s", 1.0)
+
+
+def parse_budget(value: int | str) -> tuple[str, float]:
+    """``"80%"`` -> ``("share", 0.8)``; ``"20 GiB"`` -> ``("bytes", 21474836480)``."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            share = -1.0
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"{value!r}: a share of the file system must be between 0% and 100%")
+        return ("share", share)
+    return ("bytes", float(parse_size(value)))
+
+
+def parse_address(value: str, multicast: bool = False) -> tuple[str, int]:
+    """``"239.10.0.1:7000"`` -> ``("239.10.0.1", 7000)``, checking host and port."""
+    if not isinstance(value, str) or value.count(":") != 1:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. '127.0.0.1:8080')")
+    host, _, port_s = value.partition(":")
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ValueError(f"{value!r}: port {port_s!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"{value!r}: port must be 1..65535")
+    try:
+        ip = ipaddress.IPv4Address(host)
+    except ValueError:
+        if multicast:
+            raise ValueError(f"{value!r}: {host!r} is not an IPv4 address") from None
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"{value!r}: {host!r} is not a host name or IPv4 address") from None
+        return host, port
+    if multicast and not ip.is_multicast:
+        raise ValueError(f"{value!r}: {host} is not a multicast address (224.0.0.0/4)")
+    return host, port
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    dir: Path = Path("data")
+    #: ("bytes", n) or ("share", fraction of the file system holding ``dir``)
+    budget: tuple[str, float] = ("share", 0.8)
+    segment_size: int = 64 * 1024**2
+    segment_age: float = 3600.0  # rotate a segment after this many seconds
+    max_age: float | None = None  # delete untagged segments older than this
+    flush_interval: float = 0.2  # close a block at least this often (seconds)
+    enabled: bool = True
+
+    def budget_bytes(self, total_fs_bytes: int) -> int:
+        kind, value = self.budget
+        return int(value * total_fs_bytes) if kind == "share" else int(value)
+
+
+@dataclass(frozen=True)
+class MulticastConfig:
+    interface: str = "127.0.0.1"
+    ttl: int = 1
+    loop: bool = True
+    full: tuple[str, int] = ("239.10.0.1", 7000)
+    decimated: tuple[str, int] = ("239.10.0.2", 7001)
+    announce_interval: float = 1.0
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    control: str = "tcp://127.0.0.1:7100"  # ZeroMQ REP: status, add, remove, rotate
+    stats: str = "tcp://127.0.0.1:7101"  # ZeroMQ PUB: stats once a second
+    shared_port: int | None = 26000  # single-object encoded datagrams, routed by fingerprint
+    listen: str = "127.0.0.1"  # address the channel ports bind to
+    rcvbuf: int = 8 * 1024**2
+    workers: int = 1
+    batch: int = 64  # datagrams per recvmmsg
+    rejected_dir: bool = False  # keep rejected datagrams under <cache>/rejected/
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: tuple[str, int] = ("127.0.0.1", 8080)
+    token: str | None = None  # required for state-changing requests when not on loopback
+    window: float = 600.0  # seconds of recent data kept per signal
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    name: str
+    port: int | None
+    schema: Schema
+    id: int
+    decimation: int = 1
+    time: str | None = None
+
+    @property
+    def schema_path(self) -> Path | None:
+        return self.schema.path
+
+
+@dataclass(frozen=True)
+class Config:
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    multicast: MulticastConfig = field(default_factory=MulticastConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    channels: tuple[ChannelConfig, ...] = ()
+    path: Path | None = None
+
+    def channel(self, name: str) -> ChannelConfig:
+        for ch in self.channels:
+            if ch.name == name:
+                return ch
+        raise KeyError(f"no channel {name!r}; channels: {[c.name for c in self.channels]}")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Section:
+    """Reads one TOML table, tracking which keys were used so unknown ones are reported."""
+
+    def __init__(self, where: str, key: str, table: Any, allowed: tuple[str, ...]):
+        self.where = where
+        self.key = key
+        if not isinstance(table, dict):
+            self.fail(key, f"must be a table ([{key}]), not {type(table).__name__}")
+        self.table = table
+        for k in table:
+            if k not in allowed:
+                self.fail(f"{key}.{k}", f"unknown key; allowed keys in [{key}]: {', '.join(allowed)}")
+
+    def fail(self, key: str, why: str) -> None:
+        raise ConfigError(f"{self.where}: {key}: {why}")
+
+    def get(self, name: str, default: Any, parse=None, types: tuple = ()) -> Any:
+        if name not in self.table:
+            return default
+        value = self.table[name]
+        if types and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
+            allowed = " or ".join(t.__name__ for t in types)
+            self.fail(f"{self.key}.{name}", f"must be {allowed}, not {value!r}")
+        if parse is None:
+            return value
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.fail(f"{self.key}.{name}", str(exc))
+
+
+def _positive_int(value: Any, lo: int = 1, hi: int = 2**31) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"must be an integer from {lo} to {hi}, not {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, text: str | None = None) -> Config:
+    """Load a deployment config from ``path`` (or TOML ``text``); None means the default."""
+    if text is None:
+        path = Path(path) if path is not None else DEFAULT_CONFIG
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    where = str(path) if path is not None else "<config>"
+    base = Path(path).resolve().parent if path is not None else Path.cwd()
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    _Section(where, "config", doc, ("cache", "multicast", "relay", "server", "channels"))
+
+    c = _Section(where, "cache", doc.get("cache", {}), tuple(f.name for f in dataclasses.fields(CacheConfig)))
+    d = CacheConfig()
+    cache = CacheConfig(
+        dir=Path(c.get("dir", str(d.dir), types=(str,))),
+        budget=c.get("budget", d.budget, parse_budget, (str, int)),
+        segment_size=c.get("segment_size", d.segment_size, parse_size, (str, int)),
+        segment_age=c.get("segment_age", d.segment_age, parse_duration, (str, int, float)),
+        max_age=c.get("max_age", d.max_age, parse_duration, (str, int, float)),
+        flush_interval=c.get("flush_interval", d.flush_interval, parse_duration, (str, int, float)),
+        enabled=c.get("enabled", d.enabled, types=(bool,)),
+    )
+    if not 64 * 1024 <= cache.segment_size <= 2**32 - 1:
+        c.fail("cache.segment_size", "must be from 64 KiB to 4 GiB (block offsets are 32-bit)")
+
+    m = _Section(
+        where, "multicast", doc.get("multicast", {}),
+        ("interface", "ttl", "loop", "full", "decimated", "announce_interval"),
+    )
+    d = MulticastConfig()
+    multicast = MulticastConfig(
+        interface=m.get("interface", d.interface, _ipv4, (str,)),
+        ttl=m.get("ttl", d.ttl, lambda v: _positive_int(v, 0, 255)),
+        loop=m.get("loop", d.loop, types=(bool,)),
+        full=m.get("full", d.full, lambda v: parse_address(v, multicast=True), (str,)),
+        decimated=m.get("decimated", d.decimated, lambda v: parse_address(v, multicast=True), (str,)),
+        announce_interval=m.get(
+            "announce_interval", d.announce_interval, parse_duration, (str, int, float)
+        ),
+    )
+    if multicast.full == multicast.decimated:
+        m.fail("multicast.decimated", "must differ from multicast.full (another group or port)")
+
+    r = _Section(where, "relay", doc.get("relay", {}), tuple(f.name for f in dataclasses.fields(RelayConfig)))
+    d = RelayConfig()
+    relay = RelayConfig(
+        control=r.get("control", d.control, _zmq_endpoint, (str,)),
+        stats=r.get("stats", d.stats, _zmq_endpoint, (str,)),
+        shared_port=r.get("shared_port", d.shared_port, lambda v: _positive_int(v, 0, 65535) or None),
+        listen=r.get("listen", d.listen, _ipv4, (str,)),
+        rcvbuf=r.get("rcvbuf", d.rcvbuf, parse_size, (str, int)),
+        workers=r.get("workers", d.workers, lambda v: _positive_int(v, 1, 256)),
+        batch=r.get("batch", d.batch, lambda v: _positive_int(v, 1, 1024)),
+        rejected_dir=r.get("rejected_dir", d.rejected_dir, types=(bool,)),
+    )
+
+    s = _Section(where, "server", doc.get("server", {}), ("listen", "token", "window"))
+    d = ServerConfig()
+    server = ServerConfig(
+        listen=s.get("listen", d.listen, parse_address, (str,)),
+        token=s.get("token", d.token, types=(str,)),
+        window=s.get("window", d.window, parse_duration, (str, int, float)),
+    )
+
+    raw_channels = doc.get("channels", [])
+    if not isinstance(raw_channels, list):
+        raise ConfigError(f"{where}: channels: must be an array of tables ([[channels]])")
+    channels = []
+    used_ports = {p: "relay.shared_port" for p in [relay.shared_port] if p}
+    used_names: dict[str, str] = {}
+    used_ids: dict[int, str] = {}
+    for i, raw in enumerate(raw_channels):
+        key = f"channels[{i}]"
+        ch = _Section(where, key, raw, ("name", "port", "schema", "decimation", "time", "id"))
+        if "name" not in raw:
+            ch.fail(f"{key}.name", "missing; every channel needs a name")
+        if "schema" not in raw:
+            ch.fail(f"{key}.schema", "missing; give the path of the channel's .avsc file")
+        name = ch.get("name", None, types=(str,))
+        if not _NAME.match(name):
+            ch.fail(f"{key}.name", f"{name!r}: use letters, digits, '_', '-', '.' (max 64)")
+        if name in used_names:
+            ch.fail(f"{key}.name", f"{name!r} is already used by {used_names[name]}")
+        used_names[name] = key
+        port = ch.get("port", None, lambda v: _positive_int(v, 1, 65535))
+        if port is not None:
+            if port in used_ports:
+                ch.fail(f"{key}.port", f"{port} is already used by {used_ports[port]}")
+            used_ports[port] = key
+        cid = ch.get("id", i + 1, lambda v: _positive_int(v, 1, 2**32 - 1))
+        if cid in used_ids:
+            ch.fail(f"{key}.id", f"{cid} is already used by {used_ids[cid]}")
+        used_ids[cid] = key
+        schema_path = Path(ch.get("schema", None, types=(str,)))
+        if not schema_path.is_absolute():
+            schema_path = base / schema_path
+        if not schema_path.is_file():
+            ch.fail(f"{key}.schema", f"file {str(schema_path)!r} does not exist")
+        time_field = ch.get("time", None, types=(str,))
+        try:
+            schema = Schema(schema_path, time=time_field)
+        except SchemaError as exc:
+            ch.fail(f"{key}.schema", str(exc))
+        channels.append(
+            ChannelConfig(
+                name=name,
+                port=port,
+                schema=schema,
+                id=cid,
+                decimation=ch.get("decimation", 1, _positive_int),
+                time=schema.time_field,
+            )
+        )
+    return Config(cache, multicast, relay, server, tuple(channels), Path(path) if path else None)
+
+
+def _ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv4 address (e.g. '127.0.0.1')") from None
+
+
+def _zmq_endpoint(value: str) -> str:
+    if not re.match(r"^(tcp://[^:]+:\d+|ipc://.+|inproc://.+)$", value):
+        raise ValueError(f"{value!r} is not a ZeroMQ endpoint (e.g. 'tcp://127.0.0.1:7100')")
+    return value

@@ -1,0 +1,407 @@
+"""Channel schemas: an Avro ``record`` -> signals, time field, fingerprint, numpy dtype, program.
+
+A channel's schema is an Avro record whose fields (nested records flattened to dotted
+names) are its signals. Only types with a fixed, flat shape are supported, so that every
+record maps to one row of columns:
+
+    null, boolean, int, long, float, double, bytes, string, enum, fixed,
+    unions of null and one of those, and nested records.
+
+Arrays, maps, recursive records and unions of two non-null types are refused with an
+error naming the field.
+
+The schema is compiled into a *program*: a flat ``int32`` array of ``(op, arg)`` pairs,
+one pair per encoded item in field order. The compiled validator, the encoder and the
+column decoder all walk the same program, so they agree on the layout by construction.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastavro.schema import fingerprint as _fastavro_fingerprint
+from fastavro.schema import parse_schema, to_parsing_canonical_form
+
+from .errors import SpeedDataError
+
+__all__ = [
+    "Schema",
+    "SchemaError",
+    "Signal",
+    "OP_NULL",
+    "OP_BOOLEAN",
+    "OP_INT",
+    "OP_LONG",
+    "OP_FLOAT",
+    "OP_DOUBLE",
+    "OP_BYTES",
+    "OP_STRING",
+    "OP_ENUM",
+    "OP_FIXED",
+    "OP_UNION",
+]
+
+# Program opcodes. Keep in sync with ``_avro.pxd``.
+OP_NULL = 0  # nothing encoded
+OP_BOOLEAN = 1  # one byte, 0 or 1
+OP_INT = 2  # zigzag varint, at most 5 bytes
+OP_LONG = 3  # zigzag varint, at most 10 bytes
+OP_FLOAT = 4  # 4 bytes little-endian IEEE 754
+OP_DOUBLE = 5  # 8 bytes little-endian IEEE 754
+OP_BYTES = 6  # long length, then that many bytes
+OP_STRING = 7  # long length, then that many bytes of UTF-8
+OP_ENUM = 8  # int index; arg = number of symbols
+OP_FIXED = 9  # arg = size in bytes
+OP_UNION = 10  # long branch index (0 or 1); arg = index of the null branch; the next
+#                pair is the non-null branch's op, run only when that branch is chosen
+
+_PRIMITIVE_OPS = {
+    "null": OP_NULL,
+    "boolean": OP_BOOLEAN,
+    "int": OP_INT,
+    "long": OP_LONG,
+    "float": OP_FLOAT,
+    "double": OP_DOUBLE,
+    "bytes": OP_BYTES,
+    "string": OP_STRING,
+}
+
+# Fixed-size ops and their numpy types, for the zero-parse layout.
+_FIXED_LAYOUT = {OP_BOOLEAN: "?", OP_FLOAT: "<f4", OP_DOUBLE: "<f8"}
+
+# Nanoseconds per unit of the time field, by logical type. A plain ``long`` is taken as ns.
+_TIME_SCALE = {
+    None: 1,
+    "timestamp-nanos": 1,
+    "local-timestamp-nanos": 1,
+    "timestamp-micros": 1_000,
+    "local-timestamp-micros": 1_000,
+    "timestamp-millis": 1_000_000,
+    "local-timestamp-millis": 1_000_000,
+}
+
+
+class SchemaError(SpeedDataError, ValueError):
+    """A schema that SpeedData cannot use; the message names the field and the reason."""
+
+
+@dataclass(frozen=True)
+class Signal:
+    """One named quantity: a (possibly nested, dotted) field of the channel record."""
+
+    name: str
+    type: str  # Avro type name: boolean, int, long, float, double, bytes, string, enum, fixed
+    nullable: bool = False
+    doc: str | None = None
+    unit: str | None = None
+    logical_type: str | None = None
+    symbols: tuple[str, ...] | None = None  # enum
+    size: int | None = None  # fixed
+    op_index: int = 0  # position of this signal's value op in the program (pairs)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The numpy dtype of this signal's column (strings/bytes are objects)."""
+        return np.dtype(
+            {
+                "boolean": "?",
+                "int": "<i4",
+                "long": "<i8",
+                "float": "<f4",
+                "double": "<f8",
+                "enum": "<i4",
+                "bytes": "O",
+                "string": "O",
+            }.get(self.type, f"S{self.size}")
+        )
+
+
+@dataclass
+class _Compiler:
+    named: dict[str, Any] = field(default_factory=dict)
+    in_progress: set[str] = field(default_factory=set)
+    ops: list[tuple[int, int]] = field(default_factory=list)
+    signals: list[Signal] = field(default_factory=list)
+
+    def record(self, schema: dict, prefix: str) -> None:
+        name = schema.get("name")
+        if not name:
+            raise SchemaError(f"{prefix or 'schema'}: a record needs a 'name'")
+        full = _fullname(schema)
+        self.in_progress.add(full)
+        self.named[full] = schema
+        self.named.setdefault(name, schema)
+        fields = schema.get("fields")
+        if not isinstance(fields, list) or not fields:
+            raise SchemaError(f"{prefix or name}: a record needs a non-empty 'fields' list")
+        for fld in fields:
+            if not isinstance(fld, dict) or "name" not in fld or "type" not in fld:
+                raise SchemaError(f"{prefix or name}: every field needs a 'name' and a 'type'")
+            self.field(fld, f"{prefix}{fld['name']}")
+        self.in_progress.discard(full)
+
+    def field(self, fld: dict, path: str) -> None:
+        ftype = fld["type"]
+        nullable = False
+        if isinstance(ftype, list):
+            branches = [self.resolve(b, path) for b in ftype]
+            non_null = [b for b in branches if _type_name(b) != "null"]
+            if len(ftype) != 2 or len(non_null) != 1:
+                raise SchemaError(
+                    f"field {path!r}: union {json.dumps(ftype)} is not supported; "
+                    "use a union of null and one type, e.g. [\"null\", \"double\"]"
+                )
+            value = non_null[0]
+            if _type_name(value) == "record":
+                raise SchemaError(
+                    f"field {path!r}: a nullable record is not supported; "
+                    "make its fields nullable instead"
+                )
+            null_index = 0 if _type_name(branches[0]) == "null" else 1
+            self.ops.append((OP_UNION, null_index))
+            ftype = value
+            nullable = True
+        else:
+            ftype = self.resolve(ftype, path)
+
+        tname = _type_name(ftype)
+        if tname == "record":
+            full = _fullname(ftype)
+            if full in self.in_progress:
+                raise SchemaError(f"field {path!r}: recursive record {full!r} is not supported")
+            self.record(ftype, f"{path}.")
+            return
+        if tname in ("array", "map"):
+            raise SchemaError(
+                f"field {path!r}: type {tname!r} is not supported; a signal must be one value "
+                "per record (flatten the elements into separate fields)"
+            )
+        spec = ftype if isinstance(ftype, dict) else {}
+        op_index = len(self.ops)
+        if tname in _PRIMITIVE_OPS:
+            self.ops.append((_PRIMITIVE_OPS[tname], 0))
+            symbols = size = None
+        elif tname == "enum":
+            symbols = tuple(spec.get("symbols") or ())
+            if not symbols:
+                raise SchemaError(f"field {path!r}: an enum needs a non-empty 'symbols' list")
+            self.ops.append((OP_ENUM, len(symbols)))
+            size = None
+        elif tname == "fixed":
+            size = spec.get("size")
+            if not isinstance(size, int) or size < 1:
+                raise SchemaError(f"field {path!r}: a fixed needs a positive integer 'size'")
+            self.ops.append((OP_FIXED, size))
+            symbols = None
+        else:
+            raise SchemaError(f"field {path!r}: unknown type {tname!r}")
+        if tname == "null":
+            return  # a null field carries no signal
+        self.signals.append(
+            Signal(
+                name=path,
+                type=tname,
+                nullable=nullable,
+                doc=fld.get("doc"),
+                unit=fld.get("unit") or spec.get("unit"),
+                logical_type=spec.get("logicalType"),
+                symbols=symbols,
+                size=size,
+                op_index=op_index,
+            )
+        )
+
+    def resolve(self, ftype: Any, path: str) -> Any:
+        """Replace a named-type reference by its definition; register new named types."""
+        if isinstance(ftype, str):
+            if ftype in _PRIMITIVE_OPS:
+                return ftype
+            if ftype in self.in_progress:
+                raise SchemaError(f"field {path!r}: recursive record {ftype!r} is not supported")
+            if ftype not in self.named:
+                raise SchemaError(f"field {path!r}: unknown type {ftype!r}")
+            return self.named[ftype]
+        if isinstance(ftype, dict):
+            tname = ftype.get("type")
+            if isinstance(tname, (dict, list)):
+                return self.resolve(tname, path)
+            if tname in ("enum", "fixed") and "name" in ftype:
+                self.named[_fullname(ftype)] = ftype
+                self.named.setdefault(ftype["name"], ftype)
+            return ftype
+        if isinstance(ftype, list):
+            return ftype
+        raise SchemaError(f"field {path!r}: cannot read type {ftype!r}")
+
+
+def _type_name(t: Any) -> str:
+    if isinstance(t, str):
+        return t
+    if isinstance(t, dict):
+        return t.get("type", "")
+    return "union"
+
+
+def _fullname(t: dict) -> str:
+    name = t["name"]
+    ns = t.get("namespace")
+    return f"{ns}.{name}" if ns and "." not in name else name
+
+
+class Schema:
+    """A channel schema, loaded from a ``.avsc`` path, a JSON string or a dict.
+
+    >>> s = Schema({"type": "record", "name": "engine", "fields": [
+    ...     {"name": "time", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+    ...     {"name": "rpm", "type": "double"}]})
+    >>> [sig.name for sig in s.signals], s.time_field
+    (['time', 'rpm'], 'time')
+    """
+
+    def __init__(self, source: dict | str | PathLike, time: str | None = None):
+        self.path: Path | None = None
+        if isinstance(source, dict):
+            avsc = source
+        elif isinstance(source, PathLike) or (
+            isinstance(source, str) and not source.lstrip().startswith("{")
+        ):
+            self.path = Path(source)
+            try:
+                text = self.path.read_text()
+            except OSError as exc:
+                raise SchemaError(f"{self.path}: cannot read schema file ({exc.strerror})") from exc
+            avsc = _loads(text, str(self.path))
+        else:
+            avsc = _loads(source, "schema")
+        where = f"{self.path}: " if self.path else ""
+        if not isinstance(avsc, dict) or avsc.get("type") != "record":
+            raise SchemaError(f"{where}a channel schema must be an Avro record")
+        compiler = _Compiler()
+        try:
+            compiler.record(avsc, "")
+        except SchemaError as exc:
+            raise SchemaError(f"{where}{exc}") from None
+        try:
+            self.parsed = parse_schema(avsc)
+        except Exception as exc:  # fastavro raises several types for invalid schemas
+            raise SchemaError(f"{where}invalid Avro schema: {exc}") from exc
+        self.avsc: dict = avsc
+        self.name: str = avsc["name"]
+        self.signals: list[Signal] = compiler.signals
+        self.program: np.ndarray = np.array(compiler.ops, dtype=np.int32).reshape(-1, 2)
+        if all(op == OP_NULL for op, _ in compiler.ops):
+            raise SchemaError(f"{where}every field is null: a record must encode to 1+ bytes")
+        self.canonical: str = to_parsing_canonical_form(avsc)
+        #: CRC-64-AVRO of the parsing canonical form, as the 8 bytes of single-object encoding.
+        self.fingerprint: bytes = bytes.fromhex(_fastavro_fingerprint(self.canonical, "CRC-64-AVRO"))
+        self.time_field: str | None = self._find_time(time, where)
+        #: nanoseconds per unit of the time field
+        self.time_scale: int = 1
+        self.time_op: int = -1  # program pair index of the time field's value, or -1
+        if self.time_field is not None:
+            sig = self.signal(self.time_field)
+            self.time_scale = _TIME_SCALE.get(sig.logical_type, 1)
+            self.time_op = sig.op_index
+
+    @classmethod
+    def load(cls, source: dict | str | PathLike, time: str | None = None) -> Schema:
+        return source if isinstance(source, Schema) else cls(source, time)
+
+    def _find_time(self, time: str | None, where: str) -> str | None:
+        if time is not None:
+            names = [s.name for s in self.signals]
+            if time not in names:
+                raise SchemaError(f"{where}time field {time!r} is not a field; fields: {names}")
+            sig = self.signal(time)
+            if sig.type != "long" or sig.nullable:
+                raise SchemaError(
+                    f"{where}time field {time!r} must be a non-null long "
+                    "(logicalType timestamp-nanos, -micros or -millis); it is "
+                    f"{'nullable ' if sig.nullable else ''}{sig.type}"
+                )
+            if sig.logical_type not in _TIME_SCALE:
+                raise SchemaError(
+                    f"{where}time field {time!r}: logicalType {sig.logical_type!r} is not a "
+                    "timestamp; use timestamp-nanos, -micros or -millis"
+                )
+            return time
+        for sig in self.signals:
+            if sig.name == "time" and sig.type == "long" and not sig.nullable:
+                return self._find_time("time", where)
+        for sig in self.signals:
+            if (
+                sig.type == "long"
+                and not sig.nullable
+                and (sig.logical_type or "").startswith(("timestamp-", "local-timestamp-"))
+            ):
+                return sig.name
+        return None
+
+    def signal(self, name: str) -> Signal:
+        for sig in self.signals:
+            if sig.name == name:
+                return sig
+        raise KeyError(f"{self.name}: no signal {name!r}; signals: {[s.name for s in self.signals]}")
+
+    @property
+    def json(self) -> str:
+        """The schema as given, as compact JSON (what the cache header and announces carry)."""
+        return json.dumps(self.avsc, separators=(",", ":"))
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
+
+    @property
+    def fixed_size(self) -> int | None:
+        """Bytes per record when every record has the same size, else None."""
+        size = 0
+        for op, arg in self.program.tolist():
+            if op in _FIXED_LAYOUT:
+                size += np.dtype(_FIXED_LAYOUT[op]).itemsize
+            elif op == OP_FIXED:
+                size += arg
+            elif op != OP_NULL:
+                return None
+        return size
+
+    @property
+    def dtype(self) -> np.dtype | None:
+        """A packed numpy dtype whose bytes *are* the Avro encoding, or None if varints occur.
+
+        Only boolean, float, double and fixed fields (and null fields, which take no bytes)
+        have a fixed layout.
+        """
+        if self.fixed_size is None:
+            return None
+        names, formats, offsets = [], [], []
+        offset = 0
+        for sig in self.signals:
+            op, arg = self.program[sig.op_index]
+            fmt = _FIXED_LAYOUT.get(int(op), f"S{int(arg)}")
+            names.append(sig.name)
+            formats.append(fmt)
+            offsets.append(offset)
+            offset += np.dtype(fmt).itemsize
+        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": offset})
+
+    def __repr__(self) -> str:
+        return f"<Schema {self.name} {len(self.signals)} signals fp={self.fingerprint_hex}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schema) and other.canonical == self.canonical
+
+    def __hash__(self) -> int:
+        return hash(self.canonical)
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{where}: not valid JSON: {exc}") from exc
