@@ -30,6 +30,9 @@ __all__ = [
     "segment_stem",
     "list_segments",
     "recover_segment",
+    "cache_segments",
+    "enforce_retention",
+    "write_json_atomic",
 ]
 
 MAGIC = b"Obj\x01"
@@ -315,3 +318,69 @@ def write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
     os.replace(tmp, path)
+
+
+def cache_segments(cache_dir: Path) -> list[Segment]:
+    """Every segment of every channel (not the tags' links), in no particular order."""
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        return []
+    return [
+        Segment(p)
+        for d in cache_dir.iterdir()
+        if d.is_dir() and d.name not in ("tags", "rejected")
+        for p in d.glob("*.avro")
+    ]
+
+
+def segment_bytes(segment: Segment) -> int:
+    total = 0
+    for p in segment.files():
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def enforce_retention(
+    cache_dir: Path,
+    budget_bytes: int,
+    max_age: float | None = None,
+    open_segments: set[Path] = frozenset(),
+    now_ns: int | None = None,
+) -> list[Segment]:
+    """Delete the oldest closed, unpinned segments until the cache fits its budget and age.
+
+    A segment whose ``.avro`` has more than one link is pinned by a tag and never deleted;
+    segments in ``open_segments`` (being written) are never deleted. Returns what went.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    segments = sorted(cache_segments(cache_dir), key=lambda s: s.avro.name)
+    sizes = {s.avro: segment_bytes(s) for s in segments}
+    total = sum(sizes.values())
+    deleted = []
+    for seg in segments:
+        too_old = max_age is not None and _segment_time_ns(seg) < now_ns - max_age * 1e9
+        if total <= budget_bytes and not too_old:
+            continue
+        if seg.avro in open_segments:
+            continue
+        try:
+            if seg.avro.stat().st_nlink > 1:
+                continue  # pinned by a tag
+        except FileNotFoundError:
+            continue
+        for p in seg.files():
+            p.unlink(missing_ok=True)
+        total -= sizes[seg.avro]
+        deleted.append(seg)
+    return deleted
+
+
+def _segment_time_ns(segment: Segment) -> int:
+    """Open time of a segment, from its file name."""
+    stem = segment.avro.stem
+    whole, _, frac = stem.rstrip("Z").partition(".")
+    t = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
+    return int(t.timestamp()) * 1_000_000_000 + int(frac or 0)
