@@ -43,3 +43,32 @@ def udp_port() -> int:
 @pytest.fixture
 def group() -> str:
     return random_group()
+
+
+# --- Fail on "Exception ignored" ------------------------------------------------------------
+# Python prints "Exception ignored in: ..." when an exception cannot propagate (a __del__, a
+# callback from C, a thread or child process at exit). In-process ones already fail the test
+# through pytest's unraisable-exception warning and filterwarnings=error; this also catches
+# the ones that reach the captured stderr, such as those of child processes started by a
+# test. It reads the report's captured output, so it works beside tests that use capfd or
+# capsys (what a test reads from those is its own business; what it leaves unread is put
+# back into the captured output by pytest and checked here).
+UNRAISABLE_MARKER = "Exception ignored"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    title = f"Captured stderr {call.when}"
+    for name, content in report.sections:
+        if name != title or UNRAISABLE_MARKER not in content:
+            continue
+        if report.passed:  # never hide the test's own failure behind this one
+            start = content.index(UNRAISABLE_MARKER)
+            report.outcome = "failed"
+            report.longrepr = (
+                f"{UNRAISABLE_MARKER!r} in stderr during {call.when} of {item.nodeid}:\n"
+                + content[start : start + 2000]
+            )
+        break

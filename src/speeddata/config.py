@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -90,7 +91,10 @@ def parse_size(value: int | str) -> int:
     m = _NUMBER_UNIT.match(str(value))
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"{value!r} is not a size; write bytes or e.g. '64 MiB', '2 GB', '512 kB'")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    size = float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]
+    if not math.isfinite(size):
+        raise ValueError(f"{value!r} is too large; write e.g. '64 MiB', '2 GB', '512 kB'")
+    return int(size)
 
 
 def parse_duration(value: int | float | str) -> float:
@@ -98,16 +102,20 @@ def parse_duration(value: int | float | str) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration must be seconds or a string such as '30s'")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    m = _NUMBER_UNIT.match(str(value))
-    unit = m.group(2).lower() if m else None
-    if not m or (unit and unit not in _DURATION_UNITS):
-        raise ValueError(
-            f"{value!r} is not a duration; write e.g. '500ms', '30s', '5min', '2h', '7d'"
-        )
-    return float(m.group(1)) * _DURATION_UNITS.get(unit or "s", 1.0)
+        seconds = float(value)
+    else:
+        m = _NUMBER_UNIT.match(str(value))
+        unit = m.group(2).lower() if m else None
+        if not m or (unit and unit not in _DURATION_UNITS):
+            raise ValueError(
+                f"{value!r} is not a duration; write e.g. '500ms', '30s', '5min', '2h', '7d'"
+            )
+        seconds = float(m.group(1)) * _DURATION_UNITS.get(unit or "s", 1.0)
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if not math.isfinite(seconds):  # TOML allows inf and nan
+        raise ValueError(f"{value!r} is not a finite duration; write e.g. '30s', '2h', '7d'")
+    return seconds
 
 
 def parse_budget(value: int | str) -> tuple[str, float]:
@@ -120,7 +128,10 @@ def parse_budget(value: int | str) -> tuple[str, float]:
         if not 0.0 < share <= 1.0:
             raise ValueError(f"{value!r}: a share of the file system must be between 0% and 100%")
         return ("share", share)
-    return ("bytes", float(parse_size(value)))
+    size = parse_size(value)
+    if size == 0:
+        raise ValueError("a budget of 0 bytes keeps nothing; write e.g. '20 GiB' or '80%'")
+    return ("bytes", float(size))
 
 
 def parse_address(value: str, multicast: bool = False) -> tuple[str, int]:
@@ -235,11 +246,15 @@ class _Section:
         self.where = where
         self.key = key
         if not isinstance(table, dict):
-            self.fail(key, f"must be a table ([{key}]), not {type(table).__name__}")
+            self.fail(key, f"must be a table ([{key}]), not {_toml_type(table)}")
         self.table = table
         for k in table:
             if k not in allowed:
-                self.fail(f"{key}.{k}", f"unknown key; allowed keys in [{key}]: {', '.join(allowed)}")
+                if key == _TOP:
+                    self.fail(k, f"unknown key; allowed at the top level: {', '.join(allowed)}")
+                self.fail(
+                    f"{key}.{k}", f"unknown key; allowed keys in [{key}]: {', '.join(allowed)}"
+                )
 
     def fail(self, key: str, why: str) -> None:
         raise ConfigError(f"{self.where}: {key}: {why}")
@@ -248,15 +263,31 @@ class _Section:
         if name not in self.table:
             return default
         value = self.table[name]
-        if types and (not isinstance(value, types) or isinstance(value, bool) and bool not in types):
-            allowed = " or ".join(t.__name__ for t in types)
-            self.fail(f"{self.key}.{name}", f"must be {allowed}, not {value!r}")
+        is_bool = isinstance(value, bool)
+        if types and (not isinstance(value, types) or is_bool and bool not in types):
+            allowed = " or ".join(_TOML_TYPES[t] for t in types)
+            self.fail(f"{self.key}.{name}", f"must be {allowed}, not {_toml_type(value)} {value!r}")
         if parse is None:
             return value
         try:
             return parse(value)
         except ValueError as exc:
             self.fail(f"{self.key}.{name}", str(exc))
+
+
+_TOP = "config"  # the _Section key of the document itself
+_TOML_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _toml_type(value: Any) -> str:
+    """The TOML name of a parsed value's type, for error messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return _TOML_TYPES.get(type(value), type(value).__name__)
 
 
 def _positive_int(value: Any, lo: int = 1, hi: int = 2**31) -> int:
@@ -279,9 +310,9 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
-    _Section(where, "config", doc, ("cache", "multicast", "relay", "server", "channels"))
+    _Section(where, _TOP, doc, ("cache", "multicast", "relay", "server", "channels"))
 
-    c = _Section(where, "cache", doc.get("cache", {}), tuple(f.name for f in dataclasses.fields(CacheConfig)))
+    c = _Section(where, "cache", doc.get("cache", {}), _field_names(CacheConfig))
     d = CacheConfig()
     cache = CacheConfig(
         dir=Path(c.get("dir", str(d.dir), types=(str,))),
@@ -305,7 +336,9 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         ttl=m.get("ttl", d.ttl, lambda v: _positive_int(v, 0, 255)),
         loop=m.get("loop", d.loop, types=(bool,)),
         full=m.get("full", d.full, lambda v: parse_address(v, multicast=True), (str,)),
-        decimated=m.get("decimated", d.decimated, lambda v: parse_address(v, multicast=True), (str,)),
+        decimated=m.get(
+            "decimated", d.decimated, lambda v: parse_address(v, multicast=True), (str,)
+        ),
         announce_interval=m.get(
             "announce_interval", d.announce_interval, parse_duration, (str, int, float)
         ),
@@ -313,18 +346,24 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
     if multicast.full == multicast.decimated:
         m.fail("multicast.decimated", "must differ from multicast.full (another group or port)")
 
-    r = _Section(where, "relay", doc.get("relay", {}), tuple(f.name for f in dataclasses.fields(RelayConfig)))
+    r = _Section(where, "relay", doc.get("relay", {}), _field_names(RelayConfig))
     d = RelayConfig()
     relay = RelayConfig(
         control=r.get("control", d.control, _zmq_endpoint, (str,)),
         stats=r.get("stats", d.stats, _zmq_endpoint, (str,)),
-        shared_port=r.get("shared_port", d.shared_port, lambda v: _positive_int(v, 0, 65535) or None),
+        shared_port=r.get(
+            "shared_port", d.shared_port, lambda v: _positive_int(v, 0, 65535) or None
+        ),
         listen=r.get("listen", d.listen, _ipv4, (str,)),
         rcvbuf=r.get("rcvbuf", d.rcvbuf, parse_size, (str, int)),
         workers=r.get("workers", d.workers, lambda v: _positive_int(v, 1, 256)),
         batch=r.get("batch", d.batch, lambda v: _positive_int(v, 1, 1024)),
         rejected_dir=r.get("rejected_dir", d.rejected_dir, types=(bool,)),
     )
+    if not 4096 <= relay.rcvbuf <= 2**31 - 1:  # SO_RCVBUF takes a C int
+        r.fail("relay.rcvbuf", "must be from 4 KiB to 2 GiB")
+    if relay.control == relay.stats:
+        r.fail("relay.stats", f"must differ from relay.control ({relay.control!r})")
 
     s = _Section(where, "server", doc.get("server", {}), ("listen", "token", "window"))
     d = ServerConfig()
@@ -370,9 +409,15 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
             ch.fail(f"{key}.schema", f"file {str(schema_path)!r} does not exist")
         time_field = ch.get("time", None, types=(str,))
         try:
-            schema = Schema(schema_path, time=time_field)
+            schema = Schema(schema_path)
         except SchemaError as exc:
             ch.fail(f"{key}.schema", str(exc))
+        if time_field is not None:
+            try:
+                schema = Schema(schema.avsc, time=time_field)
+            except SchemaError as exc:
+                ch.fail(f"{key}.time", str(exc))
+            schema.path = schema_path
         channels.append(
             ChannelConfig(
                 name=name,
@@ -384,6 +429,10 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
             )
         )
     return Config(cache, multicast, relay, server, tuple(channels), Path(path) if path else None)
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 def _ipv4(value: str) -> str:

@@ -127,22 +127,31 @@ class _Compiler:
     in_progress: set[str] = field(default_factory=set)
     ops: list[tuple[int, int]] = field(default_factory=list)
     signals: list[Signal] = field(default_factory=list)
+    #: enclosing namespace, for names that give none (Avro spec, "Names")
+    namespace: str = ""
 
     def record(self, schema: dict, prefix: str) -> None:
         name = schema.get("name")
         if not name:
             raise SchemaError(f"{prefix or 'schema'}: a record needs a 'name'")
-        full = _fullname(schema)
+        full = _fullname(schema, self.namespace)
         self.in_progress.add(full)
         self.named[full] = schema
         self.named.setdefault(name, schema)
         fields = schema.get("fields")
         if not isinstance(fields, list) or not fields:
             raise SchemaError(f"{prefix or name}: a record needs a non-empty 'fields' list")
+        outer_namespace, self.namespace = self.namespace, full.rpartition(".")[0]
+        seen: set[str] = set()
         for fld in fields:
             if not isinstance(fld, dict) or "name" not in fld or "type" not in fld:
                 raise SchemaError(f"{prefix or name}: every field needs a 'name' and a 'type'")
-            self.field(fld, f"{prefix}{fld['name']}")
+            path = f"{prefix}{fld['name']}"
+            if fld["name"] in seen:
+                raise SchemaError(f"field {path!r}: defined twice; field names must be unique")
+            seen.add(fld["name"])
+            self.field(fld, path)
+        self.namespace = outer_namespace
         self.in_progress.discard(full)
 
     def field(self, fld: dict, path: str) -> None:
@@ -171,7 +180,7 @@ class _Compiler:
 
         tname = _type_name(ftype)
         if tname == "record":
-            full = _fullname(ftype)
+            full = _fullname(ftype, self.namespace)
             if full in self.in_progress:
                 raise SchemaError(f"field {path!r}: recursive record {full!r} is not supported")
             self.record(ftype, f"{path}.")
@@ -202,6 +211,10 @@ class _Compiler:
             raise SchemaError(f"field {path!r}: unknown type {tname!r}")
         if tname == "null":
             return  # a null field carries no signal
+        if any(sig.name == path for sig in self.signals):
+            raise SchemaError(
+                f"field {path!r}: two signals flatten to this name; rename one of the fields"
+            )
         self.signals.append(
             Signal(
                 name=path,
@@ -221,17 +234,24 @@ class _Compiler:
         if isinstance(ftype, str):
             if ftype in _PRIMITIVE_OPS:
                 return ftype
-            if ftype in self.in_progress:
-                raise SchemaError(f"field {path!r}: recursive record {ftype!r} is not supported")
-            if ftype not in self.named:
-                raise SchemaError(f"field {path!r}: unknown type {ftype!r}")
-            return self.named[ftype]
+            # A name without a dot is looked up in the enclosing namespace first.
+            candidates = [ftype]
+            if self.namespace and "." not in ftype:
+                candidates.insert(0, f"{self.namespace}.{ftype}")
+            for candidate in candidates:
+                if candidate in self.in_progress:
+                    raise SchemaError(
+                        f"field {path!r}: recursive record {ftype!r} is not supported"
+                    )
+                if candidate in self.named:
+                    return self.named[candidate]
+            raise SchemaError(f"field {path!r}: unknown type {ftype!r}")
         if isinstance(ftype, dict):
             tname = ftype.get("type")
             if isinstance(tname, (dict, list)):
                 return self.resolve(tname, path)
             if tname in ("enum", "fixed") and "name" in ftype:
-                self.named[_fullname(ftype)] = ftype
+                self.named[_fullname(ftype, self.namespace)] = ftype
                 self.named.setdefault(ftype["name"], ftype)
             return ftype
         if isinstance(ftype, list):
@@ -247,10 +267,14 @@ def _type_name(t: Any) -> str:
     return "union"
 
 
-def _fullname(t: dict) -> str:
+def _fullname(t: dict, enclosing: str = "") -> str:
+    """Avro spec "Names": a dotted name is full; else its own namespace, else the enclosing one."""
     name = t["name"]
+    if "." in name:
+        return name
     ns = t.get("namespace")
-    return f"{ns}.{name}" if ns and "." not in name else name
+    ns = enclosing if ns is None else ns
+    return f"{ns}.{name}" if ns else name
 
 
 class Schema:
@@ -298,7 +322,9 @@ class Schema:
             raise SchemaError(f"{where}every field is null: a record must encode to 1+ bytes")
         self.canonical: str = to_parsing_canonical_form(avsc)
         #: CRC-64-AVRO of the parsing canonical form, as the 8 bytes of single-object encoding.
-        self.fingerprint: bytes = bytes.fromhex(_fastavro_fingerprint(self.canonical, "CRC-64-AVRO"))
+        self.fingerprint: bytes = bytes.fromhex(
+            _fastavro_fingerprint(self.canonical, "CRC-64-AVRO")
+        )
         self.time_field: str | None = self._find_time(time, where)
         #: nanoseconds per unit of the time field
         self.time_scale: int = 1
@@ -331,8 +357,15 @@ class Schema:
                 )
             return time
         for sig in self.signals:
-            if sig.name == "time" and sig.type == "long" and not sig.nullable:
-                return self._find_time("time", where)
+            # A long named time that is not a timestamp (e.g. time-micros, a time of day)
+            # is not the abscissa: fall through to the timestamp search.
+            if (
+                sig.name == "time"
+                and sig.type == "long"
+                and not sig.nullable
+                and sig.logical_type in _TIME_SCALE
+            ):
+                return "time"
         for sig in self.signals:
             if (
                 sig.type == "long"
@@ -346,7 +379,8 @@ class Schema:
         for sig in self.signals:
             if sig.name == name:
                 return sig
-        raise KeyError(f"{self.name}: no signal {name!r}; signals: {[s.name for s in self.signals]}")
+        names = [s.name for s in self.signals]
+        raise KeyError(f"{self.name}: no signal {name!r}; signals: {names}")
 
     @property
     def json(self) -> str:
@@ -388,7 +422,9 @@ class Schema:
             formats.append(fmt)
             offsets.append(offset)
             offset += np.dtype(fmt).itemsize
-        return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": offset})
+        return np.dtype(
+            {"names": names, "formats": formats, "offsets": offsets, "itemsize": offset}
+        )
 
     def __repr__(self) -> str:
         return f"<Schema {self.name} {len(self.signals)} signals fp={self.fingerprint_hex}>"

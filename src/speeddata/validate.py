@@ -1,7 +1,7 @@
 """Pure-Python reference of the compiled record validator (``speeddata._validate``).
 
 Same behaviour, byte for byte: tests run both on the same inputs. Slow; use
-``speeddata.validator(schema)`` to get the compiled one.
+``speeddata.Validator(schema)`` (``speeddata._validate``) for the compiled one.
 """
 
 from __future__ import annotations
@@ -78,7 +78,13 @@ class PyValidator:
         self.time_op = self.schema.time_op
 
     def check(self, data: bytes) -> tuple[int, int, int | None, int | None]:
-        data = bytes(data)
+        view = memoryview(data)
+        # The compiled twin takes a contiguous buffer of bytes only: refuse the same.
+        if not view.c_contiguous:
+            raise ValueError("the data buffer is not C-contiguous")
+        if view.itemsize != 1:
+            raise ValueError(f"the data buffer holds items of {view.itemsize} bytes, not bytes")
+        data = view.tobytes()
         if not data:
             return (-1, 0, None, None)
         pos = n_records = 0
