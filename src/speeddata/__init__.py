@@ -18,6 +18,13 @@ _EXPORTS = {
     "SpeedDataError": "speeddata.errors",
     "Validator": "speeddata._validate",
     "Source": "speeddata.source",
+    "read": "speeddata.reader",
+    "load": "speeddata.reader",
+    "Columns": "speeddata.reader",
+    "Tag": "speeddata.tags",
+    "add_tag": "speeddata.tags",
+    "list_tags": "speeddata.tags",
+    "remove_tag": "speeddata.tags",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,37 @@
+import numpy as np
+
+from .schema import Schema
+
+def verify_blocks(
+    segment: bytes | bytearray | memoryview,
+    offset: np.ndarray,
+    size: np.ndarray,
+    n_records: np.ndarray,
+    header_size: int,
+    sync: bytes,
+) -> tuple[int, np.ndarray, np.ndarray]: ...
+
+class BlockDecoder:
+    schema: Schema
+    names: list[str]
+    fixed_layout: bool
+    contiguous: bool
+    n_rows: int
+    capacity: int
+    def __init__(
+        self, schema: Schema | dict | str, names: list[str] | None = None, contiguous: bool = True
+    ) -> None: ...
+    def reserve(self, n_rows: int, heap_bytes: int = 0) -> None: ...
+    def decode(
+        self,
+        buffer: bytes | bytearray | memoryview,
+        start: np.ndarray,
+        size: np.ndarray,
+        count: np.ndarray,
+    ) -> int: ...
+    def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
+
+def string_dtype() -> np.dtype: ...
+def materialize(
+    heap: np.ndarray, start: np.ndarray, length: np.ndarray, is_string: bool
+) -> np.ndarray: ...

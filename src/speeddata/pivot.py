@@ -1,0 +1,1094 @@
+"""Pivot: a time range of the cache -> one HDF5 file, one dataset per signal.
+
+Layout of the file (one per set)::
+
+    /                          attrs: format, start_ns, end_ns, start, end, tag, note,
+                                      channels, mode, compression, created
+    /<channel>                 group; attrs: schema (JSON), schema_name, fingerprint,
+                                      time_field, n_records, loss and gap counts
+    /<channel>/time            int64 ns since the epoch (UTC)
+    /<channel>/recv_time       int64 ns, kernel receive time (with --recv-time)
+    /<channel>/<signal>        one dataset per signal; attrs avro_type, units, doc, ...
+    /<channel>/<signal>.valid  bool validity of a nullable non-float signal (floats: NaN)
+
+Types: numbers as themselves, booleans as HDF5's numpy-bool enum, enums as HDF5 enum
+types (every HDF5 reader shows the symbol names; the ``symbols`` attribute repeats them),
+strings as variable-length UTF-8, bytes as variable-length uint8, fixed(N) as N-byte
+strings.
+
+Decimation (``every=N``) keeps records 0, N, 2N... of each channel's range. Resampling
+(``resample="10ms"``, ``agg="mean,min,max"``) groups records in buckets of that length
+aligned on the epoch and writes ``/<channel>/time`` (bucket start), ``/<channel>/count``
+(records per bucket; empty buckets are not written) and ``<signal>.<agg>`` per numeric
+signal; NaN/null values are ignored. Enum, string, bytes and fixed signals take
+``first``/``last`` only (``last`` when neither is asked for). Resampling assumes the
+time of each channel does not go backwards.
+
+Loss and gaps per channel (group attributes), from the ``.recv`` entries of the blocks
+read: ``lost_datagrams`` (missing relay sequence numbers: datagrams the relay accepted
+but did not store), ``seq_gaps`` (places where that happened), ``seq_resets`` (the
+sequence restarted: a relay restart), and ``recv_gaps`` (receive-time intervals longer
+than ``gap_factor`` x the median interval, with ``recv_gap_max_ns`` and
+``recv_gap_total_ns``).
+
+Chunks hold about 1 MiB of one dataset along time. Compression: ``gzip`` (deflate level
+1 + shuffle: every HDF5 reader opens it; the default), ``gzip:N`` (level N), ``none``
+(fastest to write and read, largest), ``lzf`` (+shuffle; fast, but only h5py and
+readers with the LZF plugin open it), and with the ``hdf5plugin`` package: ``blosc``
+(= ``blosc:lz4``), ``blosc:zstd``, ``zstd``, ``lz4`` (fast and small; readers need the
+plugin, e.g. ``import hdf5plugin`` or ``HDF5_PLUGIN_PATH``). ``none`` and ``gzip`` write
+chunks directly (``write_direct_chunk``), compressing on several threads.
+
+The file is written as a temporary file beside the output, fsynced, then renamed: a
+failed pivot (bad input, full disk, Ctrl-C) leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import errno
+import fnmatch
+import io
+import os
+import sys
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .config import parse_duration
+from .errors import SpeedDataError
+from .reader import (
+    ChannelReader,
+    Columns,
+    ReadError,
+    _column_name,
+    cache_channels,
+    format_time,
+    parse_range,
+    resolve_cache_dir,
+)
+from .schema import Schema
+
+__all__ = ["pivot", "PivotError", "PivotResult", "add_arguments", "run", "COMPRESSIONS"]
+
+FORMAT = "speeddata-set/1"
+CHUNK_BYTES = 1024 * 1024
+BATCH_BYTES = 16 * 1024 * 1024
+AGGREGATES = ("mean", "min", "max", "first", "last", "sum")
+COMPRESSIONS = ("none", "gzip", "gzip:N", "lzf", "blosc", "blosc:lz4", "blosc:zstd", "zstd", "lz4")
+TIME_UNITS = "nanoseconds since 1970-01-01 00:00:00 UTC"
+
+
+class PivotError(SpeedDataError, ValueError):
+    """A pivot that cannot be done; the message says why and what to change."""
+
+
+@dataclass
+class PivotResult:
+    """What a pivot wrote."""
+
+    path: Path
+    channels: dict[str, int] = field(default_factory=dict)  # channel -> rows written
+    bytes_in: int = 0  # record bytes read from the cache
+    bytes_out: int = 0  # size of the file
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------- compression
+
+
+@dataclass(frozen=True)
+class _Compression:
+    name: str
+    kwargs: dict  # for create_dataset
+    direct: bool  # chunks written with write_direct_chunk
+    level: int = 0
+
+
+def _compression(spec: str) -> _Compression:
+    spec = (spec or "gzip").strip().lower()
+    if spec == "none":
+        return _Compression("none", {}, True)
+    if spec == "gzip" or spec.startswith("gzip:"):
+        level = 1
+        if ":" in spec:
+            try:
+                level = int(spec.split(":", 1)[1])
+            except ValueError:
+                level = -1
+            if not 0 <= level <= 9:
+                raise PivotError(f"compression {spec!r}: the gzip level is 0 to 9")
+        return _Compression(
+            f"gzip:{level}", {"compression": "gzip", "compression_opts": level, "shuffle": True},
+            True, level,
+        )
+    if spec == "lzf":
+        return _Compression("lzf", {"compression": "lzf", "shuffle": True}, False)
+    plugin = {"blosc": "blosc:lz4", "blosc:lz4": "blosc:lz4", "blosc:zstd": "blosc:zstd",
+              "zstd": "zstd", "lz4": "lz4"}.get(spec)
+    if plugin is None:
+        raise PivotError(
+            f"unknown compression {spec!r}; choose one of: {', '.join(COMPRESSIONS)}"
+        )
+    try:
+        import hdf5plugin
+    except ImportError:
+        raise PivotError(
+            f"compression {spec!r} needs the hdf5plugin package: pip install hdf5plugin "
+            "(or use gzip, lzf or none)"
+        ) from None
+    if plugin.startswith("blosc:"):
+        filt = hdf5plugin.Blosc(cname=plugin.split(":")[1], clevel=5,
+                                shuffle=hdf5plugin.Blosc.SHUFFLE)
+    elif plugin == "zstd":
+        filt = hdf5plugin.Zstd()
+    else:
+        filt = hdf5plugin.LZ4()
+    return _Compression(plugin, dict(filt), False)
+
+
+def _shuffle_deflate(data: bytes, itemsize: int, level: int) -> bytes:
+    """What HDF5's shuffle + deflate filters make of one chunk: bytes grouped by their
+    position in the element (H5Zshuffle.c), then a zlib stream (H5Zdeflate.c)."""
+    if itemsize > 1:
+        data = np.frombuffer(data, np.uint8).reshape(-1, itemsize).T.tobytes()
+    return zlib.compress(data, level)
+
+
+# ---------------------------------------------------------------------------- output file
+
+
+class _GuardedFile(io.RawIOBase):
+    """The temporary output file, given to h5py as a file object.
+
+    HDF5 cannot close a file whose writes fail (a full disk: every flush fails again,
+    and the process crashes at exit when h5py finally closes it). So the first failed
+    write is remembered and every later write is discarded: HDF5 then closes cleanly,
+    the pivot checks ``error`` after each step, removes the file and reports the error.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        self.pos = 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self.pos = offset
+        elif whence == 1:
+            self.pos += offset
+        else:
+            self.pos = os.fstat(self.fd).st_size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        n = os.preadv(self.fd, [buffer], self.pos)
+        self.pos += n
+        return n
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = len(view)
+        if self.error is None:
+            try:
+                done = 0
+                while done < n:  # write(2) may write less than asked
+                    done += os.pwrite(self.fd, view[done:], self.pos + done)
+            except OSError as exc:
+                self.error = exc
+        self.pos += n
+        return n
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def flush(self) -> None:
+        pass
+
+    def sync(self) -> None:
+        if self.error is None:
+            try:
+                os.fsync(self.fd)
+            except OSError as exc:
+                self.error = exc
+
+    def check(self) -> None:
+        """Raise the first write error, if any."""
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        super().close()
+
+
+# ---------------------------------------------------------------------------- writers
+
+
+class _DatasetWriter:
+    """Appends rows to one 1-D dataset, a chunk at a time.
+
+    Fixed-size types with ``none``/``gzip`` go through ``write_direct_chunk`` (compressed
+    on the pool's threads, written in order by this thread); others through h5py's
+    normal write with HDF5's own filter pipeline.
+    """
+
+    def __init__(self, group, name: str, dtype, h5dtype, n_max: int, comp: _Compression,
+                 pool, attrs: dict):
+        import h5py
+
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        variable = h5py.check_vlen_dtype(np.dtype(h5dtype)) is not None or (
+            h5py.check_string_dtype(np.dtype(h5dtype)) is not None
+            and h5py.check_string_dtype(np.dtype(h5dtype)).length is None
+        )
+        itemsize = 16 if variable else max(np.dtype(h5dtype).itemsize, 1)
+        # About CHUNK_BYTES a chunk, the chunks of n_max rows all the same size, so the
+        # last one is not mostly padding (a direct write stores whole chunks).
+        target = max(1, CHUNK_BYTES // itemsize)
+        n_chunks = max(1, -(-max(n_max, 1) // target))
+        self.chunk_rows = -(-max(n_max, 1) // n_chunks)
+        self.direct = comp.direct and not variable
+        kwargs = dict(comp.kwargs) if (comp.name != "none") else {}
+        if variable and comp.name not in ("lzf",) and not comp.name.startswith("gzip"):
+            # Plugin filters divide by the element size, which a variable-length type
+            # does not have (Blosc raises SIGFPE); the heap they point to is never
+            # filtered anyway.
+            kwargs = {}
+        if self.dtype.itemsize == 1 and "shuffle" in kwargs:
+            kwargs["shuffle"] = False  # nothing to shuffle in 1-byte elements
+        self.comp = comp
+        self.ds = group.create_dataset(
+            name, shape=(max(n_max, 0),), maxshape=(None,), dtype=h5dtype,
+            chunks=(self.chunk_rows,), **kwargs,
+        )
+        for k, v in attrs.items():
+            if v is not None:
+                self.ds.attrs[k] = v
+        self.pool = pool
+        self.n = 0  # rows appended
+        self.written = 0  # rows written to the file
+        self.pending: list[np.ndarray] = []
+        self.pending_rows = 0
+        self.inflight: deque = deque()
+
+    def append(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        if self.n + len(values) > self.ds.shape[0]:
+            self.ds.resize((self.n + len(values),))
+        self.n += len(values)
+        if not self.direct:
+            try:
+                self.ds[self.n - len(values) : self.n] = values
+            except ValueError as exc:
+                if "embedded NULL" not in str(exc):
+                    raise
+                # HDF5 variable-length strings end at NUL: write U+2400 (SYMBOL FOR
+                # NULL) instead and count the values changed.
+                fixed = [str(v).replace("\0", "\u2400") for v in values]
+                changed = sum(1 for v in values if "\0" in str(v))
+                self.ds.attrs["nul_replaced"] = int(self.ds.attrs.get("nul_replaced", 0)) + changed
+                self.ds[self.n - len(values) : self.n] = np.array(fixed, dtype=values.dtype)
+            self.written = self.n
+            return
+        self.pending.append(np.ascontiguousarray(values, self.dtype))
+        self.pending_rows += len(values)
+        if self.pending_rows >= self.chunk_rows:
+            self._emit(final=False)
+
+    def _emit(self, final: bool) -> None:
+        data = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        c = self.chunk_rows
+        n_full = len(data) // c
+        for i in range(n_full):
+            self._submit(data[i * c : (i + 1) * c])
+        rest = data[n_full * c :]
+        if final and len(rest):
+            padded = np.zeros(c, self.dtype)
+            padded[: len(rest)] = rest
+            self._submit(padded)
+            rest = rest[:0]
+        self.pending = [rest] if len(rest) else []
+        self.pending_rows = len(rest)
+
+    def _submit(self, chunk: np.ndarray) -> None:
+        offset = self.written
+        self.written += self.chunk_rows
+        if self.comp.name == "none":
+            self.ds.id.write_direct_chunk((offset,), np.ascontiguousarray(chunk))
+            return
+        raw = chunk.tobytes()
+        if self.pool is None:
+            self.ds.id.write_direct_chunk(
+                (offset,), _shuffle_deflate(raw, self.dtype.itemsize, self.comp.level)
+            )
+            return
+        self.inflight.append(
+            (offset, self.pool.submit(_shuffle_deflate, raw, self.dtype.itemsize, self.comp.level))
+        )
+        while len(self.inflight) > 2 * (self.pool._max_workers or 1):
+            self._drain_one()
+
+    def _drain_one(self) -> None:
+        offset, fut = self.inflight.popleft()
+        self.ds.id.write_direct_chunk((offset,), fut.result())
+
+    def abandon(self) -> None:
+        """Drop the dataset and pending chunks (after a failed write)."""
+        for _, fut in self.inflight:
+            fut.cancel()
+        self.inflight.clear()
+        self.pending = []
+        self.ds = None
+
+    def close(self) -> int:
+        if self.direct and self.pending_rows:
+            self._emit(final=True)
+        while self.inflight:
+            self._drain_one()
+        if self.ds.shape[0] != self.n:
+            self.ds.resize((self.n,))
+        return self.n
+
+
+# ---------------------------------------------------------------------------- channels
+
+
+def _h5_types(sig, mode: str) -> tuple[np.dtype, Any]:
+    """(numpy dtype of the column, HDF5 dtype of the dataset) of a signal."""
+    import h5py
+
+    if sig.type == "string":
+        return np.dtype(object), h5py.string_dtype("utf-8")
+    if sig.type == "bytes":
+        return np.dtype(object), h5py.vlen_dtype(np.dtype(np.uint8))
+    if sig.type == "enum":
+        n = len(sig.symbols)
+        base = np.int8 if n <= 127 else np.int16 if n <= 32767 else np.int32
+        return np.dtype(base), h5py.enum_dtype({s: i for i, s in enumerate(sig.symbols)}, base)
+    return sig.dtype, sig.dtype
+
+
+def _signal_attrs(sig, schema: Schema) -> dict:
+    attrs = {
+        "avro_type": sig.type,
+        "signal": sig.name,
+        "doc": sig.doc,
+        "units": sig.unit,
+        "logical_type": sig.logical_type,
+        "nullable": bool(sig.nullable),
+    }
+    if sig.symbols is not None:
+        attrs["symbols"] = list(sig.symbols)
+    if sig.name == schema.time_field:
+        attrs["time_field"] = True
+    return attrs
+
+
+def _prepare(sig, values: np.ndarray) -> np.ndarray:
+    if sig.type == "enum":
+        n = len(sig.symbols)
+        return values.astype(np.int8 if n <= 127 else np.int16 if n <= 32767 else np.int32)
+    if sig.type == "bytes":
+        out = np.empty(len(values), object)
+        out[:] = [np.frombuffer(v, np.uint8) for v in values]
+        return out
+    return values
+
+
+def _numeric(sig) -> bool:
+    return sig.type in ("boolean", "int", "long", "float", "double")
+
+
+@dataclass
+class _Plan:
+    channel: str
+    reader: ChannelReader
+    names: list[str]
+
+
+def _loss(datagrams: np.ndarray, gap_factor: float) -> dict:
+    """Loss and gap counts from the receive-time entries of a channel's datagrams."""
+    out = {
+        "n_datagrams": len(datagrams),
+        "lost_datagrams": 0,
+        "seq_gaps": 0,
+        "seq_resets": 0,
+        "recv_gaps": 0,
+        "recv_gap_max_ns": 0,
+        "recv_gap_total_ns": 0,
+        "recv_interval_median_ns": 0,
+        "recv_gap_threshold_ns": 0,
+        "gap_factor": float(gap_factor),
+    }
+    if len(datagrams) < 2:
+        return out
+    seq = datagrams["seq"].astype(np.int64)
+    step = (seq[1:] - seq[:-1]) % (1 << 32)
+    resets = (step == 0) | (step >= (1 << 31))
+    gaps = (step > 1) & ~resets
+    out["seq_resets"] = int(resets.sum())
+    out["seq_gaps"] = int(gaps.sum())
+    out["lost_datagrams"] = int((step[gaps] - 1).sum())
+    recv = np.sort(datagrams["recv_ns"])
+    interval = np.diff(recv)
+    positive = interval[interval > 0]
+    if len(positive):
+        median = int(np.median(positive))
+        threshold = int(median * gap_factor)
+        big = interval[interval > threshold]
+        out.update(
+            recv_interval_median_ns=median,
+            recv_gap_threshold_ns=threshold,
+            recv_gaps=len(big),
+            recv_gap_max_ns=int(big.max()) if len(big) else 0,
+            recv_gap_total_ns=int(big.sum()),
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------- resampling
+
+
+def _concat(a: Columns, b: Columns) -> Columns:
+    out = Columns({k: _cat(a[k], b[k]) for k in b}, channel=b.channel, schema=b.schema,
+                  valid={k: np.concatenate([a.valid[k], b.valid[k]]) for k in b.valid},
+                  start_ns=b.start_ns, end_ns=b.end_ns)
+    return out
+
+
+def _cat(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    if len(x) == 0:
+        return y
+    if len(y) == 0:
+        return x
+    return np.concatenate([x, y])
+
+
+def _take(cols: Columns, sel: Any) -> Columns:
+    return Columns({k: v[sel] for k, v in cols.items()}, channel=cols.channel,
+                   schema=cols.schema, valid={k: v[sel] for k, v in cols.valid.items()},
+                   start_ns=cols.start_ns, end_ns=cols.end_ns)
+
+
+def resample_columns(cols: Columns, period_ns: int, aggs: list[str]) -> dict[str, np.ndarray]:
+    """Bucket ``cols`` by ``time // period_ns``; returns ``time`` (bucket start), ``count``
+    and ``<signal>.<agg>`` columns (see the module docstring). Rows must be time-sorted."""
+    t = cols["time"]
+    out: dict[str, np.ndarray] = {}
+    if len(t) == 0:
+        return out
+    bucket = t // period_ns
+    starts = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]]))
+    ends = np.concatenate([starts[1:], [len(t)]])
+    out["time"] = bucket[starts] * period_ns
+    out["count"] = (ends - starts).astype(np.int64)
+    for name, sig in cols.signals.items():
+        if name in ("time", "recv_time") or name not in cols:
+            continue  # the abscissa, or a signal not asked for
+        values = cols[name]
+        if _numeric(sig):
+            x = values.astype(np.float64) if (sig.nullable or sig.type in ("float", "double")) \
+                else values
+            if name in cols.valid:
+                x = np.where(cols.valid[name], x, np.nan)
+            for agg in aggs:
+                out[f"{name}.{agg}"] = _aggregate(x, starts, ends, agg)
+        else:
+            wanted = [a for a in aggs if a in ("first", "last")] or ["last"]
+            for agg in wanted:
+                out[f"{name}.{agg}"] = values[starts if agg == "first" else ends - 1]
+    return out
+
+
+def _aggregate(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, agg: str) -> np.ndarray:
+    if agg == "first":
+        return x[starts]
+    if agg == "last":
+        return x[ends - 1]
+    if x.dtype.kind == "f":
+        nan = np.isnan(x)
+        if agg in ("mean", "sum"):
+            total = np.add.reduceat(np.where(nan, 0.0, x), starts)
+            if agg == "sum":
+                return total
+            n = np.add.reduceat((~nan).astype(np.int64), starts)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        # fmin/fmax ignore NaN unless a whole bucket is NaN
+        return (np.fmin if agg == "min" else np.fmax).reduceat(x, starts)
+    if x.dtype == np.bool_:
+        x = x.astype(np.int64)
+    if agg == "mean":
+        return np.add.reduceat(x.astype(np.float64), starts) / (ends - starts)
+    if agg == "sum":
+        return np.add.reduceat(x.astype(np.int64 if x.dtype.kind in "iub" else x.dtype), starts)
+    return (np.minimum if agg == "min" else np.maximum).reduceat(x, starts)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A one-line progress bar on stderr, at most 10 updates a second; silent when off."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total = max(total, 1)
+        self.enabled = enabled
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def update(self, n: int, label: str) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last < 0.1 and self.done < self.total:
+            return
+        self.last = now
+        frac = min(self.done / self.total, 1.0)
+        rate = self.done / max(now - self.t0, 1e-9) / 1e6
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\rpivot {label:<16.16} [{bar:<30}] {frac:6.1%} {rate:7.1f} MB/s")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------- pivot
+
+
+def pivot(
+    cache_dir: Any,
+    output: Any,
+    *,
+    tag: str | None = None,
+    start: Any = None,
+    end: Any = None,
+    channels: Any = None,
+    signals: Any = None,
+    every: int | None = None,
+    resample: Any = None,
+    agg: Any = ("mean", "min", "max"),
+    compression: str = "gzip",
+    recv_time: bool = False,
+    force: bool = False,
+    progress: bool | None = None,
+    threads: int | None = None,
+    gap_factor: float = 10.0,
+    batch_bytes: int = BATCH_BYTES,
+    decoder: str = "compiled",
+) -> PivotResult:
+    """Write ``[start, end)`` (or the tag's range and channels) of the cache to ``output``.
+
+    ``channels``/``signals``: names or globs (signals match ``<signal>`` or
+    ``<channel>.<signal>``). ``every``: keep every Nth record. ``resample``: bucket length
+    (``"10ms"``, or ns as int) with ``agg`` (``"mean,min,max"``; also first, last, sum).
+    ``compression``: see the module docstring. ``progress``: a progress bar on stderr
+    (None: when stderr is a terminal). ``threads``: compression threads (None: CPUs).
+    Raises PivotError (a SpeedDataError) with what to change; no file is left on error.
+    """
+    import h5py
+
+    t_start = time.perf_counter()
+    cache = resolve_cache_dir(cache_dir)
+    output = Path(output)
+    comp = _compression(compression)
+    if every is not None and resample is not None:
+        raise PivotError("choose --every or --resample, not both")
+    if every is not None and (isinstance(every, bool) or int(every) < 1):
+        raise PivotError(f"--every must be a positive integer, not {every!r}")
+    period_ns = None
+    aggs: list[str] = []
+    if resample is not None:
+        period_ns = _period_ns(resample)
+        aggs = [a.strip() for a in (agg.split(",") if isinstance(agg, str) else agg) if a.strip()]
+        bad = [a for a in aggs if a not in AGGREGATES]
+        if bad or not aggs:
+            raise PivotError(
+                f"unknown aggregate {bad[0] if bad else ''!r}; choose from {', '.join(AGGREGATES)}"
+            )
+    note = ""
+    if tag is not None:
+        from .tags import get_tag
+
+        info = get_tag(cache, tag)
+        start = info.start_ns if start is None else start
+        end = info.end_ns if end is None else end
+        note = info.note
+        available = list(info.channels)
+    else:
+        available = cache_channels(cache)
+    start_ns, end_ns = parse_range(start, end)
+    if not available:
+        raise PivotError(f"the cache {str(cache)!r} holds no channel")
+    chosen = _match_channels(available, channels)
+    if output.is_dir():
+        raise PivotError(f"{output} is a folder; give a file name such as {output / 'set.h5'}")
+    if output.exists() and not force:
+        raise PivotError(f"{output} exists; use --force to replace it")
+    if not output.parent.exists():
+        raise PivotError(f"folder {output.parent} does not exist")
+
+    plans = _plan(cache, chosen, signals, start_ns, end_ns, tag, decoder)
+    try:
+        total_rows = sum(p.reader.n_rows_max for p in plans)
+        if total_rows == 0:
+            ranges = []
+            for ch in chosen:
+                from .cache import channel_summary
+
+                summary = channel_summary(cache, ch)
+                ranges.append(
+                    f"{ch}: {format_time(summary['oldest_ns'])} to "
+                    f"{format_time(summary['newest_ns'])}"
+                )
+            raise PivotError(
+                f"no records between {format_time(start_ns)} and {format_time(end_ns)} in "
+                f"{', '.join(p.channel for p in plans)}; available: {'; '.join(ranges)}"
+            )
+        tmp = output.with_name(f".{output.name}.{os.getpid()}-{time.monotonic_ns()}.tmp")
+        result = PivotResult(path=output)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = _Progress(sum(p.reader.payload_bytes for p in plans), show)
+        n_threads = threads if threads is not None else (os.cpu_count() or 1)
+        pool = (
+            concurrent.futures.ThreadPoolExecutor(n_threads)
+            if n_threads > 1 and comp.direct and comp.name != "none"
+            else None
+        )
+        registry: list[_DatasetWriter] = []
+        guard = f = None
+        try:
+            guard = _GuardedFile(tmp)
+            f = h5py.File(guard, "w", libver=("earliest", "v110"))
+            f.attrs.update(
+                {
+                    "format": FORMAT,
+                    "speeddata_version": __version__,
+                    "created": format_time(time.time_ns()),
+                    "start_ns": start_ns if start_ns is not None else -1,
+                    "end_ns": end_ns if end_ns is not None else -1,
+                    "start": format_time(start_ns),
+                    "end": format_time(end_ns),
+                    "tag": tag or "",
+                    "note": note,
+                    "channels": [p.channel for p in plans],
+                    "compression": comp.name,
+                    "mode": "resample" if period_ns else f"every {every}" if every else "all",
+                    "time_units": TIME_UNITS,
+                }
+            )
+            if period_ns:
+                f.attrs["resample_ns"] = period_ns
+                f.attrs["agg"] = ",".join(aggs)
+            if every:
+                f.attrs["every"] = int(every)
+            for plan in plans:
+                rows = _write_channel(
+                    f, plan, comp, pool, every, period_ns, aggs, recv_time, gap_factor,
+                    batch_bytes, bar, registry, guard,
+                )
+                result.channels[plan.channel] = rows
+                result.bytes_in += plan.reader.payload_bytes
+            f.close()
+            f = None
+            guard.check()
+            guard.sync()
+            guard.check()
+            guard.close()
+            os.replace(tmp, output)
+            _fsync_dir(output.parent)
+        except BaseException as exc:
+            for w in registry:
+                w.abandon()
+            if f is not None:
+                try:
+                    f.close()  # succeeds: the guard discards writes after a failure
+                except Exception:  # noqa: BLE001 - report the first error, below
+                    pass
+            if guard is not None:
+                guard.close()
+            tmp.unlink(missing_ok=True)
+            if _disk_full(exc):
+                raise PivotError(
+                    f"the disk is full (or the file size limit reached) writing {output}: "
+                    "free space or write elsewhere; no file was left behind"
+                ) from exc
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+            bar.finish()
+    finally:
+        for p in plans:
+            p.reader.close()
+    result.bytes_out = output.stat().st_size
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def _period_ns(resample: Any) -> int:
+    if isinstance(resample, (int, np.integer)) and not isinstance(resample, bool):
+        period = int(resample)
+    else:
+        try:
+            period = round(parse_duration(str(resample)) * 1e9)
+        except ValueError as exc:
+            raise PivotError(f"--resample: {exc}") from None
+    if period <= 0:
+        raise PivotError(f"--resample must be a positive duration, not {resample!r}")
+    return period
+
+
+def _match_channels(available: list[str], patterns: Any) -> list[str]:
+    if patterns is None or len(patterns) == 0:
+        return list(available)
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    chosen: list[str] = []
+    for pat in patterns:
+        hits = [c for c in available if fnmatch.fnmatchcase(c, pat)]
+        if not hits:
+            raise PivotError(f"no channel matches {pat!r}; channels: {available}")
+        chosen += [c for c in hits if c not in chosen]
+    return [c for c in available if c in chosen]
+
+
+def _plan(
+    cache: Path, chosen: list[str], signals: Any, start_ns, end_ns, tag, decoder
+) -> list[_Plan]:
+    """Open a reader per channel and apply the signal globs.
+
+    A glob must match a signal of some chosen channel; channels none of whose signals
+    match are left out (``--signals engine.rpm`` writes only engine).
+    """
+    patterns = [signals] if isinstance(signals, str) else list(signals or [])
+    plans: list[_Plan] = []
+    matched = {p: False for p in patterns}
+    try:
+        for channel in chosen:
+            try:
+                reader = ChannelReader(cache, channel, start_ns, end_ns, None, tag=tag,
+                                       decoder=decoder)
+            except ReadError as exc:
+                raise PivotError(str(exc)) from None
+            names = [s.name for s in reader.schema.signals]
+            if patterns:
+                hit = []
+                for pat in patterns:
+                    h = [n for n in names if fnmatch.fnmatchcase(n, pat)
+                         or fnmatch.fnmatchcase(f"{channel}.{n}", pat)]
+                    matched[pat] = matched[pat] or bool(h)
+                    hit += h
+                names = [n for n in names if n in set(hit)]
+                if not names:
+                    reader.close()
+                    continue
+            reader.names = names
+            plans.append(_Plan(channel, reader, names))
+        missing = [p for p, ok in matched.items() if not ok]
+        if missing:
+            listing = {p.channel: [s.name for s in p.reader.schema.signals] for p in plans}
+            raise PivotError(f"no signal matches {missing[0]!r}; signals: {listing or chosen}")
+    except BaseException:
+        for p in plans:
+            p.reader.close()
+        raise
+    return plans
+
+
+def _write_channel(f, plan: _Plan, comp, pool, every, period_ns, aggs, recv_time, gap_factor,
+                   batch_bytes, bar, registry: list, guard: _GuardedFile) -> int:
+    reader = plan.reader
+    schema = reader.schema
+    group = f.create_group(plan.channel)
+    datagrams = reader.datagrams()
+    group.attrs.update(
+        {
+            "schema": schema.json,
+            "schema_name": schema.name,
+            "fingerprint": schema.fingerprint_hex,
+            "time_field": schema.time_field or "",
+            "time_source": "time field" if schema.time_field else "receive time",
+            "time_units": TIME_UNITS,
+            "n_segments": len(reader.blocks),
+            "n_blocks": reader.n_blocks,
+            "n_records_read": 0,
+        }
+    )
+    group.attrs.update(_loss(datagrams, gap_factor))
+    n_max = reader.n_rows_max
+    if every:
+        n_max = -(-n_max // int(every))
+    if period_ns and reader.start_ns is not None and reader.end_ns is not None:
+        n_max = min(n_max, (reader.end_ns - reader.start_ns) // period_ns + 2)
+    writers: dict[str, _DatasetWriter] = {}
+    h5py_time_attrs = {"units": TIME_UNITS, "doc": "time of each row"}
+
+    def writer(name, dtype, h5dtype, attrs):
+        if name not in writers:
+            writers[name] = _DatasetWriter(group, name, dtype, h5dtype, n_max, comp, pool, attrs)
+            registry.append(writers[name])
+        return writers[name]
+
+    # Create datasets up front, in a fixed order, so that empty channels have them too.
+    time_attrs = dict(h5py_time_attrs)
+    if period_ns:
+        time_attrs["doc"] = f"start of each {period_ns} ns bucket"
+    writer("time", np.int64, np.int64, time_attrs)
+    if period_ns:
+        writer("count", np.int64, np.int64, {"doc": "records in the bucket"})
+    elif recv_time:
+        writer("recv_time", np.int64, np.int64,
+               {"units": TIME_UNITS, "doc": "kernel receive time of the record's datagram"})
+    names = [n for n in plan.names if not (n == schema.time_field and schema.time_scale == 1)]
+    for name in names:
+        sig = schema.signal(name)
+        col = _column_name(sig, schema)
+        attrs = _signal_attrs(sig, schema)
+        if period_ns:
+            if _numeric(sig):
+                for a in aggs:
+                    dt = np.float64 if (a in ("mean",) or sig.nullable
+                                        or sig.type in ("float", "double")) else sig.dtype
+                    if a == "sum" and not sig.nullable and sig.type in ("boolean", "int", "long"):
+                        dt = np.int64
+                    writer(f"{col}.{a}", dt, dt, {**attrs, "agg": a})
+            else:
+                for a in [x for x in aggs if x in ("first", "last")] or ["last"]:
+                    dt, h5dt = _h5_types(sig, "resample")
+                    writer(f"{col}.{a}", dt, h5dt, {**attrs, "agg": a})
+            continue
+        dt, h5dt = _h5_types(sig, "records")
+        writer(col, dt, h5dt, attrs)
+        if sig.nullable and sig.type not in ("float", "double"):
+            writers[col].ds.attrs["valid"] = f"{col}.valid"
+            writer(f"{col}.valid", np.bool_, np.bool_,
+                   {"doc": f"True where {col} has a value (False: null)", "valid_of": col})
+
+    seen = 0
+    n_read = 0
+    pending: Columns | None = None
+    batches = _prefetch(reader.batches(batch_bytes, recv_time=recv_time and not period_ns))
+    for batch in batches:
+        batch_rows = batch.n_rows
+        n_read += batch_rows
+        if every:
+            n = int(every)
+            first = (-seen) % n
+            seen += batch.n_rows
+            batch = _take(batch, slice(first, None, n))
+        if period_ns:
+            if pending is not None:
+                batch = _concat(pending, batch)
+            if not _sorted(batch["time"]):
+                batch = _take(batch, np.argsort(batch["time"], kind="stable"))
+            if batch.n_rows:
+                # hold back the last (maybe incomplete) bucket for the next batch
+                last = batch["time"][-1] // period_ns
+                cut = int(np.searchsorted(batch["time"] // period_ns, last, "left"))
+                pending = _take(batch, slice(cut, None))
+                batch = _take(batch, slice(0, cut))
+            _append_resampled(writers, batch, period_ns, aggs)
+        else:
+            _append_rows(writers, batch, schema, names)
+        guard.check()  # stop at the first failed write (full disk)
+        # progress in record bytes: the channel's payload shared out by rows
+        bar.update(reader.payload_bytes * batch_rows // max(reader.n_rows_max, 1), plan.channel)
+    if period_ns and pending is not None and pending.n_rows:
+        _append_resampled(writers, pending, period_ns, aggs)
+    rows = {name: w.close() for name, w in writers.items()}
+    group.attrs["n_records_read"] = n_read
+    group.attrs["n_records"] = rows["time"]
+    times = group["time"]
+    group.attrs["t_first_ns"] = int(times[0]) if rows["time"] else -1
+    group.attrs["t_last_ns"] = int(times[rows["time"] - 1]) if rows["time"] else -1
+    return rows["time"]
+
+
+def _prefetch(batches):
+    """Decode the next batch on a thread while this one is written (the decoder and the
+    writes release the GIL: on two cores the two overlap)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+    done = object()
+
+    def produce():
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="pivot-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _sorted(t: np.ndarray) -> bool:
+    return len(t) < 2 or bool(np.all(t[1:] >= t[:-1]))
+
+
+def _append_rows(writers: dict, batch: Columns, schema: Schema, names: list[str]) -> None:
+    writers["time"].append(batch["time"])
+    if "recv_time" in writers:
+        writers["recv_time"].append(batch["recv_time"])
+    for name in names:
+        sig = schema.signal(name)
+        col = _column_name(sig, schema)
+        writers[col].append(_prepare(sig, batch[col]))
+        if f"{col}.valid" in writers:
+            writers[f"{col}.valid"].append(batch.valid[col])
+
+
+def _append_resampled(writers: dict, batch: Columns, period_ns: int, aggs: list[str]) -> None:
+    if batch.n_rows == 0:
+        return
+    out = resample_columns(batch, period_ns, aggs)
+    for name, values in out.items():
+        w = writers[name]
+        if values.dtype != w.dtype and w.dtype != np.dtype(object):
+            values = values.astype(w.dtype)
+        sig = batch.signals.get(name.rsplit(".", 1)[0])
+        if sig is not None and not _numeric(sig):
+            values = _prepare(sig, values)
+        w.append(values)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("No space left", "File too large", "errno = 28",
+                                   "errno = 27", "Disk quota"))
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .tags import add_cache_arguments
+
+    rng = parser.add_argument_group("what to write (a tag, or --start and --end)")
+    rng.add_argument("--tag", help="the tag's range, channels and note")
+    rng.add_argument("--start", help="ISO time, ns since the epoch, 'now', 'now-5min' "
+                     "(or --start=-5min: a leading '-' needs the '=')")
+    rng.add_argument("--end", help="ISO time, ns since the epoch, 'now', 'now-1min'")
+    rng.add_argument("--channels", nargs="+", metavar="GLOB", help="channel names or globs")
+    rng.add_argument("--signals", nargs="+", metavar="GLOB",
+                     help="signals or globs, as SIGNAL or CHANNEL.SIGNAL (e.g. 'engine.*')")
+    red = parser.add_argument_group("reduction (default: every record)")
+    ex = red.add_mutually_exclusive_group()
+    ex.add_argument("--every", type=int, metavar="N", help="keep every Nth record")
+    ex.add_argument("--resample", metavar="PERIOD", help="time buckets, e.g. 10ms, 1s")
+    red.add_argument("--agg", default="mean,min,max",
+                     help=f"aggregates for --resample, from {','.join(AGGREGATES)}")
+    out = parser.add_argument_group("output")
+    out.add_argument("-o", "--output", required=True, metavar="FILE.h5")
+    out.add_argument("--compression", default="gzip",
+                     help="gzip (default: deflate+shuffle, any reader), gzip:N, none, lzf, "
+                          "blosc, blosc:zstd, zstd, lz4 (last four need hdf5plugin)")
+    out.add_argument("--recv-time", action="store_true", help="add /<channel>/recv_time")
+    out.add_argument("--force", action="store_true", help="replace an existing output file")
+    out.add_argument("--threads", type=int, help="compression threads (default: CPUs)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .tags import cache_dir_from_args
+
+    if args.tag is None and (args.start is None or args.end is None):
+        raise PivotError("give --tag NAME, or both --start and --end")
+    result = pivot(
+        cache_dir_from_args(args),
+        args.output,
+        tag=args.tag,
+        start=args.start,
+        end=args.end,
+        channels=args.channels,
+        signals=args.signals,
+        every=args.every,
+        resample=args.resample,
+        agg=args.agg,
+        compression=args.compression,
+        recv_time=args.recv_time,
+        force=args.force,
+        progress=False if args.no_progress else None,
+        threads=args.threads,
+    )
+    rows = ", ".join(f"{c} {n} rows" for c, n in result.channels.items())
+    print(
+        f"wrote {result.path}: {rows}; {result.bytes_in / 1e6:.1f} MB of records -> "
+        f"{result.bytes_out / 1e6:.1f} MB in {result.seconds:.2f} s"
+    )
+    return 0

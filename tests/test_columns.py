@@ -1,0 +1,287 @@
+"""The column decoder: compiled (_columns.BlockDecoder) and reference (PyBlockDecoder)
+against the values fastavro encoded, block framing checks, and string materialization."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import fastavro
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from _cachedata import ALL_TYPES, WIDE, all_types_record, assert_column_equal, flat
+from speeddata import _columns
+from speeddata.cache import encode_long
+from speeddata.reader import PyBlockDecoder
+from speeddata.schema import Schema
+
+DECODERS = {"compiled": _columns.BlockDecoder, "python": PyBlockDecoder}
+
+
+@pytest.fixture(params=sorted(DECODERS))
+def decoder_cls(request):
+    return DECODERS[request.param]
+
+
+def encode_blocks(schema: Schema, records: list[dict], per_block: int):
+    """Record bytes of blocks of ``per_block`` records, back to back in one buffer."""
+    parsed = fastavro.parse_schema(schema.avsc)
+    buf = bytearray(b"junk before")
+    starts, sizes, counts = [], [], []
+    for i in range(0, len(records), per_block):
+        out = io.BytesIO()
+        for rec in records[i : i + per_block]:
+            fastavro.schemaless_writer(out, parsed, rec)
+        starts.append(len(buf))
+        sizes.append(len(out.getvalue()))
+        counts.append(len(records[i : i + per_block]))
+        buf += out.getvalue() + b"\x00" * 3  # gaps between payloads, as in a segment
+    return bytes(buf), [np.array(x, np.int64) for x in (starts, sizes, counts)]
+
+
+def decode(cls, schema, buf, blocks, names=None):
+    dec = cls(schema, names)
+    dec.reserve(int(blocks[2].sum()), int(blocks[1].sum()))
+    dec.decode(buf, *blocks)
+    return dec.finish()
+
+
+def test_all_types_round_trip(decoder_cls):
+    schema = Schema(ALL_TYPES)
+    rng = random.Random(3)
+    records = [all_types_record(k, rng) for k in range(300)]
+    buf, blocks = encode_blocks(schema, records, 7)
+    columns, valid = decode(decoder_cls, schema, buf, blocks)
+    assert sorted(columns) == sorted(s.name for s in schema.signals)
+    for sig in schema.signals:
+        assert_column_equal(schema, sig.name, columns[sig.name], records, valid.get(sig.name))
+    # float and double nulls are NaN, with no mask; the others have a mask
+    assert set(valid) == {"ni", "nl", "ns", "nb", "ne", "nfx", "nbool"}
+    assert columns["e"].dtype == np.int32 and columns["fx"].dtype == np.dtype("S4")
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        assert columns["s"].dtype == np.dtypes.StringDType()
+    assert columns["by"].dtype == object
+
+
+def test_compiled_equals_reference_on_demo_schemas(schemas_dir):
+    for name in ("engine", "status", "power", "fixed"):
+        schema = Schema(schemas_dir / f"{name}.avsc")
+        parsed = fastavro.parse_schema(schema.avsc)
+        rng = random.Random(name)
+        records = [_random_record(parsed, rng) for _ in range(200)]
+        buf, blocks = encode_blocks(schema, records, 16)
+        a, av = decode(_columns.BlockDecoder, schema, buf, blocks)
+        b, bv = decode(PyBlockDecoder, schema, buf, blocks)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key].dtype == b[key].dtype, key
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}.{key}")
+        assert av.keys() == bv.keys()
+
+
+def _random_record(parsed, rng):
+    def value(t):
+        if isinstance(t, list):
+            t = rng.choice(t)
+        if isinstance(t, dict):
+            kind = t["type"]
+            if kind == "record":
+                return {f["name"]: value(f["type"]) for f in t["fields"]}
+            if kind == "enum":
+                return rng.choice(t["symbols"])
+            if kind == "fixed":
+                return bytes(rng.randrange(256) for _ in range(t["size"]))
+            return value(kind)
+        return {
+            "null": None,
+            "boolean": rng.random() < 0.5,
+            "int": rng.randint(-(2**31), 2**31 - 1),
+            "long": rng.randint(-(2**63), 2**63 - 1),
+            "float": float(np.float32(rng.gauss(0, 1e3))),
+            "double": rng.gauss(0, 1e6),
+            "string": "".join(rng.choice("abcé日 ") for _ in range(rng.randrange(20))),
+            "bytes": bytes(rng.randrange(256) for _ in range(rng.randrange(10))),
+        }[t]
+
+    return value(parsed)
+
+
+def test_fixed_layout_path_is_taken_and_exact(decoder_cls):
+    schema = Schema(
+        {
+            "type": "record",
+            "name": "fx",
+            "fields": [
+                {"name": "a", "type": "double"},
+                {"name": "ok", "type": "boolean"},
+                {"name": "f", "type": "float"},
+                {"name": "tag", "type": {"type": "fixed", "name": "T3", "size": 3}},
+                {"name": "z", "type": "null"},
+                {"name": "w", "type": "double"},
+            ],
+        }
+    )
+    assert schema.dtype is not None
+    rng = np.random.default_rng(5)
+    records = [
+        {"a": float(rng.normal()), "ok": bool(i % 3 == 0), "f": float(np.float32(i / 3)),
+         "tag": bytes([i % 256, 0, 7]), "z": None, "w": float(i)}
+        for i in range(1000)
+    ]
+    buf, blocks = encode_blocks(schema, records, 33)
+    dec = decoder_cls(schema, ["a", "ok", "tag", "w"])
+    if decoder_cls is _columns.BlockDecoder:
+        assert dec.fixed_layout
+    dec.reserve(1000, 0)
+    dec.decode(buf, *blocks)
+    columns, valid = dec.finish()
+    assert sorted(columns) == ["a", "ok", "tag", "w"] and valid == {}
+    for name in columns:
+        assert_column_equal(schema, name, columns[name], records)
+    # the zero-parse path equals a numpy structured view of the same record bytes
+    payload = b"".join(buf[s : s + n] for s, n in zip(blocks[0], blocks[1], strict=True))
+    view = np.frombuffer(payload, schema.dtype)
+    for name in columns:
+        np.testing.assert_array_equal(columns[name], view[name])
+
+
+def test_wide_fixed_schema_matches_fastavro():
+    schema = Schema(WIDE)
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(500, 100))
+    records = [{f"v{i:03d}": float(x) for i, x in enumerate(row)} for row in values]
+    buf, blocks = encode_blocks(schema, records, 50)
+    columns, _ = decode(_columns.BlockDecoder, schema, buf, blocks)
+    got = np.stack([columns[f"v{i:03d}"] for i in range(100)], axis=1)
+    np.testing.assert_array_equal(got, values)
+
+
+def test_subset_of_signals(decoder_cls):
+    schema = Schema(ALL_TYPES)
+    rng = random.Random(9)
+    records = [all_types_record(k, rng) for k in range(50)]
+    buf, blocks = encode_blocks(schema, records, 10)
+    columns, valid = decode(decoder_cls, schema, buf, blocks, ["ns", "rec.deep.z", "d"])
+    assert list(columns) == ["d", "ns", "rec.deep.z"]
+    assert list(valid) == ["ns"]
+    for name in columns:
+        assert_column_equal(schema, name, columns[name], records, valid.get(name))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b[:-1], "does not parse"),  # truncated last record
+        (lambda b: b + b"\x00", "left after"),  # one byte too many
+    ],
+)
+def test_corrupt_block_is_named(decoder_cls, damage, message):
+    schema = Schema(ALL_TYPES)
+    rng = random.Random(2)
+    records = [all_types_record(k, rng) for k in range(5)]
+    buf, _ = encode_blocks(schema, records, 5)
+    payload = damage(buf[len(b"junk before") : -3])
+    dec = decoder_cls(schema)
+    dec.reserve(5, len(payload))
+    with pytest.raises(ValueError, match=message):
+        dec.decode(payload, np.array([0]), np.array([len(payload)]), np.array([5]))
+
+
+def test_bad_enum_index_and_capacity(decoder_cls):
+    schema = Schema({"type": "record", "name": "e", "fields": [
+        {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}}]})
+    payload = encode_long(2)  # index 2 of 2 symbols
+    dec = decoder_cls(schema)
+    dec.reserve(1, 1)
+    with pytest.raises(ValueError):
+        dec.decode(payload, np.array([0]), np.array([1]), np.array([1]))
+    dec = decoder_cls(schema)
+    dec.reserve(1, 2)
+    good = encode_long(1) + encode_long(0)
+    with pytest.raises(ValueError, match="do not fit"):
+        dec.decode(good, np.array([0]), np.array([2]), np.array([2]))
+
+
+def test_unknown_signal_name(decoder_cls, schemas_dir):
+    with pytest.raises(KeyError, match="no signal 'nope'"):
+        decoder_cls(Schema(schemas_dir / "engine.avsc"), ["rpm", "nope"])
+
+
+def _segment_bytes(sync: bytes, payloads: list[tuple[int, bytes]], header=b"H" * 10):
+    buf = bytearray(header)
+    entries = []
+    for n, data in payloads:
+        start = len(buf)
+        block = encode_long(n) + encode_long(len(data)) + data + sync
+        buf += block
+        entries.append((start, len(block), n))
+    return buf, entries
+
+
+def test_verify_blocks_keeps_the_complete_prefix():
+    sync = bytes(range(16))
+    buf, entries = _segment_bytes(sync, [(2, b"ab"), (1, b"c"), (3, b"def")])
+    offsets = np.array([e[0] for e in entries], np.uint64)
+    sizes = np.array([e[1] for e in entries], np.uint32)
+    counts = np.array([e[2] for e in entries], np.uint32)
+    good, start, size = _columns.verify_blocks(bytes(buf), offsets, sizes, counts, 10, sync)
+    assert good == 3 and start.tolist() == [12, 32, 51] and size.tolist() == [2, 1, 3]
+    # a segment being written: the last block's bytes not there yet (zeros, pre-allocated)
+    partial = bytes(buf[: entries[2][0]]) + b"\x00" * 40
+    good, _, _ = _columns.verify_blocks(partial, offsets, sizes, counts, 10, sync)
+    assert good == 2
+    # copied but for its sync marker
+    torn = bytes(buf[:-16]) + b"\x00" * 16
+    assert _columns.verify_blocks(torn, offsets, sizes, counts, 10, sync)[0] == 2
+    # index entry beyond the file
+    assert _columns.verify_blocks(bytes(buf[:-1]), offsets, sizes, counts, 10, sync)[0] == 2
+    # wrong count in the index, wrong offset, wrong sync
+    bad = counts.copy()
+    bad[1] = 5
+    assert _columns.verify_blocks(bytes(buf), offsets, sizes, bad, 10, sync)[0] == 1
+    assert _columns.verify_blocks(bytes(buf), offsets + 1, sizes, counts, 10, sync)[0] == 0
+    assert _columns.verify_blocks(bytes(buf), offsets, sizes, counts, 10, bytes(16))[0] == 0
+    assert _columns.verify_blocks(b"", offsets[:0], sizes[:0], counts[:0], 0, sync)[0] == 0
+
+
+def test_materialize_strings_bytes_and_long_values():
+    values = ["", "a\x00", "\x00mid", "é" * 3, "z" * 200_000] + [f"s{i}" for i in range(100)]
+    raw = [v.encode() for v in values]
+    heap = np.frombuffer(b"".join(raw), np.uint8)
+    lengths = np.array([len(r) for r in raw], np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    col = _columns.materialize(heap, starts, lengths, True)
+    assert col.dtype == _columns.string_dtype()
+    assert [str(x) for x in col] == values
+    col = _columns.materialize(heap, starts, lengths, False)
+    assert col.dtype == object and col.tolist() == raw
+    with pytest.raises(ValueError, match="outside the heap"):
+        _columns.materialize(heap, starts + 1, lengths, True)
+    with pytest.raises(UnicodeDecodeError):
+        _columns.materialize(np.frombuffer(b"\xff", np.uint8), np.array([0]), np.array([1]), True)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 40), per_block=st.integers(1, 9))
+def test_property_compiled_equals_reference(seed, n, per_block):
+    schema = Schema(ALL_TYPES)
+    rng = random.Random(seed)
+    records = [all_types_record(k, rng) for k in range(n)]
+    if n == 0:
+        buf, blocks = b"", [np.zeros(0, np.int64)] * 3
+    else:
+        buf, blocks = encode_blocks(schema, records, per_block)
+    a, av = decode(_columns.BlockDecoder, schema, buf, blocks)
+    b, bv = decode(PyBlockDecoder, schema, buf, blocks)
+    for key in a:
+        assert a[key].dtype == b[key].dtype
+        if a[key].dtype.kind == "f":
+            np.testing.assert_array_equal(a[key], b[key])
+        else:
+            assert a[key].tolist() == b[key].tolist(), key
+    for key in av:
+        assert av[key].tolist() == bv[key].tolist()
+    assert [flat(r)["rec.a"] for r in records] == a["rec.a"].tolist()

@@ -1,0 +1,168 @@
+"""Tags: create/list/remove, name and range checks, pinning against retention (hard
+links, st_nlink > 1), reading a tag whose channel-folder names are gone, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import speeddata
+from _cachedata import T0, write_channel
+from speeddata.cache import cache_segments, enforce_retention, segment_bytes
+from speeddata.schema import Schema
+from speeddata.tags import TagError, add_tag, get_tag, list_tags, remove_tag, validate_tag_name
+
+SECOND = 1_000_000_000
+
+
+def engine_record(k, rng):
+    return {"time": T0 + k * 10_000_000, "rpm": float(k), "torque": 0.5 * k,
+            "temperature": 20.0, "throttle": 1.0, "state": "RUN", "counter": k}
+
+
+def power_record(k, rng):
+    return {"time": T0 + k * 10_000_000, "voltage": float(k), "current": 1.0, "noise": 0.0}
+
+
+@pytest.fixture
+def cache(tmp_path, schemas_dir):
+    """Two channels, 10 s each (1000 records, 100 per segment: 10 segments of 1 s)."""
+    for name, make, schema in (("engine", engine_record, "engine"), ("power", power_record,
+                                                                      "power")):
+        write_channel(tmp_path, name, Schema(schemas_dir / f"{schema}.avsc"), make, 1000,
+                      records_per_datagram=5, datagrams_per_block=4, blocks_per_segment=5,
+                      recv_step_ns=50_000_000)
+    return tmp_path
+
+
+def test_add_list_remove(cache):
+    tag = add_tag(cache, "run-1", T0 + 2 * SECOND, T0 + 4 * SECOND, ["engine"], "first run",
+                  now_ns=T0 + 100 * SECOND)
+    assert tag.channels == ("engine",) and tag.note == "first run"
+    assert tag.n_segments == 2  # the segments of [2 s, 3 s) and [3 s, 4 s)
+    folder = cache / "tags" / "run-1"
+    meta = json.loads((folder / "tag.json").read_text())
+    assert meta["start_ns"] == T0 + 2 * SECOND and meta["channels"] == ["engine"]
+    for avro in (folder / "engine").glob("*.avro"):
+        assert avro.stat().st_nlink == 2
+        assert (cache / "engine" / avro.name).samefile(avro)
+        assert avro.with_suffix(".idx").stat().st_nlink == 2
+        assert avro.with_suffix(".recv").stat().st_nlink == 2
+    add_tag(cache, "all", T0, T0 + SECOND, note="", now_ns=T0 + 100 * SECOND)
+    assert [t.name for t in list_tags(cache)] == ["all", "run-1"]
+    assert get_tag(cache, "all").channels == ("engine", "power")
+    with pytest.raises(TagError, match="exists"):
+        add_tag(cache, "all", T0, T0 + SECOND, now_ns=T0 + 100 * SECOND)
+    removed = remove_tag(cache, "run-1")
+    assert removed.name == "run-1" and not folder.exists()
+    assert all(p.avro.stat().st_nlink == 1 for p in cache_segments(cache)
+               if p.channel == "engine" and p.avro.name > "20251124T160002")
+    with pytest.raises(TagError, match=r"no tag 'run-1'; tags: \['all'\]"):
+        remove_tag(cache, "run-1")
+    assert not [p for p in (cache / "tags").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("name", ["../x", "/", "", "a/b", ".hidden", "x" * 65, "tab\tname",
+                                  "..", None, 5])
+def test_bad_names(cache, name):
+    with pytest.raises(TagError, match="not a tag name"):
+        add_tag(cache, name, T0, T0 + SECOND, now_ns=T0 + 100 * SECOND)
+    assert not (cache / "tags").exists() or not any((cache / "tags").iterdir())
+    assert not (cache.parent / "x").exists()
+
+
+def test_good_names():
+    for name in ["a", "A0", "run_1.2-b", "9" * 64]:
+        assert validate_tag_name(name) == name
+
+
+def test_range_must_be_in_the_cache(cache):
+    later = T0 + 100 * SECOND
+    with pytest.raises(TagError, match=r"before the oldest data.*available: 2025-11-24T16:00:00"):
+        add_tag(cache, "early", T0 - SECOND, T0 + SECOND, now_ns=later)
+    with pytest.raises(TagError, match="after the newest data.*available"):
+        add_tag(cache, "late", T0 + 20 * SECOND, T0 + 30 * SECOND, now_ns=later)
+    with pytest.raises(TagError, match="in the future"):
+        add_tag(cache, "future", T0, later + 60 * SECOND, now_ns=later)
+    with pytest.raises(TagError, match=r"no channel 'volts'.*\['engine', 'power'\]"):
+        add_tag(cache, "x", T0, T0 + SECOND, ["volts"], now_ns=later)
+    with pytest.raises(speeddata.SpeedDataError, match="empty time range"):
+        add_tag(cache, "x", T0 + SECOND, T0, now_ns=later)
+    with pytest.raises(TagError, match="needs both"):
+        add_tag(cache, "x", None, T0, now_ns=later)
+    assert list_tags(cache) == []
+
+
+def test_tag_pins_segments_against_retention(cache):
+    """Fill the cache past its budget: the tagged range survives retention, the rest
+    rotates away; after the tag is removed it can go too."""
+    segments = cache_segments(cache)
+    total = sum(segment_bytes(s) for s in segments)
+    tag = add_tag(cache, "keep", T0 + 3 * SECOND, T0 + 5 * SECOND, ["engine"],
+                  now_ns=T0 + 100 * SECOND)
+    pinned = {p.name for p in (cache / "tags" / "keep" / "engine").glob("*.avro")}
+    assert len(pinned) == tag.n_segments >= 2
+    before = speeddata.read(cache, "engine", T0 + 3 * SECOND, T0 + 5 * SECOND)
+    deleted = enforce_retention(cache, budget_bytes=total // 10)
+    assert deleted and not {s.avro.name for s in deleted if s.channel == "engine"} & pinned
+    left = {s.avro.name for s in cache_segments(cache) if s.channel == "engine"}
+    assert left == pinned
+    assert not [s for s in cache_segments(cache) if s.channel == "power"]
+    after = speeddata.read(cache, "engine", T0 + 3 * SECOND, T0 + 5 * SECOND)
+    assert after["rpm"].tolist() == before["rpm"].tolist() and after.n_rows == 200
+    assert speeddata.read(cache, "engine", tag="keep")["rpm"].tolist() == before["rpm"].tolist()
+    # still over a zero budget while pinned; after tag rm the segments can go
+    assert enforce_retention(cache, budget_bytes=0) == []
+    remove_tag(cache, "keep")
+    assert {s.avro.name for s in enforce_retention(cache, budget_bytes=0)} == pinned
+    assert cache_segments(cache) == []
+
+
+def test_tag_read_after_channel_folder_names_are_gone(cache):
+    add_tag(cache, "keep", T0 + SECOND, T0 + 2 * SECOND, ["engine"], "n",
+            now_ns=T0 + 100 * SECOND)
+    expected = speeddata.read(cache, "engine", T0 + SECOND, T0 + 2 * SECOND)["rpm"].tolist()
+    shutil.rmtree(cache / "engine")
+    assert speeddata.read(cache, "engine", tag="keep")["rpm"].tolist() == expected
+    # found without naming the tag too: read looks at the tags' links
+    got = speeddata.read(cache, "engine", T0 + SECOND, T0 + 2 * SECOND)["rpm"].tolist()
+    assert got == expected
+    with pytest.raises(speeddata.SpeedDataError, match="holds channels"):
+        speeddata.read(cache, "power", tag="keep")
+    # a new tag inside the old one still finds the data through the first tag's links
+    add_tag(cache, "inner", T0 + SECOND, T0 + SECOND + SECOND // 2, ["engine"],
+            now_ns=T0 + 100 * SECOND)
+    remove_tag(cache, "keep")
+    inner = speeddata.read(cache, "engine", tag="inner")
+    assert inner["rpm"].tolist() == expected[:50]
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "speeddata.cli", *args], capture_output=True,
+                          text=True, timeout=60, cwd=cwd)
+
+
+def test_cli_add_list_rm(cache):
+    start = speeddata.reader.format_time(T0 + SECOND)
+    end = speeddata.reader.format_time(T0 + 3 * SECOND)
+    r = _cli("tag", "add", "cli-run", "--start", start, "--end", end, "--channels", "power",
+             "--note", "from the CLI", "--cache", str(cache))
+    assert r.returncode == 0, r.stderr
+    assert "tag cli-run" in r.stdout and "pinned" in r.stdout
+    r = _cli("tag", "list", "--json", "--cache", str(cache))
+    listed = json.loads(r.stdout)
+    assert [t["name"] for t in listed] == ["cli-run"] and listed[0]["note"] == "from the CLI"
+    r = _cli("tag", "list", "--cache", str(cache))
+    assert r.stdout.startswith("cli-run\t")
+    r = _cli("tag", "add", "../evil", "--start", start, "--end", end, "--cache", str(cache))
+    assert r.returncode == 2 and "not a tag name" in r.stderr and "Traceback" not in r.stderr
+    r = _cli("tag", "add", "old", "--start", "2001-01-01T00:00:00Z", "--end", end,
+             "--cache", str(cache))
+    assert r.returncode == 2 and "available: " in r.stderr
+    r = _cli("tag", "rm", "cli-run", "--cache", str(cache))
+    assert r.returncode == 0 and "removed tag cli-run" in r.stdout
+    assert list_tags(cache) == []
