@@ -18,7 +18,6 @@ COMMANDS = {
     "source": ("speeddata.source", "send data: the demo source"),
     "pivot": ("speeddata.pivot", "turn a time range of the cache into an HDF5 file"),
     "tag": ("speeddata.tags", "keep a time range: add, list, remove tags"),
-    "cache": ("speeddata.cache_cli", "inspect and repair the cache"),
 }
 
 
