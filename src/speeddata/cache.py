@@ -7,6 +7,7 @@ left open by a crash to its last complete block.
 
 from __future__ import annotations
 
+import errno
 import json
 import mmap
 import os
@@ -33,6 +34,13 @@ __all__ = [
     "cache_segments",
     "enforce_retention",
     "write_json_atomic",
+    "preallocate",
+    "segment_bytes",
+    "segment_needs_recovery",
+    "segment_schema_json",
+    "recover_cache",
+    "budget_bytes",
+    "channel_summary",
 ]
 
 MAGIC = b"Obj\x01"
@@ -198,12 +206,20 @@ class SegmentWriter:
         header = ocf_header(schema, self.sync, channel, channel_id)
         self.capacity = max(size, len(header) + 64)
         self._fd = os.open(self.segment.avro, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        os.ftruncate(self._fd, self.capacity)
-        self._map = mmap.mmap(self._fd, self.capacity)
-        self._map[: len(header)] = header
+        self._map = self._idx = self._recv = None
+        try:
+            # Reserve the blocks now: a full disk fails here with ENOSPC, not later as a
+            # SIGBUS on a store into the map (mmap(2), "SIGBUS").
+            preallocate(self._fd, self.capacity)
+            self._map = mmap.mmap(self._fd, self.capacity)
+            self._map[: len(header)] = header
+            self._idx = open(self.segment.idx, "wb", buffering=0)  # noqa: SIM115
+            self._recv = open(self.segment.recv, "wb", buffering=0)  # noqa: SIM115
+        except BaseException:
+            self._abandon()
+            raise
         self.end = len(header)
-        self._idx = open(self.segment.idx, "wb", buffering=0)  # noqa: SIM115
-        self._recv = open(self.segment.recv, "wb", buffering=0)  # noqa: SIM115
+        self._idx_len = self._recv_len = 0
         self.n_blocks = 0
         self.n_records = 0
         self.closed = False
@@ -231,14 +247,35 @@ class SegmentWriter:
         recv["n_records"] = counts
         recv["seq"] = [s & 0xFFFFFFFF for s in seqs]
         entry = np.zeros(1, IDX_DTYPE)
-        entry[0] = (self.end, len(block), n_records, len(datagrams), seqs[0] & 0xFFFFFFFF, t_min, t_max)
+        seq_first = seqs[0] & 0xFFFFFFFF
+        entry[0] = (self.end, len(block), n_records, len(datagrams), seq_first, t_min, t_max)
         # docs/cache.md, "Write order": receive times, then the index entry, then the block.
-        self._recv.write(recv.tobytes())
-        self._idx.write(entry.tobytes())
+        # A failed write (ENOSPC) takes back what this block wrote, so that the segment
+        # still ends with a complete block, and re-raises.
+        try:
+            _write_all(self._recv, recv.tobytes())
+            _write_all(self._idx, entry.tobytes())
+        except OSError:
+            for f, length in ((self._recv, self._recv_len), (self._idx, self._idx_len)):
+                f.truncate(length)
+                f.seek(length)
+            raise
+        self._recv_len += recv.nbytes
+        self._idx_len += entry.nbytes
         self._map[self.end : self.end + len(block)] = block
         self.end += len(block)
         self.n_blocks += 1
         self.n_records += n_records
+
+    def _abandon(self) -> None:
+        """Undo a half-done ``__init__``: close what is open and remove the files."""
+        for f in (self._map, self._idx, self._recv):
+            if f is not None:
+                f.close()
+        os.close(self._fd)
+        for p in self.segment.files():
+            p.unlink(missing_ok=True)
+        self.closed = True
 
     def close(self) -> Segment:
         """Unmap and trim the segment to its last block."""
@@ -256,6 +293,28 @@ class SegmentWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def preallocate(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of reserved disk blocks (posix_fallocate(3)).
+
+    Raises OSError(ENOSPC) when the file system is full. File systems without fallocate
+    fall back to ftruncate (sparse: a later write into the map may then hit a full disk).
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+        os.ftruncate(fd, size)
+
+
+def _write_all(f, data: bytes) -> None:
+    """Write all of ``data`` to an unbuffered file (write(2) may write less)."""
+    view = memoryview(data)
+    while view:
+        n = f.write(view)
+        view = view[n:]
 
 
 def list_segments(cache_dir: Path, channel: str) -> list[Segment]:
@@ -384,3 +443,118 @@ def _segment_time_ns(segment: Segment) -> int:
     whole, _, frac = stem.rstrip("Z").partition(".")
     t = datetime.strptime(whole, "%Y%m%dT%H%M%S").replace(tzinfo=timezone.utc)
     return int(t.timestamp()) * 1_000_000_000 + int(frac or 0)
+
+
+def segment_needs_recovery(segment: Segment) -> bool:
+    """Whether a segment was left open (by a crash): its files disagree with its index.
+
+    A cleanly closed segment ends exactly at the end of its last indexed block, its index
+    holds whole entries, and its ``.recv`` one entry per indexed datagram.
+    """
+    try:
+        file_size = segment.avro.stat().st_size
+        idx_size = segment.idx.stat().st_size if segment.idx.exists() else 0
+        recv_size = segment.recv.stat().st_size if segment.recv.exists() else 0
+    except FileNotFoundError:
+        return False
+    if idx_size % IDX_DTYPE.itemsize or recv_size % RECV_DTYPE.itemsize:
+        return True
+    index = segment.read_index()
+    try:
+        if len(index):
+            end = int(index["offset"][-1]) + int(index["size"][-1])
+        else:
+            end = segment.header_size()
+    except (ValueError, IndexError):
+        return True  # no complete header
+    n_datagrams = int(index["n_datagrams"].sum()) if len(index) else 0
+    return file_size != end or recv_size != n_datagrams * RECV_DTYPE.itemsize
+
+
+def segment_schema_json(segment: Segment) -> str:
+    """The ``avro.schema`` a segment's header carries (ValueError if it has no header)."""
+    with open(segment.avro, "rb") as f:
+        head = f.read(64 * 1024)
+    return _parse_header(head)[2]["avro.schema"].decode()
+
+
+def recover_cache(cache_dir: Path, make_validator=None) -> list[tuple[Segment, int, int]]:
+    """Recover every segment of every channel that a crash left open (docs/cache.md).
+
+    ``make_validator(schema_json) -> validator`` builds the record validator for a
+    segment from the schema in its own header (so channels no longer configured recover
+    too); None checks framing only. A segment without a complete header holds no block
+    and is removed. Returns ``(segment, good blocks, dropped index entries)`` for each
+    segment that needed recovery.
+    """
+    validators: dict[str, object] = {}
+    recovered = []
+    for segment in sorted(cache_segments(cache_dir), key=lambda s: str(s.avro)):
+        if not segment_needs_recovery(segment):
+            continue
+        try:
+            schema_json = segment_schema_json(segment)
+        except (ValueError, IndexError, KeyError, UnicodeDecodeError):
+            # Crashed between creating the file and writing its header: nothing to keep.
+            for p in segment.files():
+                p.unlink(missing_ok=True)
+            recovered.append((segment, 0, len(segment.read_index())))
+            continue
+        validator = None
+        if make_validator is not None:
+            if schema_json not in validators:
+                validators[schema_json] = make_validator(schema_json)
+            validator = validators[schema_json]
+        good, dropped = recover_segment(segment, validator)
+        recovered.append((segment, good, dropped))
+    return recovered
+
+
+def budget_bytes(budget: tuple[str, float], cache_dir: Path) -> int:
+    """A ``cache.budget`` in bytes: as given, or the share of the file system holding the cache."""
+    kind, value = budget
+    if kind != "share":
+        return int(value)
+    st = os.statvfs(cache_dir)
+    return int(value * st.f_blocks * st.f_frsize)
+
+
+def channel_summary(cache_dir: Path, channel: str) -> dict:
+    """What the cache holds for a channel: segments, bytes, oldest and newest time (ns).
+
+    Times come from the block indexes (source time; receive time for channels without a
+    time field); a segment without blocks yet counts by its open time. Reads only the
+    first and last index entries, so it is cheap enough to run every few seconds.
+    """
+    segments = list_segments(cache_dir, channel)
+    oldest = newest = None
+    for seg in segments:
+        first = _index_entry(seg, 0)
+        if first is not None:
+            oldest = int(first["t_min"])
+            break
+    for seg in reversed(segments):
+        last = _index_entry(seg, -1)
+        if last is not None:
+            newest = int(last["t_max"])
+            break
+    return {
+        "segments": len(segments),
+        "bytes": sum(segment_bytes(s) for s in segments),
+        "oldest_ns": oldest,
+        "newest_ns": newest,
+    }
+
+
+def _index_entry(segment: Segment, which: int):
+    """The first (0) or last (-1) entry of a segment's index, or None."""
+    size = IDX_DTYPE.itemsize
+    try:
+        with open(segment.idx, "rb") as f:
+            n = os.fstat(f.fileno()).st_size // size
+            if n == 0:
+                return None
+            f.seek(0 if which == 0 else (n - 1) * size)
+            return np.frombuffer(f.read(size), IDX_DTYPE)[0]
+    except (FileNotFoundError, ValueError):
+        return None

@@ -1,0 +1,171 @@
+"""Client side of the relay's ZeroMQ control plane (docs/relay-internals.md, "Control plane").
+
+``request(endpoint, {"cmd": "status"})`` sends one JSON request to the relay's REP socket
+and returns its JSON reply; ``format_status(status)`` renders a status reply as the table
+``speeddata relay status`` and ``speeddata up`` print.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import zmq
+
+from .errors import SpeedDataError
+
+__all__ = ["ControlError", "request", "format_status", "format_bytes", "format_count"]
+
+
+class ControlError(SpeedDataError, RuntimeError):
+    """The relay did not answer, or refused a request; the message says why."""
+
+
+def request(endpoint: str, payload: dict, timeout: float = 3.0, check: bool = True) -> dict:
+    """Send ``payload`` to the relay's control socket and return the reply.
+
+    Raises ControlError when nothing answers within ``timeout`` seconds, and (with
+    ``check``) when the reply is ``{"ok": false, "error": ...}``.
+    """
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise ControlError(f"cannot connect to {endpoint}: {exc}") from exc
+        sock.send(json.dumps(payload).encode())
+        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
+            raise ControlError(
+                f"no relay answers on {endpoint} within {timeout:g} s; is it running "
+                "(`speeddata relay -c FILE`) with this relay.control endpoint?"
+            )
+        reply = json.loads(sock.recv())
+    finally:
+        sock.close()
+    if check and not reply.get("ok"):
+        raise ControlError(f"the relay refused {payload.get('cmd')!r}: {reply.get('error')}")
+    return reply
+
+
+def format_count(n: int | None) -> str:
+    return "-" if n is None else f"{n:,}"
+
+
+def format_bytes(n: int | float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
+
+
+def format_time(ns: int | None) -> str:
+    if not ns:
+        return "-"
+    t = datetime.fromtimestamp(ns / 1e9, tz=timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+COLUMNS = (
+    ("channel", "<"),
+    ("datagrams", ">"),
+    ("records", ">"),
+    ("bytes", ">"),
+    ("rejected", ">"),
+    ("kernel drops", ">"),
+    ("multicast", ">"),
+    ("segments", ">"),
+    ("cache", ">"),
+    ("oldest", "<"),
+    ("newest", "<"),
+)
+
+
+def format_status(status: dict) -> str:
+    """The relay status (a ``status`` reply) as a text table, one row per channel."""
+    rows = []
+    for ch in status.get("channels", []):
+        c = ch.get("counters", {})
+        cache = ch.get("cache") or {}
+        rows.append(
+            (
+                ch["name"],
+                format_count(c.get("datagrams")),
+                format_count(c.get("records")),
+                format_bytes(c.get("bytes")),
+                format_count(c.get("rejected")),
+                format_count(c.get("kernel_drops")),
+                format_count(c.get("multicast_sent")),
+                format_count(cache.get("segments")),
+                format_bytes(cache.get("bytes")),
+                format_time(cache.get("oldest_ns")),
+                format_time(cache.get("newest_ns")),
+            )
+        )
+    shared = status.get("shared")
+    if shared:
+        c = shared.get("counters", {})
+        rows.append(
+            (
+                f"(shared :{shared.get('port')})",
+                "-",
+                "-",
+                "-",
+                format_count(c.get("rejected")),
+                format_count(c.get("kernel_drops")),
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+            )
+        )
+    widths = [
+        max(len(name), *(len(r[i]) for r in rows)) if rows else len(name)
+        for i, (name, _) in enumerate(COLUMNS)
+    ]
+
+    def line(cells) -> str:
+        return "  ".join(
+            f"{cell:{align}{w}}" for cell, (_, align), w in zip(cells, COLUMNS, widths, strict=True)
+        ).rstrip()
+
+    cache = status.get("cache") or {}
+    head = (
+        f"relay pid {status.get('pid')}, {status.get('engine')} engine, "
+        f"{status.get('workers')} worker(s), up {_duration(status.get('uptime', 0))}"
+    )
+    if cache.get("enabled"):
+        head += (
+            f"; cache {cache.get('dir')}: {format_bytes(cache.get('bytes'))} of "
+            f"{format_bytes(cache.get('budget_bytes'))}"
+        )
+    else:
+        head += "; cache off"
+    out = [head, line([name for name, _ in COLUMNS])]
+    out.extend(line(r) for r in rows)
+    if not rows:
+        out.append("(no channels)")
+    return "\n".join(out)
+
+
+def wait_for_relay(endpoint: str, timeout: float = 10.0) -> dict:
+    """Poll ``status`` until the relay answers (it may still be starting); its reply."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return request(endpoint, {"cmd": "status"}, timeout=min(1.0, timeout))
+        except ControlError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -1,0 +1,794 @@
+"""The relay process: config, engines in threads, crash recovery, retention, control plane.
+
+``speeddata relay -c FILE`` (also ``python -m speeddata.relay -c FILE``) runs it;
+``speeddata relay status`` asks a running relay for its counters and prints a table.
+See docs/relay-internals.md for the engine contract and the control plane.
+
+Threads of a running relay:
+
+- ``--workers N`` engine threads, each running one engine (``speeddata._relay.Engine``,
+  or the pure-Python ``speeddata.relay_ref.PyEngine``) over its share of the channels;
+- the retention thread: deletes the oldest closed, unpinned segments beyond the cache
+  budget every few seconds and whenever a segment was closed, and summarises what the
+  cache holds per channel for ``status`` (so that the status never walks the disk);
+- the control thread: answers requests on the ZeroMQ REP socket (``relay.control``) and
+  publishes the status on the PUB socket (``relay.stats``) once a second;
+- the main thread: waits for SIGINT/SIGTERM or a ``stop`` request, then stops the engines
+  and closes (trims) every segment, and the process exits 0.
+
+The control plane uses only the engine API, so it works with either engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from . import cache as cachelib
+from .config import ChannelConfig, Config, load_config
+from .control import ControlError, format_status, request
+from .errors import SpeedDataError
+from .relay_ref import SHARED_CHANNEL_ID, PyEngine
+from .schema import Schema, SchemaError
+from .validate import PyValidator
+
+__all__ = ["Relay", "RelayError", "engine_class", "add_arguments", "run", "main"]
+
+log = logging.getLogger("speeddata.relay")
+
+#: file, in the cache folder, of the channels added and removed at run time
+CHANNELS_FILE = "relay-channels.json"
+#: seconds between retention passes (also run whenever a segment was closed)
+RETENTION_INTERVAL = 2.0
+#: seconds between two status publications on relay.stats
+PUBLISH_INTERVAL = 1.0
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+#: set to "1" by a supervisor: the relay stops when its parent process dies
+DIE_WITH_PARENT_ENV = "SPEEDDATA_DIE_WITH_PARENT"
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+class RelayError(SpeedDataError, RuntimeError):
+    """The relay cannot start or do what was asked; the message says why and the fix."""
+
+
+def engine_class(choice: str | None) -> tuple[type, str]:
+    """The engine class for ``--engine`` (compiled, python, or None: compiled if built)."""
+    if choice == "python":
+        return PyEngine, "python"
+    try:
+        from ._relay import Engine
+    except ImportError as exc:
+        if choice == "compiled":
+            raise RelayError(
+                f"the compiled engine is not available ({exc}); build it with "
+                "`make install` (or `python setup.py build_ext --inplace`), "
+                "or run with --engine python"
+            ) from exc
+        log.warning("compiled engine not available (%s); using the pure-Python engine", exc)
+        return PyEngine, "python"
+    return Engine, "compiled"
+
+
+def _validator_factory():
+    """Validators for recovery: compiled when built, else the reference."""
+    try:
+        from ._validate import Validator
+    except ImportError:
+        Validator = PyValidator  # noqa: N806
+    return lambda schema_json: Validator(Schema(schema_json))
+
+
+@dataclass
+class _Served:
+    """A channel the relay serves: its config, socket and engine."""
+
+    config: ChannelConfig
+    sock: socket.socket | None
+    engine: int
+    rcvbuf: int | None
+    runtime: bool  # added over the control socket (persisted in relay-channels.json)
+
+
+class _LiveOpenSegments:
+    """``path in x`` asks the engines now, so retention never deletes a segment that was
+    opened after it listed the cache."""
+
+    def __init__(self, engines):
+        self.engines = engines
+
+    def __contains__(self, path) -> bool:
+        return any(path in e.open_segments() for e in self.engines)
+
+
+class Relay:
+    """One relay: call ``start()``, then ``wait()`` until stopped, then ``close()``."""
+
+    def __init__(self, config: Config, engine: str | None = None, workers: int | None = None):
+        self.config = config
+        self.engine_cls, self.engine_name = engine_class(engine)
+        self.workers = workers or config.relay.workers
+        if self.workers < 1:
+            raise RelayError(f"--workers {self.workers}: must be at least 1")
+        self.cache_dir = config.cache.dir.resolve() if config.cache.enabled else None
+        self.state_dir = config.cache.dir.resolve()
+        self.engines: list = []
+        self.channels: dict[str, _Served] = {}
+        self.shared_sock: socket.socket | None = None
+        self.shared_rcvbuf: int | None = None
+        self.removed: set[str] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._retention_wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._engine_threads: list[threading.Thread] = []
+        self._cache_summary: dict[str, dict] = {}
+        self._cache_total: dict = {}
+        self._deleted_segments = 0
+        self._ctx: zmq.Context | None = None
+        self._rep = self._pub = None
+        self.started_ns = time.time_ns()
+        self.exit_code = 0
+
+    # -- start -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover the cache, bind every socket, start the threads. Raises RelayError."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.cache_dir is not None:
+            self._recover()
+        channels = self._channels_to_serve()
+        try:
+            self._bind_control()
+            self.engines = [self._make_engine() for _ in range(self.workers)]
+            if self.config.relay.shared_port:
+                self.shared_sock, self.shared_rcvbuf = self._bind(
+                    self.config.relay.shared_port, "the shared port (relay.shared_port)"
+                )
+                self.engines[0].set_shared_socket(self.shared_sock)
+                if self.workers > 1:
+                    log.warning(
+                        "with --workers %d the shared port routes only to the channels of "
+                        "worker 0; channels without a port are all put there",
+                        self.workers,
+                    )
+            for ch, runtime in channels:
+                self._serve(ch, runtime)
+        except BaseException:
+            self._close_sockets()
+            raise
+        for i, engine in enumerate(self.engines):
+            t = threading.Thread(
+                target=self._run_engine, args=(engine,), name=f"engine-{i}", daemon=True
+            )
+            t.start()
+            self._engine_threads.append(t)
+        for target, name in ((self._retention_loop, "retention"), (self._control_loop, "control")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info(
+            "relaying %d channel(s) with %d %s engine(s); control %s, stats %s",
+            len(self.channels),
+            self.workers,
+            self.engine_name,
+            self.config.relay.control,
+            self.config.relay.stats,
+        )
+
+    def _recover(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        recovered = cachelib.recover_cache(self.cache_dir, _validator_factory())
+        for seg, good, dropped in recovered:
+            log.info(
+                "recovered %s: %d complete block(s) kept, %d index entr%s dropped",
+                seg.avro,
+                good,
+                dropped,
+                "y" if dropped == 1 else "ies",
+            )
+
+    def _make_engine(self):
+        c = self.config
+        return self.engine_cls(
+            self.cache_dir,
+            c.multicast,
+            segment_size=c.cache.segment_size,
+            segment_age=c.cache.segment_age,
+            flush_interval=c.cache.flush_interval,
+            batch=c.relay.batch,
+            rejected_dir=self.cache_dir / "rejected"
+            if c.relay.rejected_dir and self.cache_dir
+            else None,
+        )
+
+    def _bind_control(self) -> None:
+        self._ctx = zmq.Context()
+        self._rep = self._ctx.socket(zmq.REP)
+        self._pub = self._ctx.socket(zmq.PUB)
+        for sock, endpoint, key in (
+            (self._rep, self.config.relay.control, "relay.control"),
+            (self._pub, self.config.relay.stats, "relay.stats"),
+        ):
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                sock.bind(endpoint)
+            except zmq.ZMQError as exc:
+                raise RelayError(
+                    f"cannot bind {key} {endpoint}: {exc}; is another relay running? "
+                    f"pick another endpoint in the config"
+                ) from exc
+
+    def _bind(self, port: int, what: str) -> tuple[socket.socket, int]:
+        """A UDP socket on relay.listen:port with SO_RCVBUF = relay.rcvbuf -> (sock, effective)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        want = self.config.relay.rcvbuf
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+            # socket(7): the kernel doubles the value and caps it at net.core.rmem_max.
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < want:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, want)
+                except OSError:
+                    pass  # not privileged: reported below
+            effective = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+            if effective < want:
+                log.warning(
+                    "%s: receive buffer capped at %d bytes (relay.rcvbuf = %d); raise it "
+                    "with `sysctl -w net.core.rmem_max=%d`",
+                    what,
+                    effective,
+                    want,
+                    want,
+                )
+            sock.bind((self.config.relay.listen, port))
+        except OSError as exc:
+            sock.close()
+            raise RelayError(
+                f"cannot bind {what} to {self.config.relay.listen}:{port}: {exc.strerror}; "
+                "is another relay or program using it? pick another port"
+            ) from exc
+        return sock, effective
+
+    # -- channels ----------------------------------------------------------------------
+
+    def _channels_file(self) -> Path:
+        return self.state_dir / CHANNELS_FILE
+
+    def _channels_to_serve(self) -> list[tuple[ChannelConfig, bool]]:
+        """The config's channels, less those removed at run time, plus those added."""
+        added, self.removed = self._load_runtime_channels()
+        out = [(ch, False) for ch in self.config.channels if ch.name not in self.removed]
+        names = {ch.name for ch, _ in out}
+        ports = {ch.port for ch, _ in out if ch.port} | {self.config.relay.shared_port}
+        ids = {ch.id for ch, _ in out}
+        for ch in added:
+            if ch.name in names or (ch.port and ch.port in ports):
+                log.warning(
+                    "%s: channel %r added at run time clashes with the config (name or "
+                    "port %s); not served. Remove it with "
+                    '{"cmd": "remove", "name": %r} or edit the file',
+                    self._channels_file(),
+                    ch.name,
+                    ch.port,
+                    ch.name,
+                )
+                continue
+            if ch.id in ids:
+                ch = _replace_id(ch, max(ids | {0}) + 1)
+            out.append((ch, True))
+            names.add(ch.name)
+            ports.add(ch.port)
+            ids.add(ch.id)
+        return out
+
+    def _load_runtime_channels(self) -> tuple[list[ChannelConfig], set[str]]:
+        path = self._channels_file()
+        if not path.exists():
+            return [], set()
+        try:
+            doc = json.loads(path.read_text())
+            added = [_channel_from_json(raw, None) for raw in doc.get("added", [])]
+            removed = set(doc.get("removed", []))
+        except (SpeedDataError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise RelayError(
+                f"{path}: cannot read the channels added at run time ({exc}); fix or delete "
+                "the file (deleting it forgets runtime adds and removes)"
+            ) from exc
+        return added, removed
+
+    def _save_runtime_channels(self) -> None:
+        added = [_channel_to_json(s.config) for s in self.channels.values() if s.runtime]
+        cachelib.write_json_atomic(
+            self._channels_file(),
+            {"added": sorted(added, key=lambda c: c["id"]), "removed": sorted(self.removed)},
+        )
+
+    def _serve(self, ch: ChannelConfig, runtime: bool) -> None:
+        sock = rcvbuf = None
+        if ch.port:
+            sock, rcvbuf = self._bind(ch.port, f"channel {ch.name!r}")
+        if ch.port is None or self.workers == 1:
+            index = 0
+        else:  # the engine with the fewest channels
+            load = [0] * self.workers
+            for s in self.channels.values():
+                load[s.engine] += 1
+            index = load.index(min(load))
+        try:
+            self.engines[index].add_channel(ch, sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        self.channels[ch.name] = _Served(ch, sock, index, rcvbuf, runtime)
+
+    def add_channel(self, raw: dict) -> ChannelConfig:
+        """Serve a channel described by a JSON object (an ``add`` request); persist it."""
+        with self._lock:
+            if not isinstance(raw, dict):
+                raise RelayError('"channel" must be an object: {name, port, schema, ...}')
+            name = raw.get("name")
+            if name in self.channels:
+                raise RelayError(f"channel {name!r} exists already; remove it first")
+            used_ids = {s.config.id for s in self.channels.values()}
+            if "id" not in raw:
+                raw = dict(raw, id=max(used_ids | {0}) + 1)
+            base = self.config.path.resolve().parent if self.config.path else Path.cwd()
+            ch = _channel_from_json(raw, base)
+            if ch.id in used_ids:
+                raise RelayError(f"channel id {ch.id} is used by another channel")
+            if ch.port is not None:
+                if ch.port == self.config.relay.shared_port:
+                    raise RelayError(f"port {ch.port} is the shared port (relay.shared_port)")
+                for s in self.channels.values():
+                    if s.config.port == ch.port:
+                        raise RelayError(f"port {ch.port} is used by channel {s.config.name!r}")
+            self._serve(ch, runtime=True)
+            self._save_runtime_channels()
+            log.info("added channel %r (id %d, port %s)", ch.name, ch.id, ch.port)
+            return ch
+
+    def remove_channel(self, name: str) -> None:
+        """Stop serving a channel (its segment is closed and kept); persist the removal."""
+        with self._lock:
+            served = self.channels.get(name)
+            if served is None:
+                raise RelayError(f"no channel {name!r}; channels: {sorted(self.channels)}")
+            self.engines[served.engine].remove_channel(served.config.id)
+            if served.sock is not None:
+                served.sock.close()
+            del self.channels[name]
+            if not served.runtime or any(c.name == name for c in self.config.channels):
+                self.removed.add(name)
+            self._save_runtime_channels()
+            self._retention_wake.set()
+            log.info("removed channel %r", name)
+
+    def rotate(self, name: str | None = None) -> None:
+        """Close the current segment of one channel, or of all."""
+        with self._lock:
+            if name is None:
+                for engine in self.engines:
+                    engine.rotate()
+            else:
+                served = self.channels.get(name)
+                if served is None:
+                    raise RelayError(f"no channel {name!r}; channels: {sorted(self.channels)}")
+                self.engines[served.engine].rotate(served.config.id)
+        self._retention_wake.set()
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """The status reply (docs/relay-internals.md, "Control plane")."""
+        with self._lock:
+            stats: dict[int, dict] = {}
+            shared_stats = None
+            for i, engine in enumerate(self.engines):
+                engine_stats = engine.stats()
+                if i == 0:
+                    shared_stats = engine_stats.pop(SHARED_CHANNEL_ID, None)
+                stats.update(engine_stats)
+            channels = []
+            for s in sorted(self.channels.values(), key=lambda s: s.config.id):
+                ch = s.config
+                channels.append(
+                    {
+                        "name": ch.name,
+                        "id": ch.id,
+                        "port": ch.port,
+                        "decimation": ch.decimation,
+                        "time": ch.schema.time_field,
+                        "fingerprint": ch.schema.fingerprint_hex,
+                        "engine": s.engine,
+                        "rcvbuf": s.rcvbuf,
+                        "runtime": s.runtime,
+                        "counters": stats.get(ch.id, {}),
+                        "cache": self._cache_summary.get(ch.name),
+                    }
+                )
+            now = time.time_ns()
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "engine": self.engine_name,
+                "workers": self.workers,
+                "started_ns": self.started_ns,
+                "now_ns": now,
+                "uptime": (now - self.started_ns) / 1e9,
+                "rcvbuf_requested": self.config.relay.rcvbuf,
+                "multicast": {
+                    "full": "{}:{}".format(*self.config.multicast.full),
+                    "decimated": "{}:{}".format(*self.config.multicast.decimated),
+                    "interface": self.config.multicast.interface,
+                },
+                "cache": dict(
+                    self._cache_total,
+                    enabled=self.cache_dir is not None,
+                    dir=str(self.cache_dir) if self.cache_dir else None,
+                    deleted_segments=self._deleted_segments,
+                ),
+                "shared": None
+                if self.shared_sock is None
+                else {
+                    "port": self.config.relay.shared_port,
+                    "rcvbuf": self.shared_rcvbuf,
+                    "counters": shared_stats or {},
+                },
+                "channels": channels,
+            }
+
+    def handle(self, req) -> dict:
+        """Answer one control request (a decoded JSON object)."""
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return _error(
+                'a request is a JSON object with "cmd": status, add, remove, rotate, stop'
+            )
+        cmd = req["cmd"]
+        try:
+            if cmd == "status":
+                return self.status()
+            if cmd == "add":
+                ch = self.add_channel(req.get("channel"))
+                return {"ok": True, "name": ch.name, "id": ch.id, "port": ch.port}
+            if cmd == "remove":
+                self.remove_channel(req.get("name"))
+                return {"ok": True}
+            if cmd == "rotate":
+                self.rotate(req.get("name"))
+                return {"ok": True}
+            if cmd == "stop":
+                self.request_stop()
+                return {"ok": True}
+        except (SpeedDataError, ValueError, KeyError) as exc:
+            return _error(str(exc))
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("control request %r failed", req)
+            return _error(f"internal error: {exc!r} (see the relay's log)")
+        return _error(f"unknown cmd {cmd!r}; use status, add, remove, rotate or stop")
+
+    # -- threads -----------------------------------------------------------------------
+
+    def _run_engine(self, engine) -> None:
+        try:
+            engine.run()
+        except BaseException:
+            log.exception("an engine failed; stopping the relay")
+            self.exit_code = 1
+            self.request_stop()
+
+    def _control_loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._rep, zmq.POLLIN)
+        next_publish = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                timeout = max(0.0, min(next_publish - time.monotonic(), 0.2))
+                if poller.poll(int(timeout * 1000)):
+                    raw = self._rep.recv()
+                    try:
+                        req = json.loads(raw)
+                    except (ValueError, UnicodeDecodeError) as exc:
+                        reply = _error(f"the request is not JSON: {exc}")
+                    else:
+                        reply = self.handle(req)
+                    self._rep.send(json.dumps(reply).encode())
+                if time.monotonic() >= next_publish:
+                    self._pub.send(json.dumps(self.status()).encode())
+                    next_publish = time.monotonic() + PUBLISH_INTERVAL
+        except BaseException:
+            if not self._stop.is_set():
+                log.exception("the control thread failed; stopping the relay")
+                self.exit_code = 1
+                self.request_stop()
+
+    def _retention_loop(self) -> None:
+        last_segments = -1
+        next_pass = 0.0
+        while not self._stop.is_set():
+            opened = sum(c.get("segments", 0) for e in self.engines for c in e.stats().values())
+            now = time.monotonic()
+            if self._retention_wake.is_set() or opened != last_segments or now >= next_pass:
+                self._retention_wake.clear()
+                last_segments = opened
+                next_pass = now + RETENTION_INTERVAL
+                try:
+                    self.retention_pass()
+                except Exception:  # keep relaying; the next pass tries again
+                    log.exception("retention pass failed")
+            self._retention_wake.wait(0.25)
+
+    def retention_pass(self) -> None:
+        """Enforce the budget and age, then summarise the cache for ``status``."""
+        if self.cache_dir is None:
+            return
+        budget = cachelib.budget_bytes(self.config.cache.budget, self.cache_dir)
+        deleted = cachelib.enforce_retention(
+            self.cache_dir,
+            budget,
+            self.config.cache.max_age,
+            open_segments=_LiveOpenSegments(self.engines),
+        )
+        for seg in deleted:
+            log.info("retention: deleted %s", seg.avro)
+        with self._lock:
+            names = list(self.channels)
+        summary = {name: cachelib.channel_summary(self.cache_dir, name) for name in names}
+        total = sum(cachelib.segment_bytes(s) for s in cachelib.cache_segments(self.cache_dir))
+        with self._lock:
+            self._deleted_segments += len(deleted)
+            self._cache_summary = summary
+            self._cache_total = {"bytes": total, "budget_bytes": budget}
+
+    # -- stop --------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the relay to stop (any thread, signal handlers included)."""
+        self._stop.set()
+        self._retention_wake.set()
+
+    def wait(self) -> None:
+        """Block until a stop is requested (signals are handled meanwhile)."""
+        while not self._stop.wait(0.5):
+            pass
+
+    def close(self) -> None:
+        """Stop the engines, close (trim) every segment, close every socket."""
+        self.request_stop()
+        for engine in self.engines:
+            engine.stop()
+        for t in self._engine_threads:
+            t.join(10)
+        for i, engine in enumerate(self.engines):
+            t = self._engine_threads[i] if i < len(self._engine_threads) else None
+            if t is None or not t.is_alive():
+                engine.close()
+            else:
+                log.error("%s did not stop within 10 s; its segments stay open", t.name)
+        for t in self._threads:
+            t.join(5)
+        self._close_sockets()
+        log.info("stopped")
+
+    def _close_sockets(self) -> None:
+        for s in self.channels.values():
+            if s.sock is not None:
+                s.sock.close()
+        if self.shared_sock is not None:
+            self.shared_sock.close()
+        for sock in (self._rep, self._pub):
+            if sock is not None:
+                sock.close(linger=0)
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+
+def _error(message: str) -> dict:
+    return {"ok": False, "error": message}
+
+
+def _replace_id(ch: ChannelConfig, cid: int) -> ChannelConfig:
+    import dataclasses
+
+    return dataclasses.replace(ch, id=cid)
+
+
+def _channel_from_json(raw: dict, base: Path | None) -> ChannelConfig:
+    """A channel from an ``add`` request or relay-channels.json; RelayError names the key."""
+    if not isinstance(raw, dict):
+        raise RelayError('"channel" must be an object: {name, port, schema, ...}')
+    unknown = set(raw) - {"name", "port", "schema", "decimation", "time", "id"}
+    if unknown:
+        raise RelayError(
+            f"channel: unknown key(s) {sorted(unknown)}; "
+            "allowed: name, port, schema, decimation, time, id"
+        )
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise RelayError(
+            f"channel.name {name!r}: use letters, digits, '_', '-', '.' (max 64), "
+            "starting with a letter or '_'"
+        )
+    port = raw.get("port")
+    if port is not None and (
+        isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+    ):
+        raise RelayError(f"channel.port {port!r}: must be 1..65535, or null for shared-port only")
+    decimation = raw.get("decimation", 1)
+    if isinstance(decimation, bool) or not isinstance(decimation, int) or decimation < 1:
+        raise RelayError(f"channel.decimation {decimation!r}: must be an integer >= 1")
+    cid = raw.get("id")
+    if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < 2**32:
+        raise RelayError(f"channel.id {cid!r}: must be an integer from 1 to 2**32-1")
+    time_field = raw.get("time")
+    if time_field is not None and not isinstance(time_field, str):
+        raise RelayError(f"channel.time {time_field!r}: must be a field name")
+    source = raw.get("schema")
+    if isinstance(source, str) and not source.lstrip().startswith("{"):
+        path = Path(source)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        source = path
+    elif not isinstance(source, (dict, str)):
+        raise RelayError("channel.schema: give the schema as a JSON object or an .avsc path")
+    try:
+        schema = Schema(source, time=time_field)
+    except SchemaError as exc:
+        raise RelayError(f"channel.schema: {exc}") from exc
+    if isinstance(source, Path):
+        schema = Schema(schema.avsc, time=time_field)  # kept inline from now on
+    return ChannelConfig(name, port, schema, cid, decimation, schema.time_field)
+
+
+def _channel_to_json(ch: ChannelConfig) -> dict:
+    return {
+        "name": ch.name,
+        "port": ch.port,
+        "schema": ch.schema.avsc,
+        "decimation": ch.decimation,
+        "time": ch.schema.time_field,
+        "id": ch.id,
+    }
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``speeddata relay`` (and ``speeddata relay status``)."""
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
+    )
+    parser.add_argument(
+        "--workers", type=int, metavar="N", help="engine threads (default: relay.workers)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("compiled", "python"),
+        help="relay engine (default: compiled when built, else python)",
+    )
+    sub = parser.add_subparsers(dest="relay_command", metavar="{status}")
+    status = sub.add_parser(
+        "status",
+        help="print a running relay's per-channel counters",
+        description="Ask a running relay (over its ZeroMQ control socket) for its status.",
+    )
+    status.add_argument(
+        "-c",
+        "--config",
+        dest="status_config",
+        metavar="FILE",
+        help="config file whose relay.control to ask",
+    )
+    status.add_argument(
+        "--control", metavar="ENDPOINT", help="relay control endpoint (overrides the config)"
+    )
+    status.add_argument("--watch", action="store_true", help="refresh once a second until Ctrl-C")
+    status.add_argument("--json", action="store_true", help="print the raw status JSON")
+    status.add_argument(
+        "--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for a reply"
+    )
+
+
+def _die_with_parent() -> None:
+    """Under a supervisor (``speeddata up`` sets SPEEDDATA_DIE_WITH_PARENT=1), get SIGTERM
+    when the supervisor dies, so that a killed ``up`` leaves no relay holding its ports
+    (prctl(2), PR_SET_PDEATHSIG)."""
+    if os.environ.get(DIE_WITH_PARENT_ENV) != "1" or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl: nobody will signal us
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``speeddata relay``: run until SIGINT/SIGTERM or a stop request; 0 when stopped."""
+    if getattr(args, "relay_command", None) == "status":
+        return run_status(args)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s speeddata relay: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    config = load_config(args.config)
+    relay = Relay(config, engine=args.engine, workers=args.workers)
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, lambda *_: relay.request_stop())
+    _die_with_parent()
+    try:
+        relay.start()
+        relay.wait()
+    finally:
+        relay.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return relay.exit_code
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``speeddata relay status``: one table, or a refreshing one with ``--watch``."""
+    endpoint = args.control
+    if endpoint is None:
+        endpoint = load_config(args.status_config or args.config).relay.control
+    try:
+        while True:
+            status = request(endpoint, {"cmd": "status"}, timeout=args.timeout)
+            if args.json:
+                text = json.dumps(status, indent=2)
+            else:
+                text = format_status(status)
+            if args.watch:
+                sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+                sys.stdout.flush()
+                time.sleep(1.0)
+            else:
+                print(text)
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    except ControlError as exc:
+        raise RelayError(str(exc)) from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m speeddata.relay``: same as ``speeddata relay``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m speeddata.relay",
+        description="run the relay: UDP in, cache, multicast out",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except SpeedDataError as exc:
+        print(f"speeddata relay: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,596 @@
+"""The pure-Python reference relay engine (docs/relay-internals.md).
+
+``PyEngine`` has the API and the observable behaviour of the compiled
+``speeddata._relay.Engine``: the same segment files, multicast datagrams and counters. It
+is written to be read, not to be fast: one ``recvmsg`` per datagram, one ``sendto`` per
+multicast copy, blocks written through ``speeddata.cache.SegmentWriter``, records checked
+by ``speeddata.validate.PyValidator``. Tests run both engines on the same traffic.
+
+One loop iteration:
+
+1. wait (epoll, via ``selectors``) for datagrams on the channel sockets, the shared
+   socket or the wake-up socket that ``stop()`` writes to;
+2. from each ready socket receive up to ``batch`` datagrams; validate each, count it,
+   and send the accepted ones to the multicast groups at once;
+3. append one block per channel holding the datagrams it accepted in this iteration
+   (rotating when the segment is full, or splitting the block over two segments);
+4. announce channels that are due, close segments older than ``segment_age``.
+
+Every change of state (steps 2-4 and the API calls from other threads) happens under one
+lock, so ``add_channel``, ``remove_channel``, ``rotate`` and ``stats`` are safe while
+``run()`` executes: they take effect between iterations.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import wire
+from .cache import SegmentWriter, ocf_header
+from .config import ChannelConfig, MulticastConfig
+from .schema import OP_UNION
+from .validate import PyValidator, _skip, read_varint
+
+__all__ = ["PyEngine", "COUNTERS", "SHARED_CHANNEL_ID"]
+
+log = logging.getLogger("speeddata.relay")
+
+#: The per-channel counters of ``stats()``, in the order of docs/relay-internals.md.
+COUNTERS = (
+    "datagrams",
+    "records",
+    "bytes",
+    "rejected",
+    "kernel_drops",
+    "multicast_sent",
+    "multicast_decimated",
+    "multicast_errors",
+    "stored_records",
+    "store_failed",
+    "blocks",
+    "segments",
+    "t_newest",
+)
+
+#: ``stats()`` key of the shared port's pseudo channel.
+SHARED_CHANNEL_ID = 0
+
+# socket(7): SO_TIMESTAMPNS puts the kernel receive time of each datagram in a control
+# message of type SCM_TIMESTAMPNS (= SO_TIMESTAMPNS) holding a struct timespec;
+# SO_RXQ_OVFL adds a u32 cumulative count of datagrams dropped on the socket.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+_TIMESPEC = struct.Struct("@qq")
+_U32 = struct.Struct("@I")
+_ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
+_MAX_DATAGRAM = 65536
+
+#: Single-object encoding (Avro spec): marker, 8-byte fingerprint, then the record.
+_SINGLE_OBJECT_MARKER = b"\xc3\x01"
+_SINGLE_OBJECT_PREFIX = 10
+
+#: Rejected datagrams file entry (docs/cache.md): u32 length, i64 recv_ns, the bytes.
+_REJECTED_ENTRY = struct.Struct("<Iq")
+_REJECTED_FILE_LIMIT = 64 * 1024**2  # stop keeping rejected datagrams past this, per file
+
+# Blocks: varints of n_records and n_bytes (at most 10 bytes each), then the 16-byte sync.
+_BLOCK_OVERHEAD = 20 + 16
+
+
+@dataclass
+class _Accepted:
+    """One accepted datagram, waiting for its block."""
+
+    payload: bytes
+    recv_ns: int
+    seq: int
+    n_records: int
+    t_min: int
+    t_max: int
+
+
+@dataclass
+class _Channel:
+    """Engine state of one channel."""
+
+    config: ChannelConfig
+    sock: socket.socket | None
+    validator: PyValidator
+    counters: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    seq: int = 0
+    announce_seq: int = 0
+    next_announce: float = 0.0  # time.monotonic() of its next announce
+    writer: SegmentWriter | None = None
+    retry_open_at: float = 0.0  # time.monotonic() before which no segment is opened
+    store_failing: bool = False
+    last_open_ns: int = 0
+    pending: list = field(default_factory=list)
+    rejected_file: object = None
+
+    @property
+    def id(self) -> int:
+        return self.config.id
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class PyEngine:
+    """The relay loop in pure Python: receive, validate, cache, multicast.
+
+    See docs/relay-internals.md for the API contract and the counters; the compiled
+    ``speeddata._relay.Engine`` behaves the same.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | None,
+        multicast: MulticastConfig,
+        segment_size: int = 64 << 20,
+        segment_age: float = 3600.0,
+        flush_interval: float = 0.2,
+        batch: int = 64,
+        rejected_dir: Path | None = None,
+    ):
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.multicast = multicast
+        self.segment_size = int(segment_size)
+        self.segment_age = float(segment_age)
+        self.flush_interval = float(flush_interval)
+        self.batch = int(batch)
+        self.rejected_dir = Path(rejected_dir) if rejected_dir is not None else None
+        self._lock = threading.RLock()
+        self._channels: dict[int, _Channel] = {}
+        self._shared: socket.socket | None = None
+        self._shared_counters = dict.fromkeys(COUNTERS, 0)
+        self._shared_rejected_file = None
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, ("wake", None))
+        self._stopping = False
+        self._running = False
+        self._closed = False
+        self._full = (multicast.full[0], multicast.full[1])
+        self._decimated = (multicast.decimated[0], multicast.decimated[1])
+        self._mcast = _multicast_socket(multicast)
+
+    # -- API ---------------------------------------------------------------------------
+
+    def add_channel(self, channel: ChannelConfig, sock: socket.socket | None) -> None:
+        """Serve ``channel``, receiving on ``sock`` (a bound UDP socket, or None when the
+        channel is fed through the shared port only)."""
+        if channel.id == SHARED_CHANNEL_ID:
+            raise ValueError("channel id 0 is reserved for the shared port's counters")
+        with self._lock:
+            if channel.id in self._channels:
+                raise ValueError(f"channel id {channel.id} is already served by this engine")
+            ch = _Channel(channel, sock, PyValidator(channel.schema))
+            if sock is not None:
+                _set_receive_options(sock)
+                self._selector.register(sock, selectors.EVENT_READ, ("channel", ch))
+            self._channels[channel.id] = ch
+
+    def set_shared_socket(self, sock: socket.socket) -> None:
+        """Receive single-object encoded datagrams on ``sock``, routed by fingerprint."""
+        with self._lock:
+            if self._shared is not None:
+                self._selector.unregister(self._shared)
+            _set_receive_options(sock)
+            self._shared = sock
+            self._selector.register(sock, selectors.EVENT_READ, ("shared", None))
+
+    def remove_channel(self, channel_id: int) -> None:
+        """Stop serving a channel and close (trim) its segment; the caller closes the socket."""
+        with self._lock:
+            ch = self._channels.pop(channel_id, None)
+            if ch is None:
+                raise KeyError(f"channel id {channel_id} is not served by this engine")
+            if ch.sock is not None:
+                self._selector.unregister(ch.sock)
+            self._close_segment(ch)
+            if ch.rejected_file is not None:
+                ch.rejected_file.close()
+
+    def rotate(self, channel_id: int | None = None) -> None:
+        """Close the current segment of one channel (or all); the next datagram opens a new one."""
+        with self._lock:
+            if channel_id is None:
+                channels = list(self._channels.values())
+            elif channel_id in self._channels:
+                channels = [self._channels[channel_id]]
+            else:
+                raise KeyError(f"channel id {channel_id} is not served by this engine")
+            for ch in channels:
+                self._close_segment(ch)
+
+    def run(self) -> None:
+        """Run the loop until ``stop()``; call it in its own thread."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if self._running:
+                raise RuntimeError("the engine is already running")
+            self._running = True
+        try:
+            while not self._stopping:
+                events = self._selector.select(self._timeout())
+                with self._lock:
+                    for key, _ in events:
+                        kind, ch = key.data
+                        if kind == "channel":
+                            if self._channels.get(ch.id) is ch:  # not removed meanwhile
+                                self._receive_channel(ch)
+                        elif kind == "shared":
+                            if self._shared is not None:
+                                self._receive_shared()
+                        else:
+                            _drain(self._wake_r)
+                    self._store_pending()
+                    self._tick()
+        finally:
+            with self._lock:
+                self._running = False
+
+    def stop(self) -> None:
+        """Make ``run()`` return soon; safe from any thread (and before ``run()``)."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # already woken, or closed
+
+    def stats(self) -> dict[int, dict[str, int]]:
+        """``{channel_id: {counter: value}}``; the shared port's pseudo channel is ``0``."""
+        with self._lock:
+            out = {cid: dict(ch.counters) for cid, ch in self._channels.items()}
+            if self._shared is not None:
+                out[SHARED_CHANNEL_ID] = dict(self._shared_counters)
+            return out
+
+    def open_segments(self) -> set[Path]:
+        """Paths of the ``.avro`` files being written."""
+        with self._lock:
+            return {ch.writer.segment.avro for ch in self._channels.values() if ch.writer}
+
+    def close(self) -> None:
+        """After ``run()`` returned: close (trim) every segment and release resources."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._running:
+                raise RuntimeError("close() while run() executes; stop() and join first")
+            self._closed = True
+            for ch in self._channels.values():
+                self._close_segment(ch)
+                if ch.rejected_file is not None:
+                    ch.rejected_file.close()
+            if self._shared_rejected_file is not None:
+                self._shared_rejected_file.close()
+            self._selector.close()
+            self._mcast.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    # -- receiving ---------------------------------------------------------------------
+
+    def _receive_channel(self, ch: _Channel) -> None:
+        for _ in range(self.batch):
+            got = _receive(ch.sock, ch.counters)
+            if got is None:
+                return
+            data, recv_ns = got
+            n_records, _, t_min, t_max = ch.validator.check(data)
+            if n_records < 0:
+                ch.counters["rejected"] += 1
+                ch.rejected_file = self._keep_rejected(ch.rejected_file, ch.name, data, recv_ns)
+                continue
+            self._accept(ch, data, recv_ns, n_records, t_min, t_max)
+
+    def _receive_shared(self) -> None:
+        counters = self._shared_counters
+        for _ in range(self.batch):
+            got = _receive(self._shared, counters)
+            if got is None:
+                return
+            data, recv_ns = got
+            routed = self._route(data)
+            if routed is None:
+                counters["rejected"] += 1
+                self._shared_rejected_file = self._keep_rejected(
+                    self._shared_rejected_file, "shared", data, recv_ns
+                )
+                continue
+            ch, payload, (n_records, _, t_min, t_max) = routed
+            self._accept(ch, payload, recv_ns, n_records, t_min, t_max)
+
+    def _route(self, data: bytes):
+        """Strip the single-object framing -> ``(channel, records, check)`` or None.
+
+        Every record must be preceded by ``C3 01`` and the fingerprint of one and the same
+        channel, and be a valid record of that channel's schema.
+        """
+        end = len(data)
+        pos = 0
+        ch = None
+        records = []
+        while pos < end:
+            if end - pos < _SINGLE_OBJECT_PREFIX or data[pos : pos + 2] != _SINGLE_OBJECT_MARKER:
+                return None
+            fingerprint = data[pos + 2 : pos + _SINGLE_OBJECT_PREFIX]
+            if ch is None:
+                ch = self._channel_by_fingerprint(fingerprint)
+                if ch is None:
+                    return None
+            elif fingerprint != ch.config.schema.fingerprint:
+                return None
+            pos += _SINGLE_OBJECT_PREFIX
+            record_end = _record_end(ch.validator, data, pos)
+            if record_end is None:
+                return None
+            records.append(data[pos:record_end])
+            pos = record_end
+        if ch is None:
+            return None  # empty datagram
+        payload = b"".join(records)
+        check = ch.validator.check(payload)
+        if check[0] != len(records):
+            return None
+        return ch, payload, check
+
+    def _channel_by_fingerprint(self, fingerprint: bytes) -> _Channel | None:
+        # Two channels with the same schema share a fingerprint: the lowest id gets the data.
+        matches = [
+            ch for ch in self._channels.values() if ch.config.schema.fingerprint == fingerprint
+        ]
+        return min(matches, key=lambda ch: ch.id) if matches else None
+
+    def _accept(
+        self,
+        ch: _Channel,
+        payload: bytes,
+        recv_ns: int,
+        n_records: int,
+        t_min: int | None,
+        t_max: int | None,
+    ) -> None:
+        """Count an accepted datagram, multicast it and queue it for this iteration's block."""
+        c = ch.counters
+        seq = ch.seq
+        ch.seq += 1
+        if t_min is None:  # no time field: the receive time stands in (docs/cache.md)
+            t_min = t_max = recv_ns
+        else:
+            scale = ch.config.schema.time_scale
+            t_min, t_max = t_min * scale, t_max * scale
+        c["datagrams"] += 1
+        c["records"] += n_records
+        c["bytes"] += len(payload)
+        c["t_newest"] = max(c["t_newest"], t_max)
+        datagram = wire.pack_header(ch.id, n_records, seq, recv_ns) + payload
+        self._send(datagram, self._full, c, "multicast_sent")
+        if seq % ch.config.decimation == 0:
+            self._send(datagram, self._decimated, c, "multicast_decimated")
+        if self.cache_dir is not None:
+            ch.pending.append(_Accepted(payload, recv_ns, seq, n_records, t_min, t_max))
+
+    def _send(self, datagram: bytes, group: tuple[str, int], counters: dict, key: str) -> None:
+        try:
+            self._mcast.sendto(datagram, group)
+        except OSError:
+            counters["multicast_errors"] += 1
+        else:
+            if key:
+                counters[key] += 1
+
+    def _keep_rejected(self, f, name: str, data: bytes, recv_ns: int):
+        """Append a rejected datagram to ``<rejected_dir>/<name>.rej`` when that is on."""
+        if self.rejected_dir is None:
+            return f
+        try:
+            if f is None:
+                self.rejected_dir.mkdir(parents=True, exist_ok=True)
+                f = open(self.rejected_dir / f"{name}.rej", "ab")  # noqa: SIM115
+            if f.tell() < _REJECTED_FILE_LIMIT:
+                f.write(_REJECTED_ENTRY.pack(len(data), recv_ns) + data)
+                f.flush()
+        except OSError:
+            pass  # keeping rejects is best effort; they are counted either way
+        return f
+
+    # -- storing -----------------------------------------------------------------------
+
+    def _store_pending(self) -> None:
+        for ch in self._channels.values():
+            if ch.pending:
+                items, ch.pending = ch.pending, []
+                self._store(ch, items)
+
+    def _store(self, ch: _Channel, items: list[_Accepted]) -> None:
+        """Append ``items`` as one block, or as two when the segment fills up in between."""
+        c = ch.counters
+        i = 0
+        while i < len(items):
+            if ch.writer is None and not self._open_segment(ch, items[i]):
+                c["store_failed"] += len(items) - i
+                return
+            writer = ch.writer
+            j, n_bytes = i, 0
+            while j < len(items) and writer.room(n_bytes + len(items[j].payload)):
+                n_bytes += len(items[j].payload)
+                j += 1
+            if j == i:  # the segment is full: the rest goes to a new one
+                self._close_segment(ch)
+                continue
+            block = items[i:j]
+            try:
+                writer.append(
+                    [a.payload for a in block],
+                    [a.recv_ns for a in block],
+                    [a.seq for a in block],
+                    [a.n_records for a in block],
+                    min(a.t_min for a in block),
+                    max(a.t_max for a in block),
+                )
+            except OSError as exc:
+                self._store_failed(ch, exc)
+                self._close_segment(ch)
+                c["store_failed"] += len(items) - i
+                return
+            c["blocks"] += 1
+            c["stored_records"] += sum(a.n_records for a in block)
+            i = j
+
+    def _open_segment(self, ch: _Channel, first: _Accepted) -> bool:
+        now = time.monotonic()
+        if now < ch.retry_open_at:
+            return False
+        # A datagram larger than a whole segment gets a segment of its own size.
+        header_size = len(ocf_header(ch.config.schema, bytes(16), ch.name, ch.id))
+        size = max(self.segment_size, header_size + len(first.payload) + _BLOCK_OVERHEAD)
+        # Stems must differ: a segment opened in the same nanosecond moves one ns on.
+        t_open_ns = max(time.time_ns(), ch.last_open_ns + 1)
+        try:
+            ch.writer = SegmentWriter(
+                self.cache_dir / ch.name, ch.config.schema, ch.name, ch.id, size, t_open_ns
+            )
+        except OSError as exc:
+            ch.retry_open_at = now + 1.0
+            self._store_failed(ch, exc)
+            return False
+        ch.last_open_ns = t_open_ns
+        ch.counters["segments"] += 1
+        if ch.store_failing:
+            ch.store_failing = False
+            log.warning("channel %s: storing again in %s", ch.name, ch.writer.segment.avro)
+        return True
+
+    def _store_failed(self, ch: _Channel, exc: OSError) -> None:
+        ch.retry_open_at = time.monotonic() + 1.0
+        if not ch.store_failing:
+            ch.store_failing = True
+            log.warning(
+                "channel %s: cannot store datagrams (%s); multicast goes on, retrying every second",
+                ch.name,
+                exc,
+            )
+
+    def _close_segment(self, ch: _Channel) -> None:
+        if ch.writer is not None:
+            writer, ch.writer = ch.writer, None
+            try:
+                writer.close()
+            except OSError as exc:  # trimming frees space, so this is unexpected
+                log.error("channel %s: closing %s failed: %s", ch.name, writer.segment.avro, exc)
+
+    # -- periodic ----------------------------------------------------------------------
+
+    def _timeout(self) -> float:
+        with self._lock:
+            due = min((ch.next_announce for ch in self._channels.values()), default=None)
+        timeout = 0.25
+        if due is not None:
+            timeout = min(timeout, max(0.0, due - time.monotonic()))
+        return timeout
+
+    def _tick(self) -> None:
+        """Announce the channels that are due; close segments past ``segment_age``."""
+        now = time.monotonic()
+        now_ns = time.time_ns()
+        interval = self.multicast.announce_interval
+        for ch in self._channels.values():
+            if now >= ch.next_announce:
+                datagram = wire.announce_datagram(ch.config, ch.announce_seq, now_ns)
+                ch.announce_seq += 1
+                self._send(datagram, self._full, ch.counters, "")
+                self._send(datagram, self._decimated, ch.counters, "")
+                ch.next_announce = now + interval
+            if ch.writer is not None and now_ns - ch.writer.t_open_ns >= self.segment_age * 1e9:
+                self._close_segment(ch)
+
+
+def _multicast_socket(multicast: MulticastConfig) -> socket.socket:
+    """The sending socket: leaves by ``multicast.interface`` with ``multicast.ttl``."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(multicast.interface)
+        )
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, multicast.ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(multicast.loop))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _set_receive_options(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+
+
+def _receive(sock: socket.socket, counters: dict) -> tuple[bytes, int] | None:
+    """One datagram and its kernel receive time (ns), or None when none is queued.
+
+    Updates ``counters["kernel_drops"]`` from SO_RXQ_OVFL (a cumulative count the kernel
+    attaches once the socket has dropped something).
+    """
+    try:
+        data, ancillary, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_SIZE)
+    except (BlockingIOError, InterruptedError):
+        return None
+    recv_ns = None
+    for level, kind, value in ancillary:
+        if level != socket.SOL_SOCKET:
+            continue
+        if kind == SCM_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+            sec, nsec = _TIMESPEC.unpack_from(value)
+            recv_ns = sec * 1_000_000_000 + nsec
+        elif kind == SO_RXQ_OVFL and len(value) >= _U32.size:
+            drops = _U32.unpack_from(value)[0]
+            counters["kernel_drops"] = max(counters["kernel_drops"], drops)
+    if recv_ns is None:
+        recv_ns = time.time_ns()
+    return data, recv_ns
+
+
+def _record_end(validator: PyValidator, data: bytes, pos: int) -> int | None:
+    """End of the one record starting at ``pos``, or None if it is not a valid record."""
+    program = validator.program
+    i = 0
+    while i < len(program):
+        op, arg = program[i]
+        if op == OP_UNION:
+            r = read_varint(data, pos, 10)
+            if r is None or not 0 <= r[0] <= 1:
+                return None
+            pos = r[1]
+            i += 2 if r[0] == arg else 1  # the null branch skips the value's op
+            continue
+        r = _skip(data, pos, op, arg)
+        if r is None:
+            return None
+        pos = r[0]
+        i += 1
+    return pos
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except (BlockingIOError, InterruptedError, OSError):
+        pass

@@ -1,0 +1,295 @@
+"""``speeddata up``: run the parts of SpeedData on one config as child processes.
+
+The relay (``python -m speeddata.relay``), the live server when this build has one, and
+with ``--demo`` the demo source, all on one config (the built-in default without ``-c``).
+While they run, the relay's status table (asked over its ZeroMQ control socket) refreshes
+once a second; the children's output goes to ``<cache dir>/up.log``.
+
+A small :class:`Supervisor` starts each part with :mod:`subprocess` and stops them all
+(SIGTERM, then SIGKILL after a grace period) on Ctrl-C, SIGTERM, ``--duration`` or when
+any child exits. Ctrl-C ends with exit status 0 and no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import load_config
+from .control import ControlError, format_status, request
+from .errors import SpeedDataError
+
+__all__ = ["Supervisor", "Child", "StatusDisplay", "children", "add_arguments", "run"]
+
+#: seconds a child gets to exit after SIGTERM before SIGKILL
+STOP_GRACE = 5.0
+#: how often the supervisor looks at its children (it sleeps in between)
+POLL_INTERVAL = 0.1
+
+
+class UpError(SpeedDataError, RuntimeError):
+    """``speeddata up`` cannot start or a part of it failed."""
+
+
+@dataclass
+class Child:
+    """One supervised process."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+
+class _Stop(Exception):
+    """Raised by the SIGTERM handler to leave the wait loop."""
+
+
+class Supervisor:
+    """Start child processes and stop them all together.
+
+    >>> with Supervisor() as sup:  # doctest: +SKIP
+    ...     sup.start("source", [sys.executable, "-m", "speeddata.cli", "source", "--demo"])
+    ...     status = sup.wait(duration=10)
+    """
+
+    def __init__(self, out=None):
+        self.children: list[Child] = []
+        self.out = out if out is not None else sys.stderr
+
+    def start(self, name: str, argv: Sequence[str], output=None) -> Child:
+        """Start ``argv`` as child ``name``; its stdout and stderr are ours, or go to the
+        file object ``output``."""
+        child = Child(name, list(argv))
+        try:
+            # children that honour it stop when this process dies (even by SIGKILL)
+            env = dict(os.environ, SPEEDDATA_DIE_WITH_PARENT="1")
+            child.process = subprocess.Popen(child.argv, stdout=output, stderr=output, env=env)
+        except OSError as exc:
+            raise UpError(f"cannot start {name} ({' '.join(argv)}): {exc.strerror}") from exc
+        self.children.append(child)
+        return child
+
+    def wait(self, duration: float | None = None, tick=None, tick_interval: float = 1.0) -> int:
+        """Wait until ``duration`` passes, Ctrl-C or SIGTERM arrives (-> 0), or a child
+        exits (-> its status, 0 if it exited cleanly). Children keep running: call
+        :meth:`stop` (or leave the ``with`` block). ``tick()``, if given, is called now
+        and then every ``tick_interval`` seconds (``up`` shows the relay status)."""
+        deadline = math.inf if duration is None else time.monotonic() + duration
+        next_tick = time.monotonic()
+        previous = _install_sigterm()
+        try:
+            while True:
+                if tick is not None and time.monotonic() >= next_tick:
+                    tick()
+                    next_tick = time.monotonic() + tick_interval
+                for child in self.children:
+                    code = child.returncode
+                    if code is not None:
+                        if code != 0:
+                            self.out.write(
+                                f"speeddata up: {child.name} exited with status {code}\n"
+                            )
+                        return code if code > 0 else (0 if code == 0 else 128 - code)
+                pause = min(POLL_INTERVAL, deadline - time.monotonic())
+                if pause <= 0:
+                    return 0
+                time.sleep(pause)
+        except (KeyboardInterrupt, _Stop):
+            return 0
+        finally:
+            _restore_sigterm(previous)
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """SIGTERM every running child, wait up to ``grace`` seconds, then SIGKILL."""
+        running = [c.process for c in self.children if c.process and c.process.poll() is None]
+        for proc in running:
+            _signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in running:
+            while True:
+                try:
+                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                    break
+                except subprocess.TimeoutExpired:
+                    _signal(proc, signal.SIGKILL)
+                    proc.wait()
+                    break
+                except KeyboardInterrupt:
+                    continue  # a second Ctrl-C while stopping: keep stopping
+
+    def __enter__(self) -> Supervisor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        proc.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _install_sigterm():
+    def handler(signum, frame):
+        raise _Stop()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: SIGTERM is not ours to handle
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "speeddata.cli", *args]
+
+
+def children(args) -> list[tuple[str, list[str]]]:
+    """The processes ``up`` runs for ``args``, as ``(name, argv)``, in start order:
+    the relay, the live server (when this build has one), the demo source (``--demo``)."""
+    config = ["-c", os.path.abspath(args.config)] if args.config else []
+    relay = [sys.executable, "-m", "speeddata.relay", *config]
+    if args.engine:
+        relay += ["--engine", args.engine]
+    procs: list[tuple[str, list[str]]] = [("relay", relay)]
+    if importlib.util.find_spec("speeddata.server") is not None:
+        procs.append(("live server", _cli("serve", *config)))
+    if args.demo:
+        extra = [f"--rate={r}" for r in args.rate]
+        if args.quiet:
+            extra.append("--quiet")
+        procs.append(("demo source", _cli("source", "--demo", *config, *extra)))
+    return procs
+
+
+class StatusDisplay:
+    """Shows the relay's status table (asked over ZeroMQ) on ``out``: redrawn in place on
+    a terminal, appended otherwise."""
+
+    def __init__(self, endpoint: str, header: str, out=None, tty: bool | None = None):
+        self.endpoint = endpoint
+        self.header = header
+        self.out = out if out is not None else sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.shown = 0
+
+    def refresh(self) -> None:
+        try:
+            text = format_status(request(self.endpoint, {"cmd": "status"}, timeout=0.5))
+        except ControlError as exc:
+            text = f"(no status: {exc})"
+        if self.tty:
+            self.out.write("\x1b[H\x1b[2J" + self.header + "\n" + text + "\n")
+        else:
+            self.out.write(text + "\n\n")
+        self.out.flush()
+        self.shown += 1
+
+
+def _wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:
+    """Until the relay answers on its control socket; UpError if it exits or stays mute."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = relay.returncode
+        if code is not None:
+            raise UpError(f"the relay exited with status {code} while starting")
+        try:
+            request(endpoint, {"cmd": "status"}, timeout=0.3)
+            return
+        except ControlError:
+            if time.monotonic() > deadline:
+                raise UpError(
+                    f"the relay did not answer on {endpoint} within {timeout:g} s"
+                ) from None
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def add_arguments(parser) -> None:
+    """Arguments of ``speeddata up``."""
+    parser.add_argument("--demo", action="store_true", help="also run the demo source")
+    parser.add_argument(
+        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
+    )
+    parser.add_argument(
+        "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
+    )
+    parser.add_argument(
+        "--rate",
+        action="append",
+        default=[],
+        metavar="X|CH=HZ",
+        help="demo source rates, as for `speeddata source --rate`",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="do not print send rates")
+    parser.add_argument(
+        "--engine", choices=("compiled", "python"), help="relay engine (default: compiled if built)"
+    )
+    parser.add_argument(
+        "--no-status", action="store_true", help="do not show the relay status table"
+    )
+
+
+def run(args) -> int:
+    """``speeddata up``: start the children, show the relay status until Ctrl-C (or
+    ``--duration``), stop them all; 0 on Ctrl-C/duration, else the failed child's status.
+
+    The children's output goes to ``<cache dir>/up.log``; its tail is printed when a
+    child fails.
+    """
+    if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
+        raise UpError(f"--duration {args.duration}: must be a number of seconds >= 0")
+    config = load_config(args.config)  # report config errors once, before starting anything
+    procs = children(args)
+    log_path = config.cache.dir.resolve() / "up.log"
+    try:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "ab")  # noqa: SIM115 - closed below, after the children
+    except OSError as exc:
+        raise UpError(f"cannot write the log {log_path}: {exc.strerror}") from exc
+    names = ", ".join(name for name, _ in procs)
+    header = f"speeddata up: {names}; output in {log_path}; Ctrl-C stops"
+    print(header, file=sys.stderr, flush=True)
+    code = 0
+    try:
+        with Supervisor() as sup:
+            try:
+                relay = sup.start(*procs[0], output=log)
+                _wait_for_relay(config.relay.control, relay)
+                for name, argv in procs[1:]:
+                    sup.start(name, argv, output=log)
+                display = None if args.no_status else StatusDisplay(config.relay.control, header)
+                code = sup.wait(args.duration, tick=display.refresh if display else None)
+            except KeyboardInterrupt:
+                code = 0
+            except UpError:
+                code = 2
+                raise
+    finally:
+        log.close()
+        if code != 0:
+            sys.stderr.write(f"--- last lines of {log_path} ---\n{_tail(log_path)}\n")
+    return code

@@ -1,0 +1,200 @@
+"""Helpers for the relay tests: encode records with fastavro (the oracle), send them to
+127.0.0.1, listen to multicast groups on interface 127.0.0.1, read the cache back."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import select
+import socket
+import time
+from pathlib import Path
+
+import fastavro
+
+from conftest import SCHEMAS, free_udp_port, random_group
+from speeddata import wire
+from speeddata.cache import list_segments
+
+LOOPBACK = "127.0.0.1"
+
+#: ``--engine`` values to run the relay process with: the compiled one when it is built
+ENGINE_NAMES = ["python"]
+if importlib.util.find_spec("speeddata._relay") is not None:
+    ENGINE_NAMES.append("compiled")
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
+    """Poll ``predicate`` until it returns something true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {predicate}")
+        time.sleep(interval)
+
+
+def encode(schema, records) -> bytes:
+    """Records -> their Avro binary encodings back to back (fastavro)."""
+    parsed = fastavro.parse_schema(schema.avsc)
+    out = io.BytesIO()
+    for r in records:
+        fastavro.schemaless_writer(out, parsed, r)
+    return out.getvalue()
+
+
+def single_object(schema, records, fingerprint: bytes | None = None) -> bytes:
+    """Records in Avro single-object encoding: C3 01, fingerprint, record; back to back."""
+    fp = schema.fingerprint if fingerprint is None else fingerprint
+    return b"".join(b"\xc3\x01" + fp + encode(schema, [r]) for r in records)
+
+
+def engine_record(i: int, t0: int = 1_700_000_000_000_000_000) -> dict:
+    return {
+        "time": t0 + i * 1_000_000,
+        "rpm": 1000.0 + i,
+        "torque": i * 0.25,
+        "temperature": 80.5,
+        "throttle": float(i % 100) * 0.5,
+        "state": ["IDLE", "RUN", "FAULT"][i % 3],
+        "counter": i,
+    }
+
+
+def status_record(i: int, message_len: int = 20, t0: int = 1_700_000_000_000_000_000) -> dict:
+    return {
+        "time": t0 + i * 1_000_000,
+        "message": (f"line {i} " + "x" * message_len)[:message_len],
+        "uptime": float(i),
+        "load": None if i % 2 else i * 0.5,
+        "host": {"cpu_temp": 40.5, "free_disk": 10**12 - i},
+    }
+
+
+def vibration_record(i: int) -> dict:
+    return {"x": i * 0.5, "y": -i * 0.25, "z": 1.0, "ok": bool(i % 2)}
+
+
+class Sender:
+    """A UDP socket that sends only to 127.0.0.1."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def send(self, port: int, data: bytes) -> None:
+        self.sock.sendto(data, (LOOPBACK, port))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Subscriber:
+    """Joins a multicast group on interface 127.0.0.1 and collects relay datagrams."""
+
+    def __init__(self, group: str, port: int):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        self.sock.bind((group, port))
+        self.sock.setsockopt(
+            socket.IPPROTO_IP,
+            socket.IP_ADD_MEMBERSHIP,
+            socket.inet_aton(group) + socket.inet_aton(LOOPBACK),
+        )
+        self.sock.setblocking(False)
+        self.data: list[tuple[wire.Header, bytes]] = []
+        self.announces: list[tuple[wire.Header, dict]] = []
+
+    def poll(self, timeout: float = 0.05) -> None:
+        """Read what has arrived (waiting at most ``timeout`` for the first datagram)."""
+        ready, _, _ = select.select([self.sock], [], [], timeout)
+        while ready:
+            try:
+                buf = self.sock.recv(70000)
+            except BlockingIOError:
+                return
+            header = wire.unpack_header(buf)
+            payload = buf[header.header_len :]
+            if header.kind == wire.KIND_ANNOUNCE:
+                self.announces.append((header, wire.parse_announce(payload)))
+            else:
+                self.data.append((header, payload))
+
+    def collect_until(self, predicate, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out: {len(self.data)} data, {len(self.announces)} announces"
+                )
+            self.poll()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def read_channel(cache_dir: Path, channel: str) -> list[dict]:
+    """Every record of a channel's segments, oldest first, read by fastavro."""
+    records = []
+    for seg in list_segments(cache_dir, channel):
+        with open(seg.avro, "rb") as f:
+            records.extend(fastavro.reader(f))
+    return records
+
+
+def read_all_cleanly(cache_dir: Path) -> int:
+    """Read every segment of every channel with fastavro; return the record count."""
+    n = 0
+    for d in sorted(Path(cache_dir).iterdir()):
+        if d.is_dir() and d.name not in ("tags", "rejected"):
+            n += len(read_channel(cache_dir, d.name))
+    return n
+
+
+def write_config(
+    path: Path,
+    ipc_dir: Path,
+    channels=(("engine", "engine", 10), ("status", "status", 1)),
+    budget: str = "100 MB",
+    segment_size: str = "64 KiB",
+    shared: bool = True,
+) -> dict:
+    """Write a relay config on free ports; return what the test needs to know."""
+    ports = {name: free_udp_port() for name, _, _ in channels}
+    info = {
+        "path": path,
+        "cache": path.parent / "cache",
+        "control": f"ipc://{ipc_dir}/control",
+        "stats": f"ipc://{ipc_dir}/stats",
+        "ports": ports,
+        "shared_port": free_udp_port() if shared else 0,
+        "full": (random_group(), free_udp_port()),
+    }
+    lines = [
+        "[cache]",
+        f'dir = "{info["cache"]}"',
+        f'budget = "{budget}"',
+        f'segment_size = "{segment_size}"',
+        "[multicast]",
+        'interface = "127.0.0.1"',
+        "ttl = 1",
+        f'full = "{info["full"][0]}:{info["full"][1]}"',
+        f'decimated = "{random_group()}:{free_udp_port()}"',
+        "[relay]",
+        f'control = "{info["control"]}"',
+        f'stats = "{info["stats"]}"',
+        f"shared_port = {info['shared_port']}",
+        'rcvbuf = "1 MiB"',
+    ]
+    for name, schema, decimation in channels:
+        lines += [
+            "[[channels]]",
+            f'name = "{name}"',
+            f"port = {ports[name]}",
+            f'schema = "{SCHEMAS / (schema + ".avsc")}"',
+            f"decimation = {decimation}",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return info

@@ -1,0 +1,484 @@
+"""The relay process (``python -m speeddata.relay -c FILE``) end to end, over real sockets.
+
+Each test writes a config on kernel-chosen free ports, a tmp cache folder, ipc:// control
+endpoints and a random 239.255.x.y group on 127.0.0.1, starts the relay as a child
+process, and talks to it over the ZeroMQ control plane. Parametrized over the engines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from conftest import SCHEMAS, free_udp_port
+from relay_helpers import (
+    ENGINE_NAMES as ENGINES,
+)
+from relay_helpers import (
+    Sender,
+    encode,
+    engine_record,
+    read_all_cleanly,
+    read_channel,
+    status_record,
+    wait_for,
+    write_config,
+)
+from speeddata.cache import cache_segments, list_segments, segment_bytes, segment_needs_recovery
+from speeddata.control import ControlError, request, wait_for_relay
+from speeddata.schema import Schema
+
+
+class RelayProcess:
+    """A relay child process; its log goes to a file (a pipe nobody reads could block it)."""
+
+    def __init__(self, info: dict, engine: str, log: Path):
+        self.info = info
+        self.engine = engine
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RelayProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "speeddata.relay", "-c", str(self.info["path"])]
+                + ["--engine", self.engine],
+                stdout=log,
+                stderr=log,
+            )
+        try:
+            wait_for_relay(self.info["control"], timeout=20)
+        except ControlError:
+            self.kill()
+            raise AssertionError(f"relay did not start:\n{self.log.read_text()}") from None
+        return self
+
+    def request(self, cmd: dict, check: bool = True) -> dict:
+        return request(self.info["control"], cmd, timeout=5, check=check)
+
+    def status(self) -> dict:
+        return self.request({"cmd": "status"})
+
+    def channel(self, name: str) -> dict:
+        for ch in self.status()["channels"]:
+            if ch["name"] == name:
+                return ch
+        raise KeyError(name)
+
+    def counter(self, name: str, counter: str) -> int:
+        return self.channel(name)["counters"].get(counter, 0)
+
+    def terminate(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(20)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def ipc_dir():
+    # ipc:// paths are limited to ~107 bytes: keep them short, outside the pytest tmp tree
+    d = Path(tempfile.mkdtemp(prefix="sd-relay-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sender():
+    s = Sender()
+    yield s
+    s.close()
+
+
+@pytest.fixture(params=ENGINES)
+def relay(request, tmp_path, ipc_dir):
+    """``relay(**config) -> (info, start())``: a factory of relay processes to start."""
+    procs: list[RelayProcess] = []
+
+    def make(**config) -> RelayProcess:
+        info = write_config(tmp_path / "relay.toml", ipc_dir, **config)
+        p = RelayProcess(info, request.param, tmp_path / "relay.log")
+        procs.append(p)
+        return p
+
+    make.engine = request.param
+    yield make
+    for p in procs:
+        p.kill()
+    for p in procs[:1]:  # they share one log file
+        log = p.log.read_text() if p.log.exists() else ""
+        assert "Traceback" not in log and "Exception ignored" not in log, log
+
+
+def send_paced(proc: RelayProcess, sender: Sender, name: str, datagrams, chunk: int = 20):
+    port = proc.info["ports"].get(name) or proc.channel(name)["port"]
+    base = proc.counter(name, "datagrams")
+    for i in range(0, len(datagrams), chunk):
+        for d in datagrams[i : i + chunk]:
+            sender.send(port, d)
+        target = base + min(i + chunk, len(datagrams))
+        wait_for(lambda t=target: proc.counter(name, "datagrams") >= t)
+
+
+def test_status_stats_and_sigterm(relay, tmp_path, sender):
+    proc = relay().start()
+    info = proc.info
+    engine = Schema(SCHEMAS / "engine.avsc")
+    status = Schema(SCHEMAS / "status.avsc")
+    sent_engine = [engine_record(i) for i in range(60)]
+    sent_status = [status_record(i) for i in range(5)]
+    send_paced(
+        proc, sender, "engine", [encode(engine, sent_engine[i : i + 3]) for i in range(0, 60, 3)]
+    )
+    send_paced(proc, sender, "status", [encode(status, [r]) for r in sent_status])
+    sender.send(info["ports"]["engine"], b"not avro at all")
+    wait_for(lambda: proc.counter("engine", "rejected") == 1)
+
+    st = proc.status()
+    assert st["ok"] and st["engine"] == relay.engine and st["workers"] == 1
+    want = {"datagrams": 20, "records": 60, "multicast_sent": 20, "multicast_decimated": 2}
+
+    def counted():  # an engine may count a datagram's steps one after the other
+        ch = proc.channel("engine")
+        return ch if {k: ch["counters"][k] for k in want} == want else None
+
+    eng = wait_for(counted)
+    assert eng["rcvbuf"] >= 1 << 20  # root may force the size past rmem_max
+    assert st["shared"]["port"] == info["shared_port"]
+    # the cache summary comes from the files, off the hot path
+    wait_for(lambda: (proc.channel("engine")["cache"] or {}).get("newest_ns"))
+    cache = proc.channel("engine")["cache"]
+    assert cache["segments"] == 1 and cache["bytes"] > 0
+    assert cache["oldest_ns"] == sent_engine[0]["time"]
+    assert cache["newest_ns"] == sent_engine[-1]["time"]
+
+    # the status CLI talks to the relay and prints the table
+    out = subprocess.run(
+        [sys.executable, "-m", "speeddata.cli", "relay", "status", "-c", str(info["path"])],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "datagrams" in lines[1] and "kernel drops" in lines[1] and "newest" in lines[1]
+    row = next(line.split() for line in lines if line.startswith("engine "))
+    # datagrams, records, bytes (number and unit), rejected
+    assert row[1:3] == ["20", "60"] and row[4] == "kB" and row[5] == "1"
+
+    # the stats PUB socket publishes the status once a second
+    ctx = zmq.Context.instance()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(info["stats"])
+    try:
+        assert sub.poll(5000), "no status published on relay.stats"
+        published = json.loads(sub.recv())
+    finally:
+        sub.close()
+    assert {c["name"] for c in published["channels"]} == {"engine", "status"}
+
+    # SIGTERM: exit 0, every segment trimmed and readable
+    assert proc.terminate() == 0
+    segments = cache_segments(info["cache"])
+    assert segments and not any(segment_needs_recovery(s) for s in segments)
+    assert read_channel(info["cache"], "engine") == sent_engine
+    assert read_channel(info["cache"], "status") == sent_status
+
+
+def test_control_add_remove_rotate_persisted(relay, tmp_path, sender):
+    proc = relay().start()
+    info = proc.info
+    power = Schema(SCHEMAS / "power.avsc")
+    port = free_udp_port()
+    reply = proc.request(
+        {
+            "cmd": "add",
+            "channel": {"name": "power", "port": port, "schema": power.avsc, "decimation": 5},
+        }
+    )
+    assert reply["ok"] and reply["name"] == "power" and reply["id"] == 3
+    # refused, with a reason
+    bad = [
+        (
+            {
+                "cmd": "add",
+                "channel": {"name": "power", "port": free_udp_port(), "schema": power.avsc},
+            },
+            "exists",
+        ),
+        ({"cmd": "add", "channel": {"name": "x", "port": port, "schema": power.avsc}}, "used"),
+        (
+            {
+                "cmd": "add",
+                "channel": {
+                    "name": "y",
+                    "port": free_udp_port(),
+                    "schema": {"type": "array", "items": "int"},
+                },
+            },
+            "record",
+        ),
+        ({"cmd": "add", "channel": {"name": "z", "schema": "/no/such.avsc"}}, "such.avsc"),
+        ({"cmd": "add", "channel": {"name": "bad name!", "schema": power.avsc}}, "name"),
+        ({"cmd": "remove", "name": "nope"}, "no channel"),
+        ({"cmd": "rotate", "name": "nope"}, "no channel"),
+        ({"cmd": "launch"}, "unknown cmd"),
+        ({"nothing": 1}, "cmd"),
+    ]
+    for req, why in bad:
+        reply = proc.request(req, check=False)
+        assert reply["ok"] is False and why in reply["error"], (req, reply)
+
+    power_records = [
+        {"time": 1_700_000_000_000_000_000 + i, "voltage": i * 1.5, "current": 2.0, "noise": 0.25}
+        for i in range(10)
+    ]
+    send_paced(proc, sender, "power", [encode(power, power_records[:5])])
+    proc.request({"cmd": "rotate", "name": "power"})
+    send_paced(proc, sender, "power", [encode(power, power_records[5:])])
+    proc.request({"cmd": "rotate"})
+    assert len(list_segments(info["cache"], "power")) == 2
+    assert read_channel(info["cache"], "power") == power_records  # rotated = trimmed
+    assert proc.request({"cmd": "remove", "name": "status"})["ok"]
+    names = {c["name"] for c in proc.status()["channels"]}
+    assert names == {"engine", "power"}
+    saved = json.loads((info["cache"] / "relay-channels.json").read_text())
+    assert saved["removed"] == ["status"]
+    assert saved["added"][0]["schema"] == power.avsc  # stored inline
+
+    # a restart keeps the runtime changes
+    assert proc.terminate() == 0
+    proc.start()
+    st = proc.status()
+    by_name = {c["name"]: c for c in st["channels"]}
+    assert set(by_name) == {"engine", "power"}
+    assert by_name["power"]["port"] == port and by_name["power"]["decimation"] == 5
+    send_paced(proc, sender, "power", [encode(power, power_records[:1])])
+    # removing a runtime channel forgets it
+    assert proc.request({"cmd": "remove", "name": "power"})["ok"]
+    saved = json.loads((info["cache"] / "relay-channels.json").read_text())
+    assert saved == {"added": [], "removed": ["status"]}
+    assert proc.request({"cmd": "stop"})["ok"]
+    assert proc.proc.wait(20) == 0
+    assert read_channel(info["cache"], "power") == power_records + power_records[:1]
+
+
+def test_kill9_then_recovery(relay, tmp_path, sender):
+    proc = relay().start()
+    info = proc.info
+    engine = Schema(SCHEMAS / "engine.avsc")
+    send_paced(proc, sender, "engine", [encode(engine, [engine_record(i)]) for i in range(50)])
+    # keep streaming while the relay is killed
+    stop = threading.Event()
+
+    def stream():
+        i = 50
+        t0 = time.monotonic()
+        while not stop.is_set() and time.monotonic() - t0 < 10 and i < 5000:
+            sender.send(info["ports"]["engine"], encode(engine, [engine_record(i)] * 5))
+            i += 1
+            time.sleep(0.001)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(0.3)
+    proc.proc.kill()
+    proc.proc.wait(10)
+    stop.set()
+    t.join()
+    segments = cache_segments(info["cache"])
+    assert any(segment_needs_recovery(s) for s in segments)  # pre-allocated, untrimmed
+    proc.start()
+    assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
+    n = read_all_cleanly(info["cache"])  # every file reads cleanly with fastavro
+    assert n >= 50
+    records = read_channel(info["cache"], "engine")
+    assert [r["counter"] for r in records[:50]] == list(range(50))
+    assert "recovered" in (tmp_path / "relay.log").read_text()
+    assert proc.terminate() == 0
+
+
+def test_retention_budget_keeps_pinned(relay, tmp_path, sender):
+    proc = relay(budget="400 kB", segment_size="64 KiB").start()
+    info = proc.info
+    status = Schema(SCHEMAS / "status.avsc")
+    pinned = None
+    i = 0
+    for seg_no in range(12):  # 12 segments of ~60 kB: three times the budget
+        send_paced(
+            proc,
+            sender,
+            "status",
+            [encode(status, [status_record(i + k, message_len=6000)]) for k in range(9)],
+            chunk=9,
+        )
+        i += 9
+        proc.request({"cmd": "rotate", "name": "status"})
+        if seg_no == 0:
+            first = list_segments(info["cache"], "status")[0]
+            tag_dir = info["cache"] / "tags" / "keep" / "status"
+            tag_dir.mkdir(parents=True)
+            for f in first.files():
+                os.link(f, tag_dir / f.name)
+            pinned = first
+
+    def within_budget():
+        # segment_bytes: a file retention deletes meanwhile counts 0
+        total = sum(segment_bytes(s) for s in cache_segments(info["cache"]))
+        return total <= 400_000
+
+    wait_for(within_budget, timeout=10)
+    remaining = list_segments(info["cache"], "status")
+    assert pinned.avro.exists() and remaining[0] == pinned  # the tag pins it
+    assert len(remaining) < 12
+    # the oldest unpinned went first: what is left is the newest run of segments
+    names = [s.avro.name for s in remaining[1:]]
+    assert names == sorted(names)
+    assert remaining[-1].avro.name == max(s.avro.name for s in remaining)
+    wait_for(lambda: proc.status()["cache"].get("deleted_segments", 0) >= 1)
+    assert proc.terminate() == 0
+    assert read_all_cleanly(info["cache"]) > 0
+
+
+def test_bad_config_exits_2(tmp_path, ipc_dir):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[relay]\nworkerz = 2\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "speeddata.relay", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "relay.workerz" in r.stderr and "unknown key" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_port_in_use_exits_2(tmp_path, ipc_dir):
+    info = write_config(tmp_path / "relay.toml", ipc_dir)
+    import socket
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", info["ports"]["engine"]))
+    try:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "speeddata.relay",
+                "-c",
+                str(info["path"]),
+                "--engine",
+                "python",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        blocker.close()
+    assert r.returncode == 2, r.stderr
+    assert "cannot bind channel 'engine'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_without_relay_exits_2(ipc_dir):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "speeddata.cli",
+            "relay",
+            "status",
+            "--control",
+            f"ipc://{ipc_dir}/nobody",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "no relay answers" in r.stderr
+
+
+def test_workers_spread_channels(relay, sender):
+    proc = relay(shared=False)
+    proc.info["path"].write_text(
+        proc.info["path"].read_text().replace("[relay]\n", "[relay]\nworkers = 2\n")
+    )
+    proc.start()
+    st = proc.status()
+    assert st["workers"] == 2
+    assert sorted(c["engine"] for c in st["channels"]) == [0, 1]
+    engine = Schema(SCHEMAS / "engine.avsc")
+    status = Schema(SCHEMAS / "status.avsc")
+    send_paced(proc, sender, "engine", [encode(engine, [engine_record(i)]) for i in range(10)])
+    send_paced(proc, sender, "status", [encode(status, [status_record(i)]) for i in range(10)])
+    assert proc.terminate() == 0
+    assert len(read_channel(proc.info["cache"], "engine")) == 10
+    assert len(read_channel(proc.info["cache"], "status")) == 10
+
+
+def test_status_watch_until_ctrl_c(relay):
+    proc = relay().start()
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "speeddata.cli", "relay", "status", "--watch"]
+        + ["--control", proc.info["control"]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(2.5)
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=10)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, err
+    assert out.count("kernel drops") >= 2  # refreshed
+    assert "Traceback" not in err
+    assert proc.terminate() == 0
+
+
+def test_corrupt_channels_file_exits_2(tmp_path, ipc_dir):
+    info = write_config(tmp_path / "relay.toml", ipc_dir)
+    info["cache"].mkdir()
+    (info["cache"] / "relay-channels.json").write_text('{"added": [{"name": "x"}]}')
+    r = subprocess.run(
+        [sys.executable, "-m", "speeddata.relay", "-c", str(info["path"]), "--engine", "python"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    assert "relay-channels.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_add_schema_path_relative_to_config(relay, tmp_path):
+    shutil.copy(SCHEMAS / "fixed.avsc", tmp_path / "vib.avsc")
+    proc = relay().start()
+    reply = proc.request(
+        {"cmd": "add", "channel": {"name": "vib", "port": None, "schema": "vib.avsc"}}
+    )
+    assert reply["ok"] and reply["port"] is None
+    ch = proc.channel("vib")
+    assert ch["fingerprint"] == Schema(SCHEMAS / "fixed.avsc").fingerprint_hex
+    assert ch["time"] is None and ch["port"] is None
+    assert proc.terminate() == 0
