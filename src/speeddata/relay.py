@@ -705,7 +705,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Under a supervisor (``speeddata up`` sets SPEEDDATA_DIE_WITH_PARENT=1), get SIGTERM
     when the supervisor dies, so that a killed ``up`` leaves no relay holding its ports
     (prctl(2), PR_SET_PDEATHSIG)."""
@@ -737,7 +737,7 @@ def run(args: argparse.Namespace) -> int:
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, lambda *_: relay.request_stop())
-    _die_with_parent()
+    die_with_parent()
     try:
         relay.start()
         relay.wait()

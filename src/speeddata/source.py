@@ -747,7 +747,9 @@ def run(args) -> int:
     """``speeddata source``: run the demo source until Ctrl-C, SIGTERM or ``--duration``."""
     from .config import load_config
     from .demo import DemoRunner, parse_rates
+    from .relay import die_with_parent
 
+    die_with_parent()  # under `speeddata up`: stop when the supervisor dies
     if not args.demo:
         raise SourceError("nothing to send: use --demo (a replay of a file is not built yet)")
     if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
