@@ -1,0 +1,158 @@
+# cython: language_level=3
+"""Structures of the compiled relay engine (speeddata._relay); see docs/relay-internals.md."""
+
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+
+from speeddata.includes.system cimport epoll_event, iovec, mmsghdr, sockaddr_in
+
+
+# Per-channel counters, as reported by Engine.stats() (docs/relay-internals.md).
+ctypedef struct counters_t:
+    uint64_t datagrams              # datagrams accepted (valid)
+    uint64_t records                # records in accepted datagrams
+    uint64_t bytes                  # payload bytes of accepted datagrams
+    uint64_t rejected               # datagrams refused by the validator or the framing
+    uint64_t kernel_drops           # datagrams the kernel dropped on the socket (SO_RXQ_OVFL)
+    uint64_t multicast_sent         # datagrams sent to the full-rate group
+    uint64_t multicast_decimated    # datagrams sent to the decimated group
+    uint64_t multicast_errors       # sends that failed
+    uint64_t stored_records         # records appended to the cache
+    uint64_t store_failed           # datagrams not stored (disk full, write error)
+    uint64_t blocks                 # blocks written
+    uint64_t segments               # segments opened
+    int64_t t_newest                # newest source time seen, ns (0 if none)
+
+
+# The segment being written (docs/cache.md); fd < 0 when none is open.
+ctypedef struct segment_t:
+    int fd                          # the .avro file, pre-allocated to capacity
+    int idx_fd                      # the .idx file
+    int recv_fd                     # the .recv file
+    uint8_t* map_p                  # the .avro file mapped read/write (capacity bytes)
+    size_t capacity                 # bytes pre-allocated and mapped
+    size_t end                      # end of the last complete block
+    size_t header_size              # bytes of the header, sync marker included
+    uint64_t idx_size               # bytes written to .idx
+    uint64_t recv_size              # bytes written to .recv
+    uint64_t n_blocks               # blocks written
+    int64_t opened_mono_ns          # CLOCK_MONOTONIC when opened (age rotation)
+    uint8_t sync[16]                # this segment's sync marker
+    char stem[32]                   # file stem, 20261125T103100.123456789Z
+
+
+# One channel of the engine; index 0 of nothing: the shared-port pseudo channel is a chan_t
+# too (id 0, no program), so counters and drop tracking are uniform.
+ctypedef struct chan_t:
+    uint32_t id                     # channel id (0: the shared-port pseudo channel)
+    int fd                          # its UDP socket, or -1
+    uint32_t decimation             # every Nth datagram also goes to the decimated group
+    uint64_t seq                    # sequence number of the next accepted datagram
+    uint32_t ovfl                   # last cumulative SO_RXQ_OVFL value of the socket
+    const int32_t* program_p        # validator program (pairs), owned by a numpy array
+    Py_ssize_t n_ops                # pairs in the program
+    Py_ssize_t time_op              # pair index of the time field, or -1
+    int64_t time_scale              # ns per unit of the time field
+    Py_ssize_t fixed_size           # record size if any bytes of it are valid, else 0
+    uint8_t fingerprint[8]          # CRC-64-AVRO fingerprint (shared-port routing)
+    char* dir_p                     # the channel's cache folder, or NULL (cache off)
+    char* rej_path_p                # rejected/<name>.rej path, or NULL
+    int rej_fd                      # that file once opened, else -1
+    uint64_t rej_size               # its size (kept below REJECTED_FILE_LIMIT)
+    uint8_t* header_p               # segment header without its sync marker
+    size_t header_len               # its length
+    int64_t retry_mono_ns           # no segment open attempt before this (disk full)
+    segment_t seg                   # the segment being written
+    counters_t c                    # counters
+
+
+cdef class Engine:
+    # configuration
+    cdef readonly object cache_dir
+    cdef readonly object multicast
+    cdef readonly object rejected_dir
+    cdef size_t segment_size
+    cdef int64_t segment_age_ns
+    cdef readonly double flush_interval
+    cdef readonly int batch
+    cdef int64_t announce_interval_ns
+    cdef bint use_sync_override
+    cdef uint8_t sync_override[16]
+    cdef public bint _gso               # coalesce equal-size runs with UDP_SEGMENT
+    cdef public bint _fixed_fast        # count fixed-layout records without walking them
+    cdef public uint64_t _stop_after    # benchmark hook: return after this many datagrams
+
+    # Python-side state (only touched with the GIL)
+    cdef object _lock
+    cdef dict _channels                 # id -> (ChannelConfig, program array, socket)
+    cdef list _pending                  # queued control changes
+    cdef object _send_sock
+    cdef object _shared_sock
+    cdef dict _announce_seq
+    cdef bint _running
+    cdef bint _closed
+
+    # C state
+    cdef int epfd
+    cdef int wakefd
+    cdef int send_fd
+    cdef volatile int stop_flag
+    cdef volatile int control_flag
+    cdef int64_t next_announce_ns
+    cdef int64_t next_sweep_ns          # next check of idle segments' age
+    cdef int64_t sweep_interval_ns
+    cdef uint64_t n_seen                # datagrams received (accepted or rejected)
+    cdef sockaddr_in full_addr
+    cdef sockaddr_in dec_addr
+    cdef chan_t** chans                 # the channels (not the shared one)
+    cdef Py_ssize_t n_chans
+    cdef Py_ssize_t cap_chans
+    cdef chan_t* shared                 # the shared-port pseudo channel, or NULL
+    cdef int saved_errno
+
+    # receive side, batch entries each
+    cdef uint8_t* slab_p                # batch x 65536 bytes
+    cdef mmsghdr* rmsgs
+    cdef iovec* riov
+    cdef uint8_t* rcmsg_p               # batch x CMSG_BUF bytes
+    cdef epoll_event* events
+    # per datagram of a batch
+    cdef uint8_t** dg_p                 # payload start
+    cdef uint32_t* dg_len               # payload length (after shared-port framing)
+    cdef int64_t* dg_recv_ns
+    cdef uint32_t* dg_nrec
+    cdef int64_t* dg_tmin
+    cdef int64_t* dg_tmax
+    cdef uint64_t* dg_seq
+    cdef chan_t** dg_chan               # channel it was accepted for, or NULL
+    cdef Py_ssize_t* acc                # indexes of accepted datagrams, in order
+    cdef uint8_t* block_done            # shared port: datagram already in a block
+    # send side
+    cdef uint8_t* hdr_p                 # batch x 32-byte headers
+    cdef iovec* siov                    # 2 per accepted datagram: header, payload
+    cdef mmsghdr* smsgs                 # up to 2 x batch messages
+    cdef chan_t** s_chan                # channel of each message
+    cdef uint32_t* s_count              # datagrams in each message (GSO: several)
+    cdef Py_ssize_t* s_first            # accepted index of each message's first datagram
+    cdef uint8_t* s_kind                # 0 full-rate, 1 decimated
+    cdef uint8_t* scmsg_p               # batch x SCMSG_BUF bytes of UDP_SEGMENT cmsgs
+    # cache side
+    cdef uint8_t* recv_buf_p            # batch x 16-byte .recv entries of one block
+    cdef Py_ssize_t* blk                # datagram indexes of the block being written
+
+    cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1
+    cdef chan_t* _find(self, uint32_t cid) noexcept
+    cdef int _loop(self) noexcept nogil
+    cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io) noexcept nogil
+    cdef void _send_one_by_one(self, Py_ssize_t k) noexcept nogil
+    cdef void _receive(self, chan_t* sock_ch) noexcept nogil
+    cdef void _send(self, Py_ssize_t n_acc) noexcept nogil
+    cdef void _store(self, Py_ssize_t n_acc) noexcept nogil
+    cdef void _store_channel(self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m) noexcept nogil
+    cdef bint _open_segment(self, chan_t* ch, size_t need) noexcept nogil
+    cdef int _write_block(
+        self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m, size_t n_bytes, uint64_t n_records
+    ) noexcept nogil
+    cdef void _sweep_ages(self) noexcept nogil
+    cdef void _reject(
+        self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns
+    ) noexcept nogil

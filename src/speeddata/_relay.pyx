@@ -1,0 +1,1577 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled relay engine: recvmmsg -> validate -> multicast (sendmmsg) -> cache (mmap).
+
+One ``Engine`` serves any number of channel sockets (plus the optional shared
+single-object port) from one thread. ``run()`` releases the GIL for its whole batch loop
+and takes it back only to apply queued control changes (add, remove, rotate), to send the
+announces once per ``announce_interval``, and to return. Everything the loop needs is
+allocated at construction and freed in ``__dealloc__``; the loop builds no Python object,
+prints nothing and counts everything (docs/relay-internals.md, "Counters").
+
+Per batch (one ``recvmmsg`` on one ready socket):
+
+1. every datagram is checked by ``speeddata._validate.validate_records`` (record count,
+   smallest and largest time-field value); a bad one is counted as rejected and goes
+   nowhere (optionally appended to ``rejected/<channel>.rej``);
+2. the accepted ones are sent with one ``sendmmsg``: each as two iovecs, the 32-byte
+   header (docs/wire.md) and the payload where it lies in the receive slab, to the
+   full-rate group, and every Nth also to the decimated group; a run of equal-size
+   datagrams of one channel goes out as one UDP GSO message (docs/performance.md);
+3. they are appended to the channel's segment as one block: ``.recv`` entries and the
+   ``.idx`` entry first (pwrite), then the block is copied into the mapped, pre-allocated
+   segment (docs/cache.md, "Write order"). No msync: the page cache survives ``kill -9``.
+
+``speeddata.relay_ref.PyEngine`` is the pure-Python reference with the same behaviour.
+"""
+
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcmp, memcpy, memmove, memset, strlen
+
+from speeddata._avro cimport (
+    OP_DOUBLE,
+    OP_FIXED,
+    OP_FLOAT,
+    OP_NULL,
+    OP_UNION,
+    skip_value,
+    varint_size,
+    write_varint,
+)
+from speeddata._validate cimport validate_records, validation
+from speeddata.includes.system cimport (
+    AF_INET,
+    CLOCK_MONOTONIC,
+    CLOCK_REALTIME,
+    EAGAIN,
+    EEXIST,
+    EINTR,
+    EINVAL,
+    EIO,
+    EMSGSIZE,
+    ENOBUFS,
+    ENOENT,
+    EOPNOTSUPP,
+    EPOLL_CLOEXEC,
+    EPOLL_CTL_ADD,
+    EPOLL_CTL_DEL,
+    EPOLLIN,
+    EFD_CLOEXEC,
+    EFD_NONBLOCK,
+    MAP_FAILED,
+    MAP_SHARED,
+    MSG_DONTWAIT,
+    MSG_TRUNC,
+    O_APPEND,
+    O_CLOEXEC,
+    O_CREAT,
+    O_EXCL,
+    O_RDWR,
+    O_WRONLY,
+    POLLIN,
+    POLLOUT,
+    PROT_READ,
+    PROT_WRITE,
+    SCM_TIMESTAMPNS,
+    SO_RXQ_OVFL,
+    SO_TIMESTAMPNS,
+    SOL_SOCKET,
+    SOL_UDP,
+    UDP_SEGMENT,
+    clock_gettime,
+    close,
+    cmsghdr,
+    CMSG_DATA,
+    CMSG_FIRSTHDR,
+    CMSG_LEN,
+    CMSG_NXTHDR,
+    CMSG_SPACE,
+    epoll_create1,
+    epoll_ctl,
+    epoll_event,
+    epoll_wait,
+    errno,
+    eventfd,
+    ftruncate,
+    lseek,
+    SEEK_END,
+    getrandom,
+    gmtime_r,
+    inet_pton,
+    htons,
+    iovec,
+    mkdir,
+    mmap,
+    nanosleep,
+    mmsghdr,
+    msghdr,
+    munmap,
+    off_t,
+    open,
+    poll,
+    pollfd,
+    posix_fallocate,
+    pwrite,
+    read,
+    recvmmsg,
+    sendmmsg,
+    sendmsg,
+    snprintf,
+    ssize_t,
+    strftime,
+    time_t,
+    timespec,
+    tm,
+    unlink,
+    write,
+    writev,
+)
+
+import ipaddress
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from speeddata.cache import ocf_header
+from speeddata.wire import announce_datagram
+
+if sys.byteorder != "little":  # pragma: no cover
+    raise ImportError("speeddata._relay writes little-endian structs: little-endian hosts only")
+
+__all__ = ["Engine", "bare_drain", "blast"]
+
+cdef enum:
+    SLOT = 65536            # receive bytes per datagram: more than any UDP/IPv4 payload
+    CMSG_BUF = 64           # receive cmsg room: SCM_TIMESTAMPNS (32) + SO_RXQ_OVFL (24)
+    SCMSG_BUF = 32          # send cmsg room: UDP_SEGMENT (u16 -> 24)
+    HEADER_SIZE = 32        # docs/wire.md
+    SYNC_SIZE = 16
+    IDX_ENTRY = 40
+    RECV_ENTRY = 16
+    REJ_HEADER = 12
+    MAX_BATCH = 1024        # UIO_MAXIOV
+    GSO_MAX_SEGMENTS = 64   # UDP_MAX_SEGMENTS on every kernel with UDP GSO
+    GSO_MAX_BYTES = 65000   # one GSO send is one UDP datagram to the stack (< 65507)
+    MAX_PATH = 4096
+    MAX_EVENTS = 64
+    REJECTED_FILE_LIMIT = 64 << 20  # stop keeping rejected datagrams past this, per file
+
+cdef enum:
+    LOOP_STOP = 0
+    LOOP_CONTROL = 1
+    LOOP_ANNOUNCE = 2
+    LOOP_ERROR = 3
+
+cdef enum:
+    KIND_FULL = 0
+    KIND_DECIMATED = 1
+
+cdef int64_t NS = 1_000_000_000
+cdef uint32_t WIRE_MAGIC = 0x61447053  # b"SpDa" read as a little-endian u32
+
+
+cdef packed struct wire_header_t:
+    uint32_t magic          # "SpDa"
+    uint8_t version         # 1
+    uint8_t kind            # 0 data, 1 announce
+    uint16_t header_len     # 32
+    uint32_t channel_id     # the channel's id
+    uint32_t n_records      # records in the payload
+    uint64_t seq            # per channel sequence number
+    int64_t recv_ns         # kernel receive time
+
+
+cdef packed struct idx_entry_t:
+    uint64_t offset         # block start in the segment
+    uint32_t size           # block bytes, sync marker included
+    uint32_t n_records      # records in the block
+    uint32_t n_datagrams    # datagrams in the block
+    uint32_t seq_first      # seq (low 32 bits) of its first datagram
+    int64_t t_min           # smallest source time, ns
+    int64_t t_max           # largest source time, ns
+
+
+cdef packed struct recv_entry_t:
+    int64_t recv_ns         # kernel receive time of the datagram
+    uint32_t n_records      # records in it
+    uint32_t seq            # its seq (low 32 bits)
+
+
+# ---------------------------------------------------------------- small C helpers
+
+cdef inline int64_t mono_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * NS + ts.tv_nsec
+
+
+cdef inline int64_t real_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return <int64_t>ts.tv_sec * NS + ts.tv_nsec
+
+
+cdef int pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t offset) noexcept nogil:
+    """Write all ``n`` bytes at ``offset``; 0 or the errno. EINTR and short writes retried."""
+    cdef ssize_t r
+    while n > 0:
+        r = pwrite(fd, p, n, <off_t>offset)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if r == 0:
+            return EIO
+        p += r
+        n -= <size_t>r
+        offset += <uint64_t>r
+    return 0
+
+
+cdef void make_stem(char* out, int64_t t_ns) noexcept nogil:
+    """``%Y%m%dT%H%M%S.<9 digits>Z`` (UTC), as ``speeddata.cache.segment_stem``."""
+    cdef time_t sec = <time_t>(t_ns // NS)
+    cdef long frac = <long>(t_ns % NS)
+    cdef tm t
+    gmtime_r(&sec, &t)
+    strftime(out, 20, "%Y%m%dT%H%M%S", &t)
+    snprintf(out + 15, 17, ".%09ldZ", frac)
+
+
+cdef void segment_path(char* out, const chan_t* ch, const char* suffix) noexcept nogil:
+    snprintf(out, MAX_PATH, "%s/%s%s", ch.dir_p, ch.seg.stem, suffix)
+
+
+cdef void close_segment(chan_t* ch) noexcept nogil:
+    """Unmap the segment and trim it to its last complete block (docs/cache.md).
+
+    A segment that got no block at all (its first write failed) is removed.
+    """
+    cdef segment_t* seg = &ch.seg
+    cdef char path[MAX_PATH]
+    if seg.fd < 0:
+        return
+    if seg.map_p != NULL:
+        munmap(seg.map_p, seg.capacity)
+        seg.map_p = NULL
+    if seg.n_blocks == 0:
+        segment_path(path, ch, b".avro")
+        unlink(path)
+        segment_path(path, ch, b".idx")
+        unlink(path)
+        segment_path(path, ch, b".recv")
+        unlink(path)
+    else:
+        ftruncate(seg.fd, <off_t>seg.end)
+    close(seg.fd)
+    close(seg.idx_fd)
+    close(seg.recv_fd)
+    seg.fd = seg.idx_fd = seg.recv_fd = -1
+    seg.n_blocks = 0
+
+
+cdef inline const uint8_t* walk_record(
+    const uint8_t* p, const uint8_t* end, const int32_t* program, Py_ssize_t n_ops
+) noexcept nogil:
+    """Step over exactly one valid record (as validate_records does); NULL if invalid."""
+    cdef Py_ssize_t i = 0
+    cdef int32_t op, arg
+    cdef int64_t value = 0, branch = 0
+    while i < n_ops:
+        op = program[2 * i]
+        arg = program[2 * i + 1]
+        if op == OP_UNION:
+            p = skip_value(p, end, 3, 0, &branch)  # the branch index is a long
+            if p == NULL or branch < 0 or branch > 1:
+                return NULL
+            i += 1
+            if branch == arg:
+                i += 1
+            continue
+        p = skip_value(p, end, op, arg, &value)
+        if p == NULL:
+            return NULL
+        i += 1
+    return p
+
+
+cdef void release_channel(chan_t* ch) noexcept nogil:
+    """Close the channel's segment and files; the struct (counters) stays."""
+    close_segment(ch)
+    if ch.rej_fd >= 0:
+        close(ch.rej_fd)
+        ch.rej_fd = -1
+    ch.fd = -1
+
+
+cdef void free_channel(chan_t* ch) noexcept nogil:
+    if ch == NULL:
+        return
+    release_channel(ch)
+    free(ch.dir_p)
+    free(ch.rej_path_p)
+    free(ch.header_p)
+    free(ch)
+
+
+cdef char* c_strdup(bytes value) except NULL:
+    cdef Py_ssize_t n = len(value)
+    cdef char* p = <char*>malloc(n + 1)
+    if p == NULL:
+        raise MemoryError()
+    memcpy(p, <const char*>value, n)
+    p[n] = 0
+    return p
+
+
+def _multicast_loop(multicast):
+    """IP_MULTICAST_LOOP for the send socket.
+
+    On a loopback interface the lo device itself delivers every datagram to the local
+    members, so the extra loop copy (ip(7), IP_MULTICAST_LOOP) is made and then discarded
+    by the kernel: about a fifth of the send cost, measured (docs/performance.md). Local
+    subscribers get each datagram exactly once either way.
+    """
+    if ipaddress.ip_address(multicast.interface).is_loopback:
+        return 0
+    return 1 if multicast.loop else 0
+
+
+def _oserror(int err, str what):
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+# ---------------------------------------------------------------- the engine
+
+cdef class Engine:
+    """The compiled relay loop over a set of channel sockets (docs/relay-internals.md).
+
+    ``Engine(cache_dir, multicast, segment_size, segment_age, flush_interval, batch,
+    rejected_dir)``; then ``add_channel`` per channel, ``run()`` in a thread, ``stop()``,
+    ``close()``. Blocks are written once per receive batch, so ``flush_interval`` is met
+    by construction (a block never waits for more data).
+    """
+
+    def __cinit__(self, *args, **kwargs):
+        self.epfd = -1
+        self.wakefd = -1
+        self.send_fd = -1
+        self._gso = True  # UDP GSO for runs of equal-size datagrams; off by itself if refused
+        self._fixed_fast = True
+
+    def __init__(
+        self,
+        cache_dir,
+        multicast,
+        segment_size=64 << 20,
+        segment_age=3600.0,
+        flush_interval=0.2,
+        batch=64,
+        rejected_dir=None,
+    ):
+        cdef epoll_event ev
+        cdef int i
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch must be 1..{MAX_BATCH} datagrams, not {batch}")
+        if segment_size < 1:
+            raise ValueError(f"segment_size must be a positive number of bytes, not {segment_size}")
+        if segment_age < 0 or flush_interval < 0:
+            raise ValueError("segment_age and flush_interval cannot be negative")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.rejected_dir = Path(rejected_dir) if rejected_dir is not None else None
+        self.multicast = multicast
+        self.segment_size = segment_size
+        self.segment_age_ns = <int64_t>(segment_age * 1e9)
+        self.flush_interval = flush_interval
+        self.batch = batch
+        self.announce_interval_ns = <int64_t>(float(multicast.announce_interval) * 1e9)
+        # idle channels' segments are closed at most ~1/10 of segment_age late (<= 1 s)
+        self.sweep_interval_ns = NS
+        if 0 < self.segment_age_ns < 10 * NS:
+            self.sweep_interval_ns = max(self.segment_age_ns // 10, 10_000_000)
+        self._lock = threading.Lock()
+        self._channels = {}
+        self._pending = []
+        self._announce_seq = {}
+
+        self.slab_p = <uint8_t*>PyMem_Calloc(batch, SLOT)
+        self.rmsgs = <mmsghdr*>PyMem_Calloc(batch, sizeof(mmsghdr))
+        self.riov = <iovec*>PyMem_Calloc(batch, sizeof(iovec))
+        self.rcmsg_p = <uint8_t*>PyMem_Calloc(batch, CMSG_BUF)
+        self.events = <epoll_event*>PyMem_Calloc(MAX_EVENTS, sizeof(epoll_event))
+        self.dg_p = <uint8_t**>PyMem_Calloc(batch, sizeof(uint8_t*))
+        self.dg_len = <uint32_t*>PyMem_Calloc(batch, sizeof(uint32_t))
+        self.dg_recv_ns = <int64_t*>PyMem_Calloc(batch, sizeof(int64_t))
+        self.dg_nrec = <uint32_t*>PyMem_Calloc(batch, sizeof(uint32_t))
+        self.dg_tmin = <int64_t*>PyMem_Calloc(batch, sizeof(int64_t))
+        self.dg_tmax = <int64_t*>PyMem_Calloc(batch, sizeof(int64_t))
+        self.dg_seq = <uint64_t*>PyMem_Calloc(batch, sizeof(uint64_t))
+        self.dg_chan = <chan_t**>PyMem_Calloc(batch, sizeof(chan_t*))
+        self.acc = <Py_ssize_t*>PyMem_Calloc(batch, sizeof(Py_ssize_t))
+        self.block_done = <uint8_t*>PyMem_Calloc(batch, 1)
+        self.hdr_p = <uint8_t*>PyMem_Calloc(batch, HEADER_SIZE)
+        self.siov = <iovec*>PyMem_Calloc(2 * batch, sizeof(iovec))
+        self.smsgs = <mmsghdr*>PyMem_Calloc(2 * batch, sizeof(mmsghdr))
+        self.s_chan = <chan_t**>PyMem_Calloc(2 * batch, sizeof(chan_t*))
+        self.s_count = <uint32_t*>PyMem_Calloc(2 * batch, sizeof(uint32_t))
+        self.s_first = <Py_ssize_t*>PyMem_Calloc(2 * batch, sizeof(Py_ssize_t))
+        self.s_kind = <uint8_t*>PyMem_Calloc(2 * batch, 1)
+        self.scmsg_p = <uint8_t*>PyMem_Calloc(batch, SCMSG_BUF)
+        self.recv_buf_p = <uint8_t*>PyMem_Calloc(batch, RECV_ENTRY)
+        self.blk = <Py_ssize_t*>PyMem_Calloc(batch, sizeof(Py_ssize_t))
+        if (
+            self.slab_p == NULL or self.rmsgs == NULL or self.riov == NULL
+            or self.rcmsg_p == NULL or self.events == NULL or self.dg_p == NULL
+            or self.dg_len == NULL or self.dg_recv_ns == NULL or self.dg_nrec == NULL
+            or self.dg_tmin == NULL or self.dg_tmax == NULL or self.dg_seq == NULL
+            or self.dg_chan == NULL or self.acc == NULL or self.block_done == NULL
+            or self.hdr_p == NULL or self.siov == NULL or self.smsgs == NULL
+            or self.s_chan == NULL or self.s_count == NULL or self.s_first == NULL
+            or self.s_kind == NULL or self.scmsg_p == NULL or self.recv_buf_p == NULL
+            or self.blk == NULL
+        ):
+            raise MemoryError("cannot allocate the relay engine's buffers")
+        for i in range(batch):
+            self.riov[i].iov_base = self.slab_p + <size_t>i * SLOT
+            self.riov[i].iov_len = SLOT
+            self.rmsgs[i].msg_hdr.msg_iov = &self.riov[i]
+            self.rmsgs[i].msg_hdr.msg_iovlen = 1
+            self.rmsgs[i].msg_hdr.msg_control = self.rcmsg_p + <size_t>i * CMSG_BUF
+
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise _oserror(errno, "epoll_create1")
+        self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.wakefd < 0:
+            raise _oserror(errno, "eventfd")
+        ev.events = EPOLLIN
+        ev.data.ptr = NULL
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wakefd, &ev) < 0:
+            raise _oserror(errno, "epoll_ctl(eventfd)")
+
+        # One send socket for both groups. docs/wire.md; network rule: interface and TTL
+        # come from the config (127.0.0.1 and 1 by default).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(multicast.interface)
+            )
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, int(multicast.ttl))
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, _multicast_loop(multicast))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._send_sock = sock
+        self.send_fd = sock.fileno()
+        self._set_addr(&self.full_addr, multicast.full)
+        self._set_addr(&self.dec_addr, multicast.decimated)
+
+    cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1:
+        host, port = host_port
+        memset(addr, 0, sizeof(sockaddr_in))
+        addr.sin_family = AF_INET
+        addr.sin_port = htons(<uint16_t>int(port))
+        if inet_pton(AF_INET, host.encode(), &addr.sin_addr) != 1:
+            raise ValueError(f"multicast group {host!r} is not an IPv4 address")
+        return 0
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.chans != NULL:
+            for i in range(self.n_chans):
+                free_channel(self.chans[i])
+            free(self.chans)
+            self.chans = NULL
+        free_channel(self.shared)
+        self.shared = NULL
+        if self.epfd >= 0:
+            close(self.epfd)
+        if self.wakefd >= 0:
+            close(self.wakefd)
+        PyMem_Free(self.slab_p)
+        PyMem_Free(self.rmsgs)
+        PyMem_Free(self.riov)
+        PyMem_Free(self.rcmsg_p)
+        PyMem_Free(self.events)
+        PyMem_Free(self.dg_p)
+        PyMem_Free(self.dg_len)
+        PyMem_Free(self.dg_recv_ns)
+        PyMem_Free(self.dg_nrec)
+        PyMem_Free(self.dg_tmin)
+        PyMem_Free(self.dg_tmax)
+        PyMem_Free(self.dg_seq)
+        PyMem_Free(self.dg_chan)
+        PyMem_Free(self.acc)
+        PyMem_Free(self.block_done)
+        PyMem_Free(self.hdr_p)
+        PyMem_Free(self.siov)
+        PyMem_Free(self.smsgs)
+        PyMem_Free(self.s_chan)
+        PyMem_Free(self.s_count)
+        PyMem_Free(self.s_first)
+        PyMem_Free(self.s_kind)
+        PyMem_Free(self.scmsg_p)
+        PyMem_Free(self.recv_buf_p)
+        PyMem_Free(self.blk)
+
+    # ------------------------------------------------------------ private hooks
+
+    @property
+    def _sync(self):
+        """Test hook: a fixed sync marker for every new segment (None: random)."""
+        return bytes(self.sync_override[:16]) if self.use_sync_override else None
+
+    @_sync.setter
+    def _sync(self, value):
+        if value is None:
+            self.use_sync_override = False
+            return
+        value = bytes(value)
+        if len(value) != SYNC_SIZE:
+            raise ValueError("a sync marker is 16 bytes")
+        memcpy(self.sync_override, <const char*>value, SYNC_SIZE)
+        self.use_sync_override = True
+
+    # ------------------------------------------------------------ control plane
+
+    def add_channel(self, channel, sock):
+        """Serve ``channel`` (a ``config.ChannelConfig``) on ``sock`` (a bound UDP socket,
+        or None for a channel reached only through the shared port).
+
+        Sets SO_TIMESTAMPNS, SO_RXQ_OVFL and non-blocking mode on the socket; the caller
+        keeps ownership (and sets SO_RCVBUF). The channel's segment opens lazily.
+        """
+        cid = int(channel.id)
+        if not 1 <= cid <= 0xFFFFFFFF:
+            raise ValueError(f"channel {channel.name!r}: id must be 1..4294967295, not {cid}")
+        if int(channel.decimation) < 1:
+            raise ValueError(f"channel {channel.name!r}: decimation must be >= 1")
+        schema = channel.schema
+        program = np.ascontiguousarray(schema.program, dtype=np.int32).reshape(-1)
+        ops = program[0::2].tolist()
+        fixed_size = 0
+        if schema.time_op < 0 and all(
+            op in (OP_NULL, OP_FLOAT, OP_DOUBLE, OP_FIXED) for op in ops
+        ):
+            # Any bytes of the right size are valid records: count instead of walking.
+            fixed_size = schema.fixed_size or 0
+        header = ocf_header(schema, bytes(SYNC_SIZE), channel.name, cid)[:-SYNC_SIZE]
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+            sock.setblocking(False)
+        if self.cache_dir is not None:
+            (self.cache_dir / channel.name).mkdir(parents=True, exist_ok=True)
+        if self.rejected_dir is not None:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        self._control(("add", channel, sock, program, header, fixed_size))
+
+    def set_shared_socket(self, sock):
+        """Serve the shared single-object port on ``sock``: datagrams of ``C3 01`` +
+        fingerprint + record, routed by fingerprint to a channel of this engine."""
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        sock.setblocking(False)
+        if self.rejected_dir is not None:
+            self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        self._control(("shared", None, sock, None, None, 0))
+
+    def remove_channel(self, channel_id):
+        """Stop serving a channel and close (trim) its segment; the caller closes the socket."""
+        self._control(("remove", int(channel_id), None, None, None, 0))
+
+    def rotate(self, channel_id=None):
+        """Close the current segment of one channel (or all); the next datagram opens a new one."""
+        self._control(("rotate", channel_id, None, None, None, 0))
+
+    def _control(self, op):
+        cdef uint64_t one = 1
+        done = None
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if not self._running:
+                self._apply(op)
+                return
+            done = [threading.Event(), None]
+            self._pending.append((op, done))
+            self.control_flag = 1
+        write(self.wakefd, &one, 8)
+        done[0].wait()
+        if done[1] is not None:
+            raise done[1]
+
+    def _apply_pending(self):
+        with self._lock:
+            pending, self._pending = self._pending, []
+            self.control_flag = 0
+            for op, done in pending:
+                try:
+                    self._apply(op)
+                except BaseException as exc:  # handed to the caller of add/remove/rotate
+                    done[1] = exc
+                done[0].set()
+
+    cdef chan_t* _find(self, uint32_t cid) noexcept:
+        cdef Py_ssize_t i
+        for i in range(self.n_chans):
+            if self.chans[i].id == cid:
+                return self.chans[i]
+        return NULL
+
+    def _apply(self, op):
+        """Apply one control change; the loop is not running its batch loop now."""
+        cdef chan_t* ch
+        cdef chan_t** grown
+        cdef Py_ssize_t i
+        cdef epoll_event ev
+        cdef const int32_t[::1] prog
+        kind, channel, sock, program, header, fixed_size = op
+        if kind == "rotate":
+            if channel is not None and self._find(<uint32_t>int(channel)) == NULL:
+                raise KeyError(f"no channel with id {channel} in this engine")
+            for i in range(self.n_chans):
+                if channel is None or self.chans[i].id == <uint32_t>int(channel):
+                    close_segment(self.chans[i])
+            return
+        if kind == "remove":
+            ch = self._find(<uint32_t>channel)
+            if ch == NULL:
+                raise KeyError(f"no channel with id {channel} in this engine")
+            if ch.fd >= 0:
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, ch.fd, &ev)  # fails only if already closed
+            for i in range(self.n_chans):
+                if self.chans[i] == ch:
+                    self.chans[i] = self.chans[self.n_chans - 1]
+                    self.n_chans -= 1
+                    break
+            free_channel(ch)
+            del self._channels[channel]
+            self._announce_seq.pop(channel, None)
+            return
+        if kind == "shared" and self.shared != NULL:
+            # a new shared socket replaces the old one; the counters go on
+            ch = self.shared
+            if ch.fd >= 0:
+                epoll_ctl(self.epfd, EPOLL_CTL_DEL, ch.fd, &ev)
+            ch.fd = sock.fileno()
+            ch.ovfl = 0
+            ev.events = EPOLLIN
+            ev.data.ptr = ch
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, ch.fd, &ev) < 0:
+                ch.fd = -1
+                raise _oserror(errno, "epoll_ctl(shared socket)")
+            self._shared_sock = sock
+            return
+        if kind == "add" and int(channel.id) in self._channels:
+            raise ValueError(f"channel id {channel.id} is already served by this engine")
+        ch = <chan_t*>malloc(sizeof(chan_t))
+        if ch == NULL:
+            raise MemoryError()
+        memset(ch, 0, sizeof(chan_t))
+        ch.fd = ch.rej_fd = ch.seg.fd = ch.seg.idx_fd = ch.seg.recv_fd = -1
+        try:
+            name = "shared" if kind == "shared" else channel.name
+            if self.rejected_dir is not None:
+                ch.rej_path_p = c_strdup(os.fsencode(self.rejected_dir / f"{name}.rej"))
+            if kind == "add":
+                ch.id = <uint32_t>int(channel.id)
+                ch.decimation = <uint32_t>int(channel.decimation)
+                prog = program
+                ch.program_p = &prog[0]
+                ch.n_ops = program.shape[0] // 2
+                ch.time_op = channel.schema.time_op
+                ch.time_scale = channel.schema.time_scale
+                ch.fixed_size = fixed_size
+                memcpy(ch.fingerprint, <const char*>channel.schema.fingerprint, 8)
+                ch.header_len = len(header)
+                ch.header_p = <uint8_t*>c_strdup(header)
+                if self.cache_dir is not None:
+                    ch.dir_p = c_strdup(os.fsencode(self.cache_dir / channel.name))
+            if sock is not None:
+                ch.fd = sock.fileno()
+                ev.events = EPOLLIN
+                ev.data.ptr = ch
+                if epoll_ctl(self.epfd, EPOLL_CTL_ADD, ch.fd, &ev) < 0:
+                    raise _oserror(errno, f"epoll_ctl({name} socket)")
+        except BaseException:
+            free_channel(ch)
+            raise
+        if kind == "shared":
+            self.shared = ch
+            self._shared_sock = sock
+            return
+        if self.n_chans == self.cap_chans:
+            grown = <chan_t**>malloc(sizeof(chan_t*) * (self.cap_chans * 2 + 4))
+            if grown == NULL:
+                if ch.fd >= 0:
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, ch.fd, &ev)
+                free_channel(ch)
+                raise MemoryError()
+            if self.chans != NULL:
+                memcpy(grown, self.chans, sizeof(chan_t*) * self.n_chans)
+                free(self.chans)
+            self.chans = grown
+            self.cap_chans = self.cap_chans * 2 + 4
+        self.chans[self.n_chans] = ch
+        self.n_chans += 1
+        self._channels[ch.id] = (channel, program, sock)
+        self.next_announce_ns = 0  # announce the newcomer right away
+
+    # ------------------------------------------------------------ running
+
+    def run(self):
+        """Receive, validate, multicast and store until ``stop()``; call it in a thread."""
+        cdef int reason
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the engine is closed")
+            if self._running:
+                raise RuntimeError("the engine is already running")
+            self._running = True
+        self.next_announce_ns = 0
+        try:
+            while True:
+                if self.control_flag:
+                    self._apply_pending()
+                if self.announce_interval_ns > 0 and mono_ns() >= self.next_announce_ns:
+                    self._announce()
+                    self.next_announce_ns = mono_ns() + self.announce_interval_ns
+                with nogil:
+                    reason = self._loop()
+                if reason == LOOP_STOP:
+                    break
+                if reason == LOOP_ERROR:
+                    raise _oserror(self.saved_errno, "relay engine loop")
+        finally:
+            with self._lock:
+                self._running = False
+                self.stop_flag = 0
+            self._apply_pending()
+
+    def stop(self):
+        """Make ``run()`` return (from any thread); safe to call before ``run()``."""
+        cdef uint64_t one = 1
+        self.stop_flag = 1
+        if self.wakefd >= 0:
+            write(self.wakefd, &one, 8)
+
+    def _announce(self):
+        """Send every channel's announce (docs/wire.md) to both groups."""
+        cdef chan_t* ch
+        now = time.time_ns()
+        full = self.multicast.full
+        decimated = self.multicast.decimated
+        for cid, (channel, _program, _sock) in list(self._channels.items()):
+            seq = self._announce_seq.get(cid, 0)
+            datagram = announce_datagram(channel, seq, now)
+            self._announce_seq[cid] = seq + 1
+            for group in (full, decimated):
+                try:
+                    self._send_sock.sendto(datagram, group)
+                except OSError:
+                    ch = self._find(<uint32_t>cid)
+                    if ch != NULL:
+                        ch.c.multicast_errors += 1
+
+    cdef int _loop(self) noexcept nogil:
+        """The batch loop, without the GIL; returns why it stopped (LOOP_*)."""
+        cdef int n, i, timeout_ms
+        cdef int64_t now, wait_ns
+        cdef uint64_t drained
+        cdef chan_t* ch
+        while True:
+            if self.stop_flag:
+                return LOOP_STOP
+            if self.control_flag:
+                return LOOP_CONTROL
+            if self._stop_after and self.n_seen >= self._stop_after:
+                return LOOP_STOP
+            now = mono_ns()
+            if self.announce_interval_ns > 0 and now >= self.next_announce_ns:
+                return LOOP_ANNOUNCE
+            if now >= self.next_sweep_ns:
+                self._sweep_ages()
+                self.next_sweep_ns = now + self.sweep_interval_ns
+            wait_ns = self.next_sweep_ns - now
+            if self.announce_interval_ns > 0 and self.next_announce_ns - now < wait_ns:
+                wait_ns = self.next_announce_ns - now
+            timeout_ms = <int>(wait_ns // 1_000_000) + 1
+            n = epoll_wait(self.epfd, self.events, MAX_EVENTS, timeout_ms)
+            if n < 0:
+                if errno == EINTR:
+                    continue
+                self.saved_errno = errno
+                return LOOP_ERROR
+            for i in range(n):
+                ch = <chan_t*>self.events[i].data.ptr
+                if ch == NULL:
+                    read(self.wakefd, &drained, 8)  # reset the eventfd; flags say why
+                    continue
+                self._receive(ch)
+
+    cdef void _sweep_ages(self) noexcept nogil:
+        """Close segments older than segment_age even when their channel is quiet."""
+        cdef Py_ssize_t i
+        cdef int64_t now = mono_ns()
+        if self.segment_age_ns <= 0:
+            return
+        for i in range(self.n_chans):
+            if (
+                self.chans[i].seg.fd >= 0
+                and now - self.chans[i].seg.opened_mono_ns >= self.segment_age_ns
+            ):
+                close_segment(self.chans[i])
+
+    cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io) noexcept nogil:
+        """Shared port: check ``C3 01`` + fingerprint + record framing, strip it in place.
+
+        Returns the channel, or NULL (nothing changed) when the datagram is not one
+        fingerprint of a channel of this engine followed by valid records only.
+        """
+        cdef uint32_t n = n_io[0]
+        cdef const uint8_t* end = p + n
+        cdef const uint8_t* q = p
+        cdef const uint8_t* r
+        cdef uint8_t* w = p
+        cdef chan_t* ch = NULL
+        cdef Py_ssize_t i
+        if n < 10 or p[0] != 0xC3 or p[1] != 0x01:
+            return NULL
+        for i in range(self.n_chans):
+            # two channels with one schema share a fingerprint: the lowest id gets the data
+            if memcmp(self.chans[i].fingerprint, p + 2, 8) == 0 and (
+                ch == NULL or self.chans[i].id < ch.id
+            ):
+                ch = self.chans[i]
+        if ch == NULL:
+            return NULL
+        while q < end:
+            if end - q < 10 or q[0] != 0xC3 or q[1] != 0x01 or memcmp(q + 2, p + 2, 8) != 0:
+                return NULL
+            q = walk_record(q + 10, end, ch.program_p, ch.n_ops)
+            if q == NULL:
+                return NULL
+        q = p
+        while q < end:
+            r = q + 10
+            q = walk_record(r, end, ch.program_p, ch.n_ops)
+            memmove(w, r, q - r)
+            w += q - r
+        n_io[0] = <uint32_t>(w - p)
+        return ch
+
+    cdef void _reject(
+        self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns
+    ) noexcept nogil:
+        """Count a rejected datagram; keep it in rejected/<channel>.rej when configured."""
+        cdef uint8_t head[REJ_HEADER]
+        cdef iovec iov[2]
+        ch.c.rejected += 1
+        if ch.rej_path_p == NULL:
+            return
+        if ch.rej_fd < 0:
+            ch.rej_fd = open(ch.rej_path_p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+            if ch.rej_fd < 0:
+                return
+            ch.rej_size = <uint64_t>lseek(ch.rej_fd, 0, SEEK_END)
+        if ch.rej_size >= REJECTED_FILE_LIMIT:
+            return  # keeping rejects is best effort; they are counted either way
+        ch.rej_size += REJ_HEADER + n
+        memcpy(head, &n, 4)
+        memcpy(head + 4, &recv_ns, 8)
+        iov[0].iov_base = head
+        iov[0].iov_len = REJ_HEADER
+        iov[1].iov_base = <void*>p
+        iov[1].iov_len = n
+        while writev(ch.rej_fd, iov, 2) < 0 and errno == EINTR:
+            pass
+
+    cdef void _receive(self, chan_t* sock_ch) noexcept nogil:
+        """One recvmmsg batch from one socket: validate, then multicast, then store."""
+        cdef int n = -1
+        cdef int i
+        cdef Py_ssize_t n_acc = 0
+        cdef msghdr* msg
+        cdef cmsghdr* cm
+        cdef timespec ts
+        cdef uint32_t ovfl, length
+        cdef int64_t recv_ns, tmin, tmax
+        cdef Py_ssize_t count
+        cdef uint8_t* p
+        cdef chan_t* ch
+        cdef validation v
+        for i in range(self.batch):
+            self.rmsgs[i].msg_hdr.msg_controllen = CMSG_BUF
+            self.rmsgs[i].msg_hdr.msg_flags = 0
+        while n < 0:
+            n = recvmmsg(sock_ch.fd, self.rmsgs, <unsigned int>self.batch, MSG_DONTWAIT, NULL)
+            if n < 0 and errno != EINTR:
+                return  # EAGAIN (another reader, spurious wake-up) or a pending socket error
+        self.n_seen += <uint64_t>n
+        for i in range(n):
+            msg = &self.rmsgs[i].msg_hdr
+            p = self.slab_p + <size_t>i * SLOT
+            length = self.rmsgs[i].msg_len
+            recv_ns = 0
+            # socket(7): SCM_TIMESTAMPNS carries a struct timespec; SO_RXQ_OVFL the socket's
+            # cumulative drop count (a u32, only present once there was a drop).
+            cm = CMSG_FIRSTHDR(msg)
+            while cm != NULL:
+                if cm.cmsg_level == SOL_SOCKET:
+                    if cm.cmsg_type == SCM_TIMESTAMPNS:
+                        memcpy(&ts, CMSG_DATA(cm), sizeof(timespec))
+                        recv_ns = <int64_t>ts.tv_sec * NS + ts.tv_nsec
+                    elif cm.cmsg_type == SO_RXQ_OVFL:
+                        memcpy(&ovfl, CMSG_DATA(cm), 4)
+                        sock_ch.c.kernel_drops += <uint32_t>(ovfl - sock_ch.ovfl)
+                        sock_ch.ovfl = ovfl
+                cm = CMSG_NXTHDR(msg, cm)
+            if recv_ns == 0:
+                recv_ns = real_ns()
+            self.dg_chan[i] = NULL
+            if msg.msg_flags & MSG_TRUNC:
+                self._reject(sock_ch, p, SLOT if length > SLOT else length, recv_ns)
+                continue
+            if sock_ch.id == 0:
+                ch = self._route(p, &length)
+                if ch == NULL:
+                    self._reject(sock_ch, p, length, recv_ns)
+                    continue
+            else:
+                ch = sock_ch
+            if ch.fixed_size > 0 and self._fixed_fast:
+                count = <Py_ssize_t>(length // ch.fixed_size)
+                if length == 0 or length % ch.fixed_size != 0:
+                    count = -1
+                tmin = tmax = recv_ns
+            else:
+                count = validate_records(p, length, ch.program_p, ch.n_ops, ch.time_op, &v)
+                if v.bad_offset >= 0:
+                    count = -1
+                if ch.time_op >= 0:
+                    tmin = v.t_min * ch.time_scale
+                    tmax = v.t_max * ch.time_scale
+                else:
+                    tmin = tmax = recv_ns
+            if count < 0:
+                # shared-port datagrams were checked by _route: this is a per-channel one
+                self._reject(ch, p, length, recv_ns)
+                continue
+            ch.c.datagrams += 1
+            ch.c.records += <uint64_t>count
+            ch.c.bytes += length
+            if tmax > ch.c.t_newest:
+                ch.c.t_newest = tmax
+            self.dg_p[i] = p
+            self.dg_len[i] = length
+            self.dg_recv_ns[i] = recv_ns
+            self.dg_nrec[i] = <uint32_t>count
+            self.dg_tmin[i] = tmin
+            self.dg_tmax[i] = tmax
+            self.dg_seq[i] = ch.seq
+            ch.seq += 1
+            self.dg_chan[i] = ch
+            self.acc[n_acc] = i
+            n_acc += 1
+        if n_acc:
+            self._send(n_acc)
+            if self.cache_dir is not None:
+                self._store(n_acc)
+
+    cdef void _send(self, Py_ssize_t n_acc) noexcept nogil:
+        """One sendmmsg for the batch: full-rate group (GSO runs when enabled), decimated."""
+        cdef Py_ssize_t a, b, i, k = 0, off, m
+        cdef wire_header_t* h
+        cdef chan_t* ch
+        cdef msghdr* msg
+        cdef cmsghdr* cm
+        cdef uint32_t size
+        cdef uint16_t gso_size
+        cdef int r, e
+        cdef bint waited = False
+        cdef pollfd pfd
+        for a in range(n_acc):
+            i = self.acc[a]
+            ch = self.dg_chan[i]
+            h = <wire_header_t*>(self.hdr_p + a * HEADER_SIZE)
+            h.magic = WIRE_MAGIC
+            h.version = 1
+            h.kind = 0
+            h.header_len = HEADER_SIZE
+            h.channel_id = ch.id
+            h.n_records = self.dg_nrec[i]
+            h.seq = self.dg_seq[i]
+            h.recv_ns = self.dg_recv_ns[i]
+            self.siov[2 * a].iov_base = h
+            self.siov[2 * a].iov_len = HEADER_SIZE
+            self.siov[2 * a + 1].iov_base = self.dg_p[i]
+            self.siov[2 * a + 1].iov_len = self.dg_len[i]
+        # full-rate group: a message per datagram, or per run of equal-size datagrams of
+        # one channel with UDP GSO (udp(7), UDP_SEGMENT: the kernel cuts the run into
+        # datagrams of gso_size bytes)
+        a = 0
+        while a < n_acc:
+            i = self.acc[a]
+            ch = self.dg_chan[i]
+            size = HEADER_SIZE + self.dg_len[i]
+            b = a + 1
+            if self._gso:
+                while (
+                    b < n_acc
+                    and b - a < GSO_MAX_SEGMENTS
+                    and self.dg_chan[self.acc[b]] == ch
+                    and HEADER_SIZE + self.dg_len[self.acc[b]] == size
+                    and (b - a + 1) * size <= GSO_MAX_BYTES
+                ):
+                    b += 1
+            msg = &self.smsgs[k].msg_hdr
+            msg.msg_name = &self.full_addr
+            msg.msg_namelen = sizeof(sockaddr_in)
+            msg.msg_iov = &self.siov[2 * a]
+            msg.msg_iovlen = <size_t>(2 * (b - a))
+            msg.msg_flags = 0
+            if b - a > 1:
+                msg.msg_control = self.scmsg_p + a * SCMSG_BUF
+                msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                cm = CMSG_FIRSTHDR(msg)
+                cm.cmsg_level = SOL_UDP
+                cm.cmsg_type = UDP_SEGMENT
+                cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                gso_size = <uint16_t>size
+                memcpy(CMSG_DATA(cm), &gso_size, sizeof(uint16_t))
+            else:
+                msg.msg_control = NULL
+                msg.msg_controllen = 0
+            self.s_chan[k] = ch
+            self.s_count[k] = <uint32_t>(b - a)
+            self.s_first[k] = a
+            self.s_kind[k] = KIND_FULL
+            k += 1
+            a = b
+        for a in range(n_acc):
+            i = self.acc[a]
+            ch = self.dg_chan[i]
+            if self.dg_seq[i] % ch.decimation != 0:
+                continue
+            msg = &self.smsgs[k].msg_hdr
+            msg.msg_name = &self.dec_addr
+            msg.msg_namelen = sizeof(sockaddr_in)
+            msg.msg_iov = &self.siov[2 * a]
+            msg.msg_iovlen = 2
+            msg.msg_control = NULL
+            msg.msg_controllen = 0
+            msg.msg_flags = 0
+            self.s_chan[k] = ch
+            self.s_count[k] = 1
+            self.s_first[k] = a
+            self.s_kind[k] = KIND_DECIMATED
+            k += 1
+        off = 0
+        while off < k:
+            r = sendmmsg(self.send_fd, self.smsgs + off, <unsigned int>(k - off), MSG_DONTWAIT)
+            if r > 0:
+                for m in range(off, off + r):
+                    if self.s_kind[m] == KIND_FULL:
+                        self.s_chan[m].c.multicast_sent += self.s_count[m]
+                    else:
+                        self.s_chan[m].c.multicast_decimated += self.s_count[m]
+                off += r
+                continue
+            e = errno
+            if e == EINTR:
+                continue
+            if (e == EAGAIN or e == ENOBUFS) and not waited:
+                # the send buffer is full: wait for room once per batch, at most 2 ms
+                waited = True
+                pfd.fd = self.send_fd
+                pfd.events = POLLOUT
+                poll(&pfd, 1, 2)
+                continue
+            if self.s_count[off] > 1 and (
+                e == EINVAL or e == EIO or e == EMSGSIZE or e == EOPNOTSUPP
+            ):
+                # this route cannot do UDP GSO: stop trying, send the run one by one
+                self._gso = False
+                self._send_one_by_one(off)
+            else:
+                self.s_chan[off].c.multicast_errors += self.s_count[off]
+            off += 1
+
+    cdef void _send_one_by_one(self, Py_ssize_t k) noexcept nogil:
+        cdef msghdr msg
+        cdef Py_ssize_t a
+        cdef chan_t* ch = self.s_chan[k]
+        cdef ssize_t r
+        memset(&msg, 0, sizeof(msghdr))
+        msg.msg_name = &self.full_addr
+        msg.msg_namelen = sizeof(sockaddr_in)
+        msg.msg_iovlen = 2
+        for a in range(self.s_first[k], self.s_first[k] + self.s_count[k]):
+            msg.msg_iov = &self.siov[2 * a]
+            r = sendmsg(self.send_fd, &msg, MSG_DONTWAIT)
+            while r < 0 and errno == EINTR:
+                r = sendmsg(self.send_fd, &msg, MSG_DONTWAIT)
+            if r < 0:
+                ch.c.multicast_errors += 1
+            else:
+                ch.c.multicast_sent += 1
+
+    cdef void _store(self, Py_ssize_t n_acc) noexcept nogil:
+        """Append the batch: one block per channel (a shared-port batch may hold several)."""
+        cdef Py_ssize_t a, b, m
+        cdef chan_t* ch = self.dg_chan[self.acc[0]]
+        cdef bint one_channel = True
+        for a in range(1, n_acc):
+            if self.dg_chan[self.acc[a]] != ch:
+                one_channel = False
+                break
+        if one_channel:
+            self._store_channel(ch, self.acc, n_acc)
+            return
+        memset(self.block_done, 0, n_acc)
+        for a in range(n_acc):
+            if self.block_done[a]:
+                continue
+            ch = self.dg_chan[self.acc[a]]
+            m = 0
+            for b in range(a, n_acc):
+                if not self.block_done[b] and self.dg_chan[self.acc[b]] == ch:
+                    self.blk[m] = self.acc[b]
+                    m += 1
+                    self.block_done[b] = 1
+            self._store_channel(ch, self.blk, m)
+
+    cdef void _store_channel(self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m) noexcept nogil:
+        """Write datagrams ``idx[0:m]`` of the batch as block(s) of ``ch``'s segment,
+        rotating when a block would not fit or the segment is too old."""
+        cdef Py_ssize_t k = 0, j, i
+        cdef size_t n_bytes, size
+        cdef uint64_t n_records
+        cdef int64_t now = mono_ns()
+        while k < m:
+            if (
+                ch.seg.fd >= 0
+                and self.segment_age_ns > 0
+                and now - ch.seg.opened_mono_ns >= self.segment_age_ns
+            ):
+                close_segment(ch)
+            if ch.seg.fd < 0:
+                i = idx[k]
+                if not self._open_segment(ch, 20 + self.dg_len[i] + SYNC_SIZE):
+                    ch.c.store_failed += <uint64_t>(m - k)
+                    return
+            n_bytes = 0
+            n_records = 0
+            j = k
+            while j < m:
+                i = idx[j]
+                size = (
+                    varint_size(<int64_t>(n_records + self.dg_nrec[i]))
+                    + varint_size(<int64_t>(n_bytes + self.dg_len[i]))
+                    + n_bytes + self.dg_len[i] + SYNC_SIZE
+                )
+                if ch.seg.end + size > ch.seg.capacity:
+                    break
+                n_bytes += self.dg_len[i]
+                n_records += self.dg_nrec[i]
+                j += 1
+            if j == k:
+                if ch.seg.n_blocks > 0:
+                    close_segment(ch)  # full: rotate
+                    continue
+                ch.c.store_failed += 1  # cannot happen: the segment was sized for it
+                k += 1
+                continue
+            if self._write_block(ch, idx + k, j - k, n_bytes, n_records) != 0:
+                ch.c.store_failed += <uint64_t>(j - k)
+            k = j
+
+    cdef bint _open_segment(self, chan_t* ch, size_t need) noexcept nogil:
+        """Create, pre-allocate and map a new segment with its header; False on failure
+        (disk full...), after which no attempt is made for a second."""
+        cdef segment_t* seg = &ch.seg
+        cdef int64_t now = mono_ns()
+        cdef int64_t t_ns
+        cdef char path[MAX_PATH]
+        cdef size_t capacity
+        cdef int err = 0, tries
+        cdef void* map_p
+        cdef ssize_t got
+        if now < ch.retry_mono_ns:
+            return False
+        capacity = self.segment_size
+        if capacity < ch.header_len + SYNC_SIZE + 64:
+            capacity = ch.header_len + SYNC_SIZE + 64
+        if capacity < ch.header_len + SYNC_SIZE + need:
+            capacity = ch.header_len + SYNC_SIZE + need
+        seg.fd = seg.idx_fd = seg.recv_fd = -1
+        seg.map_p = NULL
+        seg.n_blocks = 0
+        t_ns = real_ns()
+        for tries in range(1000):
+            make_stem(seg.stem, t_ns)
+            segment_path(path, ch, b".avro")
+            seg.fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if seg.fd >= 0:
+                break
+            err = errno
+            if err == EEXIST:
+                t_ns += 1  # two segments opened in the same nanosecond: next name
+                continue
+            if err == ENOENT and tries == 0:
+                mkdir(ch.dir_p, 0o755)  # the channel folder was removed under us
+                continue
+            break
+        if seg.fd < 0:
+            ch.retry_mono_ns = now + NS
+            return False
+        # posix_fallocate(3): the blocks are reserved now, so a full disk shows here and
+        # never as SIGBUS on a mapped page later.
+        err = posix_fallocate(seg.fd, 0, <off_t>capacity)
+        if err == EOPNOTSUPP or err == EINVAL:
+            err = 0 if ftruncate(seg.fd, <off_t>capacity) == 0 else errno
+        if err == 0:
+            map_p = mmap(NULL, capacity, PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd, 0)
+            if map_p == MAP_FAILED:
+                err = errno
+            else:
+                seg.map_p = <uint8_t*>map_p
+                seg.capacity = capacity
+        if err == 0:
+            segment_path(path, ch, b".idx")
+            seg.idx_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if seg.idx_fd < 0:
+                err = errno
+        if err == 0:
+            segment_path(path, ch, b".recv")
+            seg.recv_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+            if seg.recv_fd < 0:
+                err = errno
+        if err != 0:
+            seg.n_blocks = 0
+            if seg.map_p == NULL:
+                seg.capacity = 0
+            close_segment(ch)  # removes the files: the segment has no block
+            ch.retry_mono_ns = now + NS
+            return False
+        if self.use_sync_override:
+            memcpy(seg.sync, self.sync_override, SYNC_SIZE)
+        else:
+            got = getrandom(seg.sync, SYNC_SIZE, 0)
+            if got != SYNC_SIZE:  # cannot happen after boot; never leave a zero marker
+                t_ns = real_ns() ^ <int64_t>ch
+                memcpy(seg.sync, &t_ns, 8)
+                t_ns = mono_ns() ^ (real_ns() << 7)
+                memcpy(seg.sync + 8, &t_ns, 8)
+        memcpy(seg.map_p, ch.header_p, ch.header_len)
+        memcpy(seg.map_p + ch.header_len, seg.sync, SYNC_SIZE)
+        seg.header_size = ch.header_len + SYNC_SIZE
+        seg.end = seg.header_size
+        seg.idx_size = 0
+        seg.recv_size = 0
+        seg.opened_mono_ns = now
+        ch.c.segments += 1
+        return True
+
+    cdef int _write_block(
+        self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m, size_t n_bytes, uint64_t n_records
+    ) noexcept nogil:
+        """docs/cache.md write order: .recv entries, the .idx entry, then the block."""
+        cdef segment_t* seg = &ch.seg
+        cdef Py_ssize_t j, i
+        cdef recv_entry_t* rec
+        cdef idx_entry_t entry
+        cdef int64_t t_min = INT64_MAX
+        cdef int64_t t_max = -INT64_MAX - 1
+        cdef uint8_t* q
+        cdef size_t size = (
+            varint_size(<int64_t>n_records) + varint_size(<int64_t>n_bytes) + n_bytes + SYNC_SIZE
+        )
+        for j in range(m):
+            i = idx[j]
+            rec = <recv_entry_t*>(self.recv_buf_p + j * RECV_ENTRY)
+            rec.recv_ns = self.dg_recv_ns[i]
+            rec.n_records = self.dg_nrec[i]
+            rec.seq = <uint32_t>self.dg_seq[i]
+            if self.dg_tmin[i] < t_min:
+                t_min = self.dg_tmin[i]
+            if self.dg_tmax[i] > t_max:
+                t_max = self.dg_tmax[i]
+        entry.offset = seg.end
+        entry.size = <uint32_t>size
+        entry.n_records = <uint32_t>n_records
+        entry.n_datagrams = <uint32_t>m
+        entry.seq_first = <uint32_t>self.dg_seq[idx[0]]
+        entry.t_min = t_min
+        entry.t_max = t_max
+        if (
+            pwrite_all(seg.recv_fd, self.recv_buf_p, <size_t>m * RECV_ENTRY, seg.recv_size) != 0
+            or pwrite_all(seg.idx_fd, <uint8_t*>&entry, IDX_ENTRY, seg.idx_size) != 0
+        ):
+            # disk full: undo the partial entries, close the segment at its last block
+            ftruncate(seg.recv_fd, <off_t>seg.recv_size)
+            ftruncate(seg.idx_fd, <off_t>seg.idx_size)
+            close_segment(ch)
+            ch.retry_mono_ns = mono_ns() + NS
+            return -1
+        seg.recv_size += <uint64_t>m * RECV_ENTRY
+        seg.idx_size += IDX_ENTRY
+        q = seg.map_p + seg.end
+        q = write_varint(q, <int64_t>n_records)
+        q = write_varint(q, <int64_t>n_bytes)
+        for j in range(m):
+            i = idx[j]
+            memcpy(q, self.dg_p[i], self.dg_len[i])
+            q += self.dg_len[i]
+        memcpy(q, seg.sync, SYNC_SIZE)
+        seg.end += size
+        seg.n_blocks += 1
+        ch.c.blocks += 1
+        ch.c.stored_records += n_records
+        return 0
+
+    # ------------------------------------------------------------ reporting, closing
+
+    def stats(self):
+        """``{channel_id: {counter: int}}`` (docs/relay-internals.md); any thread.
+
+        With a shared socket, the pseudo channel 0 counts the shared port's rejects and
+        kernel drops.
+        """
+        cdef Py_ssize_t i
+        with self._lock:
+            out = {}
+            for i in range(self.n_chans):
+                out[self.chans[i].id] = _counters(&self.chans[i].c)
+            if self.shared != NULL:
+                out[0] = _counters(&self.shared.c)
+            return out
+
+    def open_segments(self):
+        """Paths of the ``.avro`` segments being written."""
+        cdef Py_ssize_t i
+        cdef chan_t* ch
+        with self._lock:
+            out = set()
+            if self.cache_dir is None:
+                return out
+            for i in range(self.n_chans):
+                ch = self.chans[i]
+                if ch.seg.fd >= 0:
+                    name = (<bytes>ch.seg.stem[:strlen(ch.seg.stem)]).decode()
+                    channel = self._channels[ch.id][0]
+                    out.add(self.cache_dir / channel.name / f"{name}.avro")
+            return out
+
+    def close(self):
+        """Trim and close every segment and release the sockets' registrations.
+
+        Call after ``run()`` returned; idempotent. The caller closes the channel sockets.
+        """
+        cdef Py_ssize_t i
+        with self._lock:
+            if self._running:
+                raise RuntimeError("stop() the engine and let run() return before close()")
+            if self._closed:
+                return
+            self._closed = True
+            # the channel structs stay (stats() still answers); __dealloc__ frees them
+            for i in range(self.n_chans):
+                release_channel(self.chans[i])
+            if self.shared != NULL:
+                release_channel(self.shared)
+            if self.epfd >= 0:
+                close(self.epfd)
+                self.epfd = -1
+            if self.wakefd >= 0:
+                close(self.wakefd)
+                self.wakefd = -1
+            self._send_sock.close()
+            self.send_fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+cdef dict _counters(counters_t* c):
+    return {
+        "datagrams": c.datagrams,
+        "records": c.records,
+        "bytes": c.bytes,
+        "rejected": c.rejected,
+        "kernel_drops": c.kernel_drops,
+        "multicast_sent": c.multicast_sent,
+        "multicast_decimated": c.multicast_decimated,
+        "multicast_errors": c.multicast_errors,
+        "stored_records": c.stored_records,
+        "store_failed": c.store_failed,
+        "blocks": c.blocks,
+        "segments": c.segments,
+        "t_newest": c.t_newest,
+    }
+
+
+# ---------------------------------------------------------------- benchmark baseline
+
+def bare_drain(sock, int batch=64, double idle_timeout=0.0):
+    """Benchmark baseline: recvmmsg ``sock`` until it is empty, only counting.
+
+    Returns ``(datagrams, bytes)``. With ``idle_timeout`` > 0 it waits that long for more
+    before calling the socket empty. Same buffers and batch as the engine, no cmsgs.
+    """
+    cdef int fd = sock.fileno()
+    cdef uint8_t* slab_p = <uint8_t*>PyMem_Calloc(batch, SLOT)
+    cdef mmsghdr* msgs = <mmsghdr*>PyMem_Calloc(batch, sizeof(mmsghdr))
+    cdef iovec* iov = <iovec*>PyMem_Calloc(batch, sizeof(iovec))
+    cdef uint64_t count = 0, n_bytes = 0
+    cdef int i, n
+    cdef int timeout_ms = <int>(idle_timeout * 1000)
+    cdef pollfd pfd
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be 1..{MAX_BATCH}")
+    try:
+        if slab_p == NULL or msgs == NULL or iov == NULL:
+            raise MemoryError()
+        for i in range(batch):
+            iov[i].iov_base = slab_p + <size_t>i * SLOT
+            iov[i].iov_len = SLOT
+            msgs[i].msg_hdr.msg_iov = &iov[i]
+            msgs[i].msg_hdr.msg_iovlen = 1
+        pfd.fd = fd
+        pfd.events = POLLIN
+        with nogil:
+            while True:
+                n = recvmmsg(fd, msgs, <unsigned int>batch, MSG_DONTWAIT, NULL)
+                if n < 0:
+                    if errno == EINTR:
+                        continue
+                    if errno == EAGAIN and timeout_ms > 0 and poll(&pfd, 1, timeout_ms) > 0:
+                        continue
+                    break
+                count += <uint64_t>n
+                for i in range(n):
+                    n_bytes += msgs[i].msg_len
+    finally:
+        PyMem_Free(slab_p)
+        PyMem_Free(msgs)
+        PyMem_Free(iov)
+    return count, n_bytes
+
+
+def blast(
+    sock, address, datagrams, Py_ssize_t count, double rate=0.0, double duration=0.0,
+    bint gso=True,
+):
+    """Benchmark sender: ``count`` datagrams (cycling through ``datagrams``) to ``address``
+    with sendmmsg, 64 per call, without the GIL.
+
+    ``rate`` > 0 paces the sends to that many datagrams per second; ``duration`` > 0
+    stops after that many seconds. With ``gso`` and datagrams all of one size, each run
+    of up to 64 goes out in one UDP GSO send (the sender then keeps up with the relay).
+    Returns the number sent (EAGAIN/ENOBUFS are retried after a short wait).
+    """
+    cdef int fd = sock.fileno()
+    cdef Py_ssize_t n_kinds = len(datagrams)
+    cdef Py_ssize_t i, k, sent = 0, todo
+    cdef int r
+    cdef sockaddr_in addr
+    cdef mmsghdr* msgs = NULL
+    cdef iovec* iov = NULL
+    cdef int64_t t0, now, due, stop_at
+    cdef timespec pause
+    cdef pollfd pfd
+    cdef list keep = [bytes(d) for d in datagrams]
+    cdef msghdr gmsg
+    cdef uint8_t gcontrol[SCMSG_BUF]
+    cdef cmsghdr* cm
+    cdef uint16_t seg_size = 0
+    cdef Py_ssize_t max_run = 64
+    if n_kinds == 0:
+        raise ValueError("no datagrams to send")
+    host, port = address
+    if not host.startswith("127."):
+        raise ValueError("the benchmark sender sends to 127.0.0.0/8 only")
+    memset(&addr, 0, sizeof(sockaddr_in))
+    addr.sin_family = AF_INET
+    addr.sin_port = htons(<uint16_t>port)
+    if inet_pton(AF_INET, host.encode(), &addr.sin_addr) != 1:
+        raise ValueError(f"{host!r} is not an IPv4 address")
+    msgs = <mmsghdr*>PyMem_Calloc(n_kinds, sizeof(mmsghdr))
+    iov = <iovec*>PyMem_Calloc(n_kinds, sizeof(iovec))
+    try:
+        if msgs == NULL or iov == NULL:
+            raise MemoryError()
+        for i in range(n_kinds):
+            iov[i].iov_base = <char*>(<bytes>keep[i])
+            iov[i].iov_len = len(keep[i])
+            msgs[i].msg_hdr.msg_iov = &iov[i]
+            msgs[i].msg_hdr.msg_iovlen = 1
+            msgs[i].msg_hdr.msg_name = &addr
+            msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+        pfd.fd = fd
+        pfd.events = POLLOUT
+        if gso and len({len(d) for d in keep}) == 1 and len(keep[0]) <= GSO_MAX_BYTES // 2:
+            seg_size = <uint16_t>len(keep[0])
+            max_run = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg_size)
+            memset(&gmsg, 0, sizeof(msghdr))
+            gmsg.msg_name = &addr
+            gmsg.msg_namelen = sizeof(sockaddr_in)
+            gmsg.msg_control = gcontrol
+            gmsg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+            cm = CMSG_FIRSTHDR(&gmsg)
+            cm.cmsg_level = SOL_UDP
+            cm.cmsg_type = UDP_SEGMENT
+            cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+            memcpy(CMSG_DATA(cm), &seg_size, sizeof(uint16_t))
+        with nogil:
+            t0 = mono_ns()
+            stop_at = t0 + <int64_t>(duration * 1e9) if duration > 0 else INT64_MAX
+            while sent < count:
+                now = mono_ns()
+                if now >= stop_at:
+                    break
+                if rate > 0:
+                    due = t0 + <int64_t>(sent / rate * 1e9)
+                    if due > now + 50_000:
+                        pause.tv_sec = 0
+                        pause.tv_nsec = <long>(due - now)
+                        nanosleep(&pause, NULL)
+                        continue
+                k = sent % n_kinds
+                todo = n_kinds - k
+                if todo > max_run:
+                    todo = max_run
+                if todo > count - sent:
+                    todo = count - sent
+                if seg_size > 0 and todo > 1:
+                    gmsg.msg_iov = &iov[k]
+                    gmsg.msg_iovlen = <size_t>todo
+                    r = -1 if sendmsg(fd, &gmsg, 0) < 0 else <int>todo
+                    if r < 0 and (errno == EINVAL or errno == EIO):
+                        seg_size = 0  # no GSO on this route: one datagram per message
+                        max_run = 64
+                        continue
+                else:
+                    r = sendmmsg(fd, msgs + k, <unsigned int>todo, 0)
+                if r > 0:
+                    sent += r
+                elif errno == EAGAIN or errno == ENOBUFS:
+                    poll(&pfd, 1, 1)
+                elif errno != EINTR:
+                    break
+    finally:
+        PyMem_Free(msgs)
+        PyMem_Free(iov)
+    return sent
