@@ -43,15 +43,10 @@ from speeddata.cache import (
     recover_segment,
 )
 from speeddata.config import ChannelConfig, MulticastConfig
+from speeddata.relay_ref import PyEngine
 from speeddata.schema import Schema
 
-ENGINES = [pytest.param(Engine, id="compiled")]
-try:
-    from speeddata.relay_ref import PyEngine
-except ImportError:  # the reference is written by another issue; covered once it exists
-    PyEngine = None
-else:
-    ENGINES.append(pytest.param(PyEngine, id="python"))
+ENGINES = [pytest.param(Engine, id="compiled"), pytest.param(PyEngine, id="python")]
 
 # 100 doubles: the fixed-layout schema of the benchmarks (any 800 bytes are a record)
 DOUBLES = Schema(

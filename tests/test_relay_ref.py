@@ -34,18 +34,13 @@ from relay_helpers import (
     wait_for,
 )
 from speeddata import relay_ref, wire
+from speeddata._relay import Engine as CompiledEngine
 from speeddata.cache import list_segments
 from speeddata.config import ChannelConfig, MulticastConfig
 from speeddata.relay_ref import COUNTERS, PyEngine
 from speeddata.schema import Schema
 
-ENGINES = [pytest.param(PyEngine, id="python")]
-try:
-    from speeddata._relay import Engine as CompiledEngine
-except ImportError:  # not built yet
-    CompiledEngine = None
-else:
-    ENGINES.append(pytest.param(CompiledEngine, id="compiled"))
+ENGINES = [pytest.param(PyEngine, id="python"), pytest.param(CompiledEngine, id="compiled")]
 
 
 def _schema(name: str) -> Schema:
