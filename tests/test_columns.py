@@ -285,3 +285,84 @@ def test_property_compiled_equals_reference(seed, n, per_block):
     for key in av:
         assert av[key].tolist() == bv[key].tolist()
     assert [flat(r)["rec.a"] for r in records] == a["rec.a"].tolist()
+
+
+# -- decoding on several threads (decodes of >= 4 MiB are split by whole blocks) ---------
+
+
+def _repeated_blocks(schema: Schema, records: list[dict], per_block: int, copies: int):
+    """The blocks of ``records`` repeated ``copies`` times in one buffer (> 4 MiB)."""
+    buf, (starts, sizes, counts) = encode_blocks(schema, records, per_block)
+    step = len(buf)
+    big = buf * copies
+    shift = np.repeat(np.arange(copies, dtype=np.int64) * step, len(starts))
+    return big, [np.tile(starts, copies) + shift, np.tile(sizes, copies), np.tile(counts, copies)]
+
+
+def _threaded(schema, buf, blocks, threads, contiguous=True):
+    dec = _columns.BlockDecoder(schema, None, contiguous, threads)
+    assert dec.threads == threads
+    dec.reserve(int(blocks[2].sum()), int(blocks[1].sum()))
+    assert dec.decode(buf, *blocks) == int(blocks[2].sum())
+    return dec, dec.finish()
+
+
+def test_threads_all_types_equal_single_thread():
+    schema = Schema(ALL_TYPES)
+    rng = random.Random(11)
+    records = [all_types_record(k, rng) for k in range(600)]
+    buf, blocks = _repeated_blocks(schema, records, 37, 80)
+    assert len(buf) > 4 * 1024 * 1024  # large enough to be split
+    _, (one, one_valid) = _threaded(schema, buf, blocks, 1)
+    _, (two, two_valid) = _threaded(schema, buf, blocks, 3)
+    assert one.keys() == two.keys() and one_valid.keys() == two_valid.keys()
+    for key in one:
+        if one[key].dtype.kind == "f":
+            np.testing.assert_array_equal(one[key], two[key])
+        else:
+            assert one[key].tolist() == two[key].tolist(), key
+    for key in one_valid:
+        np.testing.assert_array_equal(one_valid[key], two_valid[key])
+    # and both are the values fastavro encoded (the last copy of the records)
+    tail = {k: v[-len(records) :] for k, v in two.items()}
+    for sig in schema.signals:
+        assert_column_equal(schema, sig.name, tail[sig.name], records,
+                            two_valid[sig.name][-len(records) :] if sig.name in two_valid else None)
+
+
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_threads_fixed_layout_equal_records(contiguous):
+    schema = Schema(WIDE)
+    values = np.random.default_rng(5).normal(size=(7000, 100))
+    # a fixed-layout record is its packed little-endian doubles: blocks of 700 records
+    raw = values.astype("<f8").tobytes()
+    per = 700 * 800
+    buf = b"".join(b"hdr" + raw[i : i + per] for i in range(0, len(raw), per))
+    starts = np.arange(10, dtype=np.int64) * (per + 3) + 3
+    blocks = [starts, np.full(10, per, np.int64), np.full(10, 700, np.int64)]
+    dec, (cols, valid) = _threaded(schema, buf, blocks, 2, contiguous)
+    assert valid == {}
+    for i in (0, 42, 99):
+        np.testing.assert_array_equal(cols[f"v{i:03d}"], values[:, i])
+    records = dec.records()
+    if contiguous:
+        assert records is None
+    else:
+        assert records.dtype == schema.dtype and len(records) == 7000
+        np.testing.assert_array_equal(records["v042"], values[:, 42])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_threads_corrupt_block_named_as_on_one_thread(threads):
+    schema = Schema(ALL_TYPES)
+    rng = random.Random(12)
+    records = [all_types_record(k, rng) for k in range(400)]
+    buf, blocks = _repeated_blocks(schema, records, 40, 120)
+    bad = len(blocks[0]) - 3  # a block in the last run
+    blocks[2] = blocks[2].copy()
+    blocks[2][bad] += 1  # one record more than the bytes hold
+    dec = _columns.BlockDecoder(schema, None, True, threads)
+    dec.reserve(int(blocks[2].sum()), int(blocks[1].sum()))
+    with pytest.raises(ValueError, match=f"block at byte {blocks[0][bad]}: record"):
+        dec.decode(buf, *blocks)
+    assert dec.n_rows == 0

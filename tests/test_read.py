@@ -115,6 +115,31 @@ def test_channel_without_time_field_uses_receive_time(tmp_path, schemas_dir, dec
     assert sub["x"].tolist() == [k * 0.5 for k in range(15, 35)]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fixed_layout_records_view(tmp_path, schemas_dir, threads):
+    """contiguous=False: the same values as strided views of one structured array
+    (Columns.records), trimmed to the range like the columns."""
+    schema = Schema(schemas_dir / "fixed.avsc")
+
+    def rec(k, rng):
+        return {"x": k * 0.5, "y": -k * 1.0, "z": 1e-3 * k, "ok": k % 3 == 0}
+
+    w = write_channel(tmp_path, "vib", schema, rec, 90, records_per_datagram=5)
+    cols = speeddata.read(tmp_path, "vib", threads=threads)
+    view = speeddata.read(tmp_path, "vib", contiguous=False, threads=threads)
+    assert cols.records is None
+    assert view.records.dtype == schema.dtype and len(view.records) == 90
+    assert view.keys() == cols.keys()
+    for key in cols:
+        np.testing.assert_array_equal(view[key], cols[key])
+    assert not view["x"].flags.c_contiguous and cols["x"].flags.c_contiguous
+    sub = speeddata.read(tmp_path, "vib", w.dgram_recv_ns[3], w.dgram_recv_ns[7],
+                         signals="x", contiguous=False)
+    assert list(sub) == ["time", "x"]
+    assert sub["x"].tolist() == sub.records["x"].tolist() == [k * 0.5 for k in range(15, 35)]
+    assert sub.records["ok"].tolist() == [k % 3 == 0 for k in range(15, 35)]
+
+
 def test_open_segment_is_read_up_to_its_last_complete_block(tmp_path, schemas_dir, decoder):
     schema = Schema(schemas_dir / "status.avsc")
 

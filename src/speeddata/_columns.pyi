@@ -18,8 +18,13 @@ class BlockDecoder:
     contiguous: bool
     n_rows: int
     capacity: int
+    threads: int
     def __init__(
-        self, schema: Schema | dict | str, names: list[str] | None = None, contiguous: bool = True
+        self,
+        schema: Schema | dict | str,
+        names: list[str] | None = None,
+        contiguous: bool = True,
+        threads: int | None = None,
     ) -> None: ...
     def reserve(self, n_rows: int, heap_bytes: int = 0) -> None: ...
     def decode(
@@ -29,7 +34,10 @@ class BlockDecoder:
         size: np.ndarray,
         count: np.ndarray,
     ) -> int: ...
+    def records(self) -> np.ndarray | None: ...
     def finish(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]: ...
+
+def default_threads() -> int: ...
 
 def string_dtype() -> np.dtype: ...
 def materialize(

@@ -1,12 +1,13 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Compiled column decoder: Avro blocks of the cache -> preallocated numpy columns.
 
-The batch loops build no Python objects and run without the GIL. Two paths:
+The batch loops build no Python objects and run without the GIL; a large decode is
+split over threads by whole blocks (``BlockDecoder`` docstring). Two paths:
 
 - fixed-layout schemas (``Schema.dtype`` is not None: only boolean, float, double and
   fixed fields) need no parsing at all: each record is ``record_size`` bytes whose
   layout is that structured dtype, and ``scatter_fixed`` copies the fields into their
-  columns a tile of records at a time;
+  columns record by record (or, ``contiguous=False``, one memcpy gathers each block);
 - every other schema walks ``Schema.program`` (see schema.py) once per record with the
   inline helpers of ``_avro.pxd``.
 
@@ -43,6 +44,9 @@ from speeddata._avro cimport (
     utf8_valid,
 )
 
+import os
+import threading
+
 import numpy as np
 
 from speeddata.schema import Schema
@@ -56,6 +60,48 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 # Rows of a string column converted per step: bounds the fixed-width buffer to ~8 MiB.
 cdef Py_ssize_t _STRING_STEP_BYTES = 8 * 1024 * 1024
+
+# A decode of fewer payload bytes than this runs on the calling thread alone: handing a
+# part to a pool thread costs some 50 us, a decode of 4 MiB about 1 ms.
+cdef Py_ssize_t _PARALLEL_MIN_BYTES = 4 * 1024 * 1024
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool():
+    # a forked child has none of the parent's threads: it starts its own pool
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def default_threads():
+    """Decode threads used when none are given: the CPUs this process may run on."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+cdef object _get_pool(Py_ssize_t n_workers):
+    """The module's decode thread pool, with at least ``n_workers`` threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < n_workers:
+            import concurrent.futures
+
+            old = _pool
+            _pool = concurrent.futures.ThreadPoolExecutor(
+                n_workers, thread_name_prefix="speeddata-decode"
+            )
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
 
 
 cdef inline void _write_null(
@@ -286,6 +332,13 @@ cdef class BlockDecoder:
     the records are gathered into one buffer and the columns are strided views of it
     as the structured ``Schema.dtype`` (``np.frombuffer``): about memcpy speed, but each
     column keeps the whole buffer alive and a pass over one column reads every record.
+    ``records()`` then returns that structured array itself.
+
+    ``threads`` (None: the CPUs this process may use, see ``default_threads``): a
+    ``decode`` of at least 4 MiB of records is split into that many runs of whole blocks
+    of about equal bytes, decoded at once without the GIL (each block's rows, and its
+    share of the string heap, are known before it is decoded), the calling thread
+    taking the first run and a module-wide thread pool the others.
     """
 
     cdef readonly object schema
@@ -304,7 +357,7 @@ cdef class BlockDecoder:
     cdef dict lengths            # name -> ndarray of byte lengths (bytes/string)
     cdef dict valid              # name -> uint8 ndarray (nullable signals)
     cdef object slab             # uint8 ndarray holding every column
-    cdef object records          # uint8 ndarray of gathered records (contiguous=False)
+    cdef object record_buffer    # uint8 ndarray of gathered records (contiguous=False)
     cdef object heap
     cdef uint8_t* heap_p
     cdef int64_t heap_used
@@ -316,10 +369,23 @@ cdef class BlockDecoder:
     cdef object field_dest       # uintp: address of each field's column
     cdef Py_ssize_t n_fields
     cdef list field_names
+    cdef const Py_ssize_t* field_offset_p
+    cdef const Py_ssize_t* field_size_p
+    cdef char** field_dest_p
+    cdef char* records_p
+    cdef readonly int threads
+    # the blocks of the decode() in progress, for _run on any thread
+    cdef const uint8_t* d_base
+    cdef const int64_t* d_start
+    cdef const int64_t* d_size
+    cdef const int64_t* d_count
+    cdef const int64_t* d_row    # first row of each block
+    cdef const int64_t* d_heap   # heap offset of each block's bytes/string values
 
-    def __init__(self, schema, names=None, bint contiguous=True):
+    def __init__(self, schema, names=None, bint contiguous=True, threads=None):
         self.schema = Schema.load(schema)
         self.contiguous = contiguous
+        self.threads = default_threads() if threads is None else max(1, int(threads))
         all_names = [s.name for s in self.schema.signals]
         if names is None:
             names = all_names
@@ -358,7 +424,8 @@ cdef class BlockDecoder:
         self.heap_used = 0
         if self.fixed_layout and not self.contiguous:
             # strided views of one record buffer: the blocks' bytes are only gathered
-            self.records = np.empty(max(n_rows * self.record_size, 1), np.uint8)
+            self.record_buffer = np.empty(max(n_rows * self.record_size, 1), np.uint8)
+            self.records_p = <char*>cnp.PyArray_DATA(self.record_buffer)
             self.heap_capacity = 0
             return
         wanted = set(self.names)
@@ -420,6 +487,47 @@ cdef class BlockDecoder:
             self.field_size[f] = dtype.fields[name][0].itemsize
             arr = self.values[name]
             self.field_dest[f] = <size_t>cnp.PyArray_DATA(arr)
+        self.field_offset_p = <const Py_ssize_t*>cnp.PyArray_DATA(self.field_offset)
+        self.field_size_p = <const Py_ssize_t*>cnp.PyArray_DATA(self.field_size)
+        self.field_dest_p = <char**>cnp.PyArray_DATA(self.field_dest)
+
+    cdef Py_ssize_t _run(self, Py_ssize_t b0, Py_ssize_t b1, Py_ssize_t* bad) noexcept nogil:
+        # Decode blocks [b0, b1) of the decode() in progress into their rows; returns
+        # the first block that does not parse (its result in bad[0]) or -1. Runs on any
+        # thread: runs of blocks write disjoint rows and disjoint parts of the heap.
+        cdef Py_ssize_t b, r
+        cdef int64_t heap_used
+        if self.fixed_layout and not self.contiguous:
+            for b in range(b0, b1):
+                memcpy(self.records_p + self.d_row[b] * self.record_size,
+                       self.d_base + self.d_start[b], <size_t>self.d_size[b])
+            return -1
+        if self.fixed_layout:
+            for b in range(b0, b1):
+                scatter_fixed(
+                    self.d_base + self.d_start[b], self.d_count[b], self.record_size,
+                    self.n_fields, self.field_offset_p, self.field_size_p,
+                    self.field_dest_p, self.d_row[b],
+                )
+            return -1
+        for b in range(b0, b1):
+            heap_used = self.d_heap[b]
+            r = decode_records(
+                self.d_base + self.d_start[b], self.d_base + self.d_start[b] + self.d_size[b],
+                self.d_count[b], self.program_p, self.n_ops, self.cols, self.d_row[b],
+                self.heap_p, &heap_used,
+            )
+            if r:
+                bad[0] = r
+                return b
+        return -1
+
+    def _decode_run(self, Py_ssize_t b0, Py_ssize_t b1):
+        # one run of blocks, without the GIL: (first bad block or -1, its result)
+        cdef Py_ssize_t bad = 0, b
+        with nogil:
+            b = self._run(b0, b1, &bad)
+        return b, bad
 
     def decode(
         self,
@@ -452,10 +560,6 @@ cdef class BlockDecoder:
             )
         if self.heap_capacity and self.heap_used + payload > self.heap_capacity:
             raise ValueError("the heap reserved for bytes/string values is too small")
-        cdef const Py_ssize_t* off_p
-        cdef const Py_ssize_t* fsize_p
-        cdef char** dest_p
-        cdef char* gather_p
         if self.fixed_layout:
             for b in range(n_blocks):
                 if size[b] != count[b] * self.record_size:
@@ -463,37 +567,36 @@ cdef class BlockDecoder:
                         f"block {b}: {size[b]} bytes are not {count[b]} records of "
                         f"{self.record_size} bytes"
                     )
-            if not self.contiguous:
-                gather_p = <char*>cnp.PyArray_DATA(self.records)
-                with nogil:
-                    for b in range(n_blocks):
-                        memcpy(gather_p + self.n_rows * self.record_size, base + start[b],
-                               <size_t>size[b])
-                        self.n_rows += count[b]
-                return self.n_rows
-            off_p = <const Py_ssize_t*>cnp.PyArray_DATA(self.field_offset)
-            fsize_p = <const Py_ssize_t*>cnp.PyArray_DATA(self.field_size)
-            dest_p = <char**>cnp.PyArray_DATA(self.field_dest)
-            with nogil:
-                for b in range(n_blocks):
-                    scatter_fixed(
-                        base + start[b], count[b], self.record_size, self.n_fields,
-                        off_p, fsize_p, dest_p, self.n_rows,
-                    )
-                    self.n_rows += count[b]
+        if n_blocks == 0:
             return self.n_rows
-        with nogil:
-            for b in range(n_blocks):
-                bad = decode_records(
-                    base + start[b], base + start[b] + size[b], count[b],
-                    self.program_p, self.n_ops, self.cols, self.n_rows,
-                    self.heap_p, &self.heap_used,
-                )
-                if bad:
-                    bad_block = b
-                    break
-                self.n_rows += count[b]
-        if bad:
+        # where each block goes: its first row, and its share of the heap (a block's
+        # values take at most its payload bytes)
+        cdef cnp.ndarray rows = np.empty(n_blocks, np.int64)
+        cdef cnp.ndarray heaps = np.empty(n_blocks, np.int64)
+        cdef int64_t* rows_p = <int64_t*>cnp.PyArray_DATA(rows)
+        cdef int64_t* heaps_p = <int64_t*>cnp.PyArray_DATA(heaps)
+        cdef int64_t row_at = self.n_rows, heap_at = self.heap_used
+        for b in range(n_blocks):
+            rows_p[b] = row_at
+            heaps_p[b] = heap_at
+            row_at += count[b]
+            heap_at += size[b]
+        self.d_base = base
+        self.d_start = &start[0]
+        self.d_size = &size[0]
+        self.d_count = &count[0]
+        self.d_row = rows_p
+        self.d_heap = heaps_p
+        try:
+            results = self._decode_runs(n_blocks, size, payload)
+        finally:
+            self.d_base = NULL
+            self.d_start = self.d_size = self.d_count = self.d_row = self.d_heap = NULL
+        for run_bad_block, run_bad in results:  # runs are in block order: the first
+            if run_bad_block >= 0:
+                bad_block, bad = run_bad_block, run_bad
+                break
+        if bad_block >= 0:
             what = (
                 "bytes are left after the last record" if bad > count[bad_block]
                 else f"record {bad - 1} does not parse"
@@ -502,7 +605,49 @@ cdef class BlockDecoder:
                 f"block at byte {start[bad_block]}: {what} "
                 f"({count[bad_block]} records of {self.schema.name} expected)"
             )
+        self.n_rows += total
+        self.heap_used += payload
         return self.n_rows
+
+    cdef list _decode_runs(self, Py_ssize_t n_blocks, const int64_t[::1] size, int64_t payload):
+        # Split the blocks into runs of about equal bytes, one per thread; the calling
+        # thread decodes the first while the pool decodes the others.
+        cdef Py_ssize_t n_runs = min(<Py_ssize_t>self.threads, n_blocks)
+        if payload < _PARALLEL_MIN_BYTES or n_runs < 2:
+            return [self._decode_run(0, n_blocks)]
+        cdef Py_ssize_t k, b = 0, last = 0
+        cdef int64_t used = 0
+        bounds = [0]
+        for k in range(1, n_runs):
+            while b < n_blocks and used < payload * k // n_runs:
+                used += size[b]
+                b += 1
+            if last < b < n_blocks:
+                bounds.append(b)
+                last = b
+        bounds.append(n_blocks)
+        if len(bounds) < 3:
+            return [self._decode_run(0, n_blocks)]
+        pool = _get_pool(len(bounds) - 2)
+        futures = [
+            pool.submit(self._decode_run, bounds[k], bounds[k + 1])
+            for k in range(1, len(bounds) - 1)
+        ]
+        try:
+            results = [self._decode_run(bounds[0], bounds[1])]
+        finally:
+            # never return (and let the buffers go) while a pool thread still decodes
+            import concurrent.futures
+
+            concurrent.futures.wait(futures)
+        return results + [f.result() for f in futures]
+
+    def records(self):
+        """The decoded rows as one structured array of ``Schema.dtype`` (every field,
+        whichever were asked for), with ``contiguous=False``; None otherwise."""
+        if not (self.fixed_layout and not self.contiguous) or self.record_buffer is None:
+            return None
+        return np.frombuffer(self.record_buffer, self.record_dtype, count=self.n_rows)
 
     def finish(self):
         """``(columns, valid)`` for the rows decoded: see the class docstring."""
@@ -511,7 +656,7 @@ cdef class BlockDecoder:
         valid = {}
         if self.fixed_layout and not self.contiguous:
             # zero-parse: the record bytes *are* the structured dtype
-            view = np.frombuffer(self.records, self.record_dtype, count=n)
+            view = np.frombuffer(self.record_buffer, self.record_dtype, count=n)
             return {name: view[name] for name in self.names}, {}
         heap = self.heap[: self.heap_used]
         for sig in self.schema.signals:
