@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 from fastavro import schemaless_writer
 
+from .cache import encode_long
 from .errors import SpeedDataError
 from .schema import (
     OP_BOOLEAN,
@@ -105,16 +106,6 @@ class SourceError(SpeedDataError, ValueError):
 # -- pure-Python reference of the compiled encoder --------------------------------------
 
 
-def _zigzag_varint(v: int) -> bytes:
-    z = ((v << 1) ^ (v >> 63)) & 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while z >= 0x80:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
 def encode_columns_py(
     program: np.ndarray, columns: list[np.ndarray | None], prefix: bytes = b""
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +125,7 @@ def encode_columns_py(
                 continue
             if op == OP_UNION:
                 is_null = bool(col[r])
-                out += _zigzag_varint(arg if is_null else 1 - arg)
+                out += encode_long(arg if is_null else 1 - arg)
                 i += 2 if is_null else 1
                 continue
             if op in (OP_STRING, OP_BYTES):
@@ -144,7 +135,7 @@ def encode_columns_py(
             if op == OP_BOOLEAN:
                 out.append(1 if col[r] else 0)
             elif op in (OP_INT, OP_ENUM, OP_LONG):
-                out += _zigzag_varint(int(col[r]))
+                out += encode_long(int(col[r]))
             elif op == OP_FLOAT:
                 out += np.asarray(col[r], dtype="<f4").tobytes()
             elif op == OP_DOUBLE:
