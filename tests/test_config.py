@@ -535,3 +535,15 @@ def test_error_message_is_one_line_without_traceback_noise(confdir: Path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "\n" not in str(info.value)
+
+
+def test_the_readme_config_block_loads(confdir: Path):
+    """The ```toml block users copy from README.md must load as it is."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = confdir / "speeddata.toml"
+    path.write_text(block)
+    cfg = load_config(path)
+    assert [c.name for c in cfg.channels] == ["engine"]
+    assert cfg.channels[0].schema.time_field == "time"
+    assert cfg.cache.max_age == 7 * 86400.0
