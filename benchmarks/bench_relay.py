@@ -3,7 +3,8 @@
 R1  drain rate: N pre-encoded datagrams wait in a large socket buffer while the relay is
     stopped; then the relay (validate + cache + full-rate and decimated multicast, one
     subscriber socket joined to both groups) drains them. Ratio = relay rate / rate of
-    ``_relay.bare_drain`` (recvmmsg that only counts) on the same datagrams.
+    ``_relay.bare_drain`` (recvmmsg that only counts, no cmsgs) on the same datagrams;
+    also against that drain with the engine's cmsgs (SO_TIMESTAMPNS, SO_RXQ_OVFL).
     Arms: 800-byte records (100 doubles), 80-byte records (10 doubles), mixed sizes.
 R3  cache on / cache off, same drain.
     Also: UDP GSO off (on by default), the validator walk instead of the fixed-layout
@@ -155,12 +156,12 @@ def subscriber(mc: MulticastConfig) -> socket.socket:
     return s
 
 
-def run_bare(arm: Arm) -> float:
-    """Datagrams per second of the bare recvmmsg loop."""
+def run_bare(arm: Arm, timestamps: bool = False) -> float:
+    """Datagrams per second of the bare recvmmsg loop (with the engine's cmsgs or not)."""
     with receiver() as sock:
         fill(sock, arm)
         t0 = time.perf_counter()
-        count, _ = bare_drain(sock)
+        count, _ = bare_drain(sock, timestamps=timestamps)
         dt = time.perf_counter() - t0
     assert count == arm.n, f"bare: {count} of {arm.n} (socket buffer too small?)"
     return arm.n / dt
@@ -296,6 +297,7 @@ def run_all(
     with big_socket_buffers():
         for arm in make_arms(scale):
             bare = best(lambda a=arm: run_bare(a), repeat)
+            bare_ts = best(lambda a=arm: run_bare(a, timestamps=True), repeat)
             relay = best(lambda a=arm: run_relay(a)["rate"], repeat)
             no_cache = best(lambda a=arm: run_relay(a, cache=False)["rate"], repeat)
             no_gso = best(lambda a=arm: run_relay(a, gso=False)["rate"], repeat)
@@ -308,6 +310,8 @@ def run_all(
                 "bare": bare,
                 "relay": relay,
                 "ratio": relay / bare,
+                "bare_ts": bare_ts,
+                "ratio_ts": relay / bare_ts,
                 "no_cache": no_cache,
                 "cache_ratio": relay / no_cache,
                 "no_gso": no_gso,
@@ -330,13 +334,15 @@ def print_table(rows: list[dict]) -> None:
     print()
     print(
         f"{'arm':<18}{'N':>8}{'B/dgram':>9}{'bare/s':>11}{'relay/s':>11}{'R1':>7}"
+        f"{'bare ts/s':>11}{'R1 ts':>7}"
         f"{'nocache/s':>11}{'R3':>7}{'noGSO/s':>11}{'GSO x':>7}{'walk R1':>9}"
         f"{'python/s':>10}{'x py':>7}"
     )
     for r in rows:
         print(
             f"{r['arm']:<18}{r['n']:>8}{r['bytes']:>9.0f}{r['bare']:>11,.0f}{r['relay']:>11,.0f}"
-            f"{r['ratio']:>7.2f}{r['no_cache']:>11,.0f}{r['cache_ratio']:>7.2f}"
+            f"{r['ratio']:>7.2f}{r['bare_ts']:>11,.0f}{r['ratio_ts']:>7.2f}"
+            f"{r['no_cache']:>11,.0f}{r['cache_ratio']:>7.2f}"
             f"{r['no_gso']:>11,.0f}{r['gso_ratio']:>7.2f}{r['walk_ratio']:>9.2f}"
             f"{r['python']:>10,.0f}{r['py_ratio']:>7.1f}"
         )

@@ -26,6 +26,7 @@ def test_every_arm_counts(bench):
     assert [a.n for a in arms] == [200, 250, 200]
     for arm in arms:
         assert bench.run_bare(arm) > 0
+        assert bench.run_bare(arm, timestamps=True) > 0
         for kwargs in ({}, {"cache": False}, {"gso": False}, {"fixed_fast": False}):
             result = bench.run_relay(arm, **kwargs)
             # the subscriber joined both groups: every datagram + every 10th + 2 announces
@@ -44,6 +45,8 @@ def test_table_prints(bench, capsys):
         "bare": 2.0,
         "relay": 1.0,
         "ratio": 0.5,
+        "bare_ts": 1.5,
+        "ratio_ts": 0.67,
         "no_cache": 1.0,
         "cache_ratio": 1.0,
         "no_gso": 1.0,

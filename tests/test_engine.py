@@ -31,7 +31,7 @@ from relay_helpers import (
     single_object,
     wait_for,
 )
-from speeddata import Source, wire
+from speeddata import Source, _relay, wire
 from speeddata._relay import Engine
 from speeddata._validate import Validator
 from speeddata.cache import (
@@ -646,30 +646,50 @@ def read_channel_segment(seg) -> list:
         return list(fastavro.reader(f))
 
 
+@pytest.mark.parametrize("connect", [True, False], ids=["connected", "addressed"])
 @pytest.mark.parametrize("gso", [True, False])
-def test_gso_on_off_same_multicast(tmp_path, gso):
-    """UDP GSO (runs of equal-size datagrams in one send) changes nothing a subscriber
-    sees: same datagrams, same order, same headers, decimation included."""
+def test_gso_on_off_same_multicast(tmp_path, monkeypatch, gso, connect):
+    """UDP GSO (runs of one size in one send, the last possibly shorter; the decimated
+    group's datagrams too) changes nothing a subscriber sees: same datagrams, same order,
+    same headers, decimation included. Likewise send sockets that could not be connected
+    to their group (the engine then sends with the group's address)."""
+    calls = []
+    real_connect = _relay._connect
+
+    def fake_connect(sock, group):
+        calls.append(real_connect(sock, group) if connect else False)
+        return calls[-1]
+
+    monkeypatch.setattr(_relay, "_connect", fake_connect)
     r = Rig(Engine, tmp_path, cache=False)
+    assert calls == [connect, connect]  # one send socket per group
     try:
         r.engine._gso = gso
         ch = r.channel(DOUBLES, "doubles", decimation=4)
         datagrams = [i.to_bytes(8, "little") * 100 for i in range(150)]
         datagrams += [bytes(1600)] * 3 + [bytes(800), bytes(range(200)) * 4]
+        # shorter ends of runs, a longer one after a run, sizes that repeat every 4th
+        # (the decimated group's runs)
+        sizes = [3, 2, 1, 1, 3, 3, 1, 2, 2, 2, 3, 1, 1, 1, 1, 2] * 4
+        datagrams += [bytes([k]) * 800 * n for k, n in enumerate(sizes)]
+        n_dec = (len(datagrams) + 3) // 4
         for d in datagrams:  # queued before the engine runs: its batches hold long runs
             r.sender.send(ch.port, d)
         r.start()
         r.full.collect_until(lambda s: len(s.data) >= len(datagrams))
-        r.dec.collect_until(lambda s: len(s.data) >= 39)
+        r.dec.collect_until(lambda s: len(s.data) >= n_dec)
         time.sleep(0.05)
         r.full.poll()
+        r.dec.poll()
         r.stop()
         assert [(h.seq, h.n_records, p) for h, p in r.full.data] == [
             (i, len(d) // 800, d) for i, d in enumerate(datagrams)
         ]
-        assert [h.seq for h, _ in r.dec.data] == list(range(0, len(datagrams), 4))
+        assert [(h.seq, h.n_records, p) for h, p in r.dec.data] == [
+            (i, len(d) // 800, d) for i, d in enumerate(datagrams) if i % 4 == 0
+        ]
         s = r.engine.stats()[1]
-        assert s["multicast_sent"] == len(datagrams) and s["multicast_decimated"] == 39
+        assert s["multicast_sent"] == len(datagrams) and s["multicast_decimated"] == n_dec
         assert s["multicast_errors"] == 0
     finally:
         r.close()

@@ -28,8 +28,7 @@ ctypedef struct segment_t:
     int fd                          # the .avro file, pre-allocated to capacity
     int idx_fd                      # the .idx file
     int recv_fd                     # the .recv file
-    uint8_t* map_p                  # the .avro file mapped read/write (capacity bytes)
-    size_t capacity                 # bytes pre-allocated and mapped
+    size_t capacity                 # bytes pre-allocated
     size_t end                      # end of the last complete block
     size_t header_size              # bytes of the header, sync marker included
     uint64_t idx_size               # bytes written to .idx
@@ -85,7 +84,8 @@ cdef class Engine:
     cdef object _lock
     cdef dict _channels                 # id -> (ChannelConfig, program array, socket)
     cdef list _pending                  # queued control changes
-    cdef object _send_sock
+    cdef object _send_sock              # full-rate group (connected to it when possible)
+    cdef object _dec_sock               # decimated group (likewise)
     cdef object _shared_sock
     cdef dict _announce_seq
     cdef bint _running
@@ -95,6 +95,7 @@ cdef class Engine:
     cdef int epfd
     cdef int wakefd
     cdef int send_fd
+    cdef int dec_fd
     cdef volatile int stop_flag
     cdef volatile int control_flag
     cdef int64_t next_announce_ns
@@ -103,6 +104,8 @@ cdef class Engine:
     cdef uint64_t n_seen                # datagrams received (accepted or rejected)
     cdef sockaddr_in full_addr
     cdef sockaddr_in dec_addr
+    cdef sockaddr_in* full_name         # NULL when the socket is connected, else &full_addr
+    cdef sockaddr_in* dec_name
     cdef chan_t** chans                 # the channels (not the shared one)
     cdef Py_ssize_t n_chans
     cdef Py_ssize_t cap_chans
@@ -132,18 +135,27 @@ cdef class Engine:
     cdef mmsghdr* smsgs                 # up to 2 x batch messages
     cdef chan_t** s_chan                # channel of each message
     cdef uint32_t* s_count              # datagrams in each message (GSO: several)
-    cdef Py_ssize_t* s_first            # accepted index of each message's first datagram
+    cdef Py_ssize_t* s_pos              # 0..n-1: accepted positions of the full-rate pairs
+    cdef iovec* diov                    # 2 per decimated datagram: header, payload
+    cdef Py_ssize_t* d_pos              # accepted position of each decimated datagram
     cdef uint8_t* s_kind                # 0 full-rate, 1 decimated
-    cdef uint8_t* scmsg_p               # batch x SCMSG_BUF bytes of UDP_SEGMENT cmsgs
+    cdef uint8_t* scmsg_p               # 2 x batch x SCMSG_BUF bytes of UDP_SEGMENT cmsgs
     # cache side
     cdef uint8_t* recv_buf_p            # batch x 16-byte .recv entries of one block
     cdef Py_ssize_t* blk                # datagram indexes of the block being written
+    cdef iovec* wiov                    # batch + 2 iovecs: one block for pwritev
 
     cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1
     cdef chan_t* _find(self, uint32_t cid) noexcept
     cdef int _loop(self) noexcept nogil
     cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io) noexcept nogil
-    cdef void _send_one_by_one(self, Py_ssize_t k) noexcept nogil
+    cdef void _send_one_by_one(self, Py_ssize_t k, int fd) noexcept nogil
+    cdef Py_ssize_t _messages(
+        self, iovec* iov, Py_ssize_t* pos, Py_ssize_t n, sockaddr_in* addr, uint8_t kind,
+        Py_ssize_t k,
+    ) noexcept nogil
+    cdef void _count_sent(self, Py_ssize_t m) noexcept nogil
+    cdef void _send_messages(self, Py_ssize_t off, Py_ssize_t k, int fd) noexcept nogil
     cdef void _receive(self, chan_t* sock_ch) noexcept nogil
     cdef void _send(self, Py_ssize_t n_acc) noexcept nogil
     cdef void _store(self, Py_ssize_t n_acc) noexcept nogil

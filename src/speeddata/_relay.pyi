@@ -36,5 +36,5 @@ class Engine:
     def __exit__(self, *exc: object) -> None: ...
 
 def bare_drain(
-    sock: socket.socket, batch: int = 64, idle_timeout: float = 0.0
+    sock: socket.socket, batch: int = 64, idle_timeout: float = 0.0, timestamps: bool = False
 ) -> tuple[int, int]: ...

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled relay engine: recvmmsg -> validate -> multicast (sendmmsg) -> cache (mmap).
+"""The compiled relay engine: recvmmsg -> validate -> multicast (sendmmsg) -> cache (pwritev).
 
 One ``Engine`` serves any number of channel sockets (plus the optional shared
 single-object port) from one thread. ``run()`` releases the GIL for its whole batch loop
@@ -13,13 +13,15 @@ Per batch (one ``recvmmsg`` on one ready socket):
 1. every datagram is checked by ``speeddata._validate.validate_records`` (record count,
    smallest and largest time-field value); a bad one is counted as rejected and goes
    nowhere (optionally appended to ``rejected/<channel>.rej``);
-2. the accepted ones are sent with one ``sendmmsg``: each as two iovecs, the 32-byte
-   header (docs/wire.md) and the payload where it lies in the receive slab, to the
-   full-rate group, and every Nth also to the decimated group; a run of equal-size
-   datagrams of one channel goes out as one UDP GSO message (docs/performance.md);
+2. the accepted ones are multicast, each as two iovecs, the 32-byte header (docs/wire.md)
+   and the payload where it lies in the receive slab: one ``sendmmsg`` on a socket
+   connected to the full-rate group, one on a socket connected to the decimated group
+   (every Nth datagram); a run of one channel's datagrams of one size (the last may be
+   shorter) goes out as one UDP GSO message (docs/performance.md);
 3. they are appended to the channel's segment as one block: ``.recv`` entries and the
-   ``.idx`` entry first (pwrite), then the block is copied into the mapped, pre-allocated
-   segment (docs/cache.md, "Write order"). No msync: the page cache survives ``kill -9``.
+   ``.idx`` entry first (pwrite), then the block, gathered from the receive slab with one
+   ``pwritev`` into the pre-allocated segment (docs/cache.md, "Write order"). No fsync:
+   the page cache survives ``kill -9``.
 
 ``speeddata.relay_ref.PyEngine`` is the pure-Python reference with the same behaviour.
 """
@@ -59,8 +61,6 @@ from speeddata.includes.system cimport (
     EPOLLIN,
     EFD_CLOEXEC,
     EFD_NONBLOCK,
-    MAP_FAILED,
-    MAP_SHARED,
     MSG_DONTWAIT,
     MSG_TRUNC,
     O_APPEND,
@@ -71,8 +71,6 @@ from speeddata.includes.system cimport (
     O_WRONLY,
     POLLIN,
     POLLOUT,
-    PROT_READ,
-    PROT_WRITE,
     SCM_TIMESTAMPNS,
     SO_RXQ_OVFL,
     SO_TIMESTAMPNS,
@@ -102,17 +100,16 @@ from speeddata.includes.system cimport (
     htons,
     iovec,
     mkdir,
-    mmap,
     nanosleep,
     mmsghdr,
     msghdr,
-    munmap,
     off_t,
     open,
     poll,
     pollfd,
     posix_fallocate,
     pwrite,
+    pwritev,
     read,
     recvmmsg,
     sendmmsg,
@@ -234,6 +231,31 @@ cdef int pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t offset) noexcep
     return 0
 
 
+cdef int pwritev_all(int fd, iovec* iov, Py_ssize_t n, uint64_t offset) noexcept nogil:
+    """Write the ``n`` buffers at ``offset``; 0 or the errno. EINTR and short writes
+    retried (``iov`` is consumed: its entries are advanced in place)."""
+    cdef ssize_t r
+    cdef size_t got
+    while n > 0:
+        r = pwritev(fd, iov, <int>(n if n < MAX_BATCH else MAX_BATCH), <off_t>offset)
+        if r < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        if r == 0:
+            return EIO
+        offset += <uint64_t>r
+        got = <size_t>r
+        while n > 0 and got >= iov[0].iov_len:
+            got -= iov[0].iov_len
+            iov += 1
+            n -= 1
+        if n > 0:
+            iov[0].iov_base = <uint8_t*>iov[0].iov_base + got
+            iov[0].iov_len -= got
+    return 0
+
+
 cdef void make_stem(char* out, int64_t t_ns) noexcept nogil:
     """``%Y%m%dT%H%M%S.<9 digits>Z`` (UTC), as ``speeddata.cache.segment_stem``."""
     cdef time_t sec = <time_t>(t_ns // NS)
@@ -249,7 +271,7 @@ cdef void segment_path(char* out, const chan_t* ch, const char* suffix) noexcept
 
 
 cdef void close_segment(chan_t* ch) noexcept nogil:
-    """Unmap the segment and trim it to its last complete block (docs/cache.md).
+    """Trim the segment to its last complete block and close its files (docs/cache.md).
 
     A segment that got no block at all (its first write failed) is removed.
     """
@@ -257,9 +279,6 @@ cdef void close_segment(chan_t* ch) noexcept nogil:
     cdef char path[MAX_PATH]
     if seg.fd < 0:
         return
-    if seg.map_p != NULL:
-        munmap(seg.map_p, seg.capacity)
-        seg.map_p = NULL
     if seg.n_blocks == 0:
         segment_path(path, ch, b".avro")
         unlink(path)
@@ -343,6 +362,34 @@ def _multicast_loop(multicast):
     return 1 if multicast.loop else 0
 
 
+def _send_socket(multicast, group):
+    """A non-blocking UDP socket for one multicast group (interface, TTL, loop set)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(
+            socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(multicast.interface)
+        )
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, int(multicast.ttl))
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, _multicast_loop(multicast))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _connect(sock, group):
+    """Connect ``sock`` to its group: the kernel then keeps the route (a multicast route is
+    otherwise looked up and allocated for every send, ~10 % of a send, measured). False
+    when the route cannot be resolved now; the engine then sends with an address."""
+    try:
+        sock.connect((group[0], int(group[1])))
+    except OSError:
+        return False
+    return True
+
+
 def _oserror(int err, str what):
     return OSError(err, f"{what}: {os.strerror(err)}")
 
@@ -362,6 +409,7 @@ cdef class Engine:
         self.epfd = -1
         self.wakefd = -1
         self.send_fd = -1
+        self.dec_fd = -1
         self._gso = True  # UDP GSO for runs of equal-size datagrams; off by itself if refused
         self._fixed_fast = True
 
@@ -420,11 +468,14 @@ cdef class Engine:
         self.smsgs = <mmsghdr*>PyMem_Calloc(2 * batch, sizeof(mmsghdr))
         self.s_chan = <chan_t**>PyMem_Calloc(2 * batch, sizeof(chan_t*))
         self.s_count = <uint32_t*>PyMem_Calloc(2 * batch, sizeof(uint32_t))
-        self.s_first = <Py_ssize_t*>PyMem_Calloc(2 * batch, sizeof(Py_ssize_t))
+        self.s_pos = <Py_ssize_t*>PyMem_Calloc(batch, sizeof(Py_ssize_t))
+        self.diov = <iovec*>PyMem_Calloc(2 * batch, sizeof(iovec))
+        self.d_pos = <Py_ssize_t*>PyMem_Calloc(batch, sizeof(Py_ssize_t))
         self.s_kind = <uint8_t*>PyMem_Calloc(2 * batch, 1)
-        self.scmsg_p = <uint8_t*>PyMem_Calloc(batch, SCMSG_BUF)
+        self.scmsg_p = <uint8_t*>PyMem_Calloc(2 * batch, SCMSG_BUF)
         self.recv_buf_p = <uint8_t*>PyMem_Calloc(batch, RECV_ENTRY)
         self.blk = <Py_ssize_t*>PyMem_Calloc(batch, sizeof(Py_ssize_t))
+        self.wiov = <iovec*>PyMem_Calloc(batch + 2, sizeof(iovec))
         if (
             self.slab_p == NULL or self.rmsgs == NULL or self.riov == NULL
             or self.rcmsg_p == NULL or self.events == NULL or self.dg_p == NULL
@@ -432,9 +483,10 @@ cdef class Engine:
             or self.dg_tmin == NULL or self.dg_tmax == NULL or self.dg_seq == NULL
             or self.dg_chan == NULL or self.acc == NULL or self.block_done == NULL
             or self.hdr_p == NULL or self.siov == NULL or self.smsgs == NULL
-            or self.s_chan == NULL or self.s_count == NULL or self.s_first == NULL
+            or self.s_chan == NULL or self.s_count == NULL or self.s_pos == NULL
+            or self.diov == NULL or self.d_pos == NULL
             or self.s_kind == NULL or self.scmsg_p == NULL or self.recv_buf_p == NULL
-            or self.blk == NULL
+            or self.blk == NULL or self.wiov == NULL
         ):
             raise MemoryError("cannot allocate the relay engine's buffers")
         for i in range(batch):
@@ -455,24 +507,16 @@ cdef class Engine:
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wakefd, &ev) < 0:
             raise _oserror(errno, "epoll_ctl(eventfd)")
 
-        # One send socket for both groups. docs/wire.md; network rule: interface and TTL
-        # come from the config (127.0.0.1 and 1 by default).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(
-                socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(multicast.interface)
-            )
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, int(multicast.ttl))
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, _multicast_loop(multicast))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._send_sock = sock
-        self.send_fd = sock.fileno()
         self._set_addr(&self.full_addr, multicast.full)
         self._set_addr(&self.dec_addr, multicast.decimated)
+        # One send socket per group. docs/wire.md; network rule: interface and TTL come
+        # from the config (127.0.0.1 and 1 by default).
+        self._send_sock = _send_socket(multicast, multicast.full)
+        self.send_fd = self._send_sock.fileno()
+        self.full_name = NULL if _connect(self._send_sock, multicast.full) else &self.full_addr
+        self._dec_sock = _send_socket(multicast, multicast.decimated)
+        self.dec_fd = self._dec_sock.fileno()
+        self.dec_name = NULL if _connect(self._dec_sock, multicast.decimated) else &self.dec_addr
 
     cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1:
         host, port = host_port
@@ -516,11 +560,14 @@ cdef class Engine:
         PyMem_Free(self.smsgs)
         PyMem_Free(self.s_chan)
         PyMem_Free(self.s_count)
-        PyMem_Free(self.s_first)
+        PyMem_Free(self.s_pos)
+        PyMem_Free(self.diov)
+        PyMem_Free(self.d_pos)
         PyMem_Free(self.s_kind)
         PyMem_Free(self.scmsg_p)
         PyMem_Free(self.recv_buf_p)
         PyMem_Free(self.blk)
+        PyMem_Free(self.wiov)
 
     # ------------------------------------------------------------ private hooks
 
@@ -774,9 +821,9 @@ cdef class Engine:
             seq = self._announce_seq.get(cid, 0)
             datagram = announce_datagram(channel, seq, now)
             self._announce_seq[cid] = seq + 1
-            for group in (full, decimated):
+            for sock, group in ((self._send_sock, full), (self._dec_sock, decimated)):
                 try:
-                    self._send_sock.sendto(datagram, group)
+                    sock.sendto(datagram, group)
                 except OSError:
                     ch = self._find(<uint32_t>cid)
                     if ch != NULL:
@@ -988,17 +1035,11 @@ cdef class Engine:
                 self._store(n_acc)
 
     cdef void _send(self, Py_ssize_t n_acc) noexcept nogil:
-        """One sendmmsg for the batch: full-rate group (GSO runs when enabled), decimated."""
-        cdef Py_ssize_t a, b, i, k = 0, off, m
+        """The batch's multicast: the full-rate group gets every accepted datagram, the
+        decimated group every Nth; runs of one channel go out as UDP GSO messages."""
+        cdef Py_ssize_t a, i, n_dec = 0, k, end
         cdef wire_header_t* h
         cdef chan_t* ch
-        cdef msghdr* msg
-        cdef cmsghdr* cm
-        cdef uint32_t size
-        cdef uint16_t gso_size
-        cdef int r, e
-        cdef bint waited = False
-        cdef pollfd pfd
         for a in range(n_acc):
             i = self.acc[a]
             ch = self.dg_chan[i]
@@ -1015,32 +1056,59 @@ cdef class Engine:
             self.siov[2 * a].iov_len = HEADER_SIZE
             self.siov[2 * a + 1].iov_base = self.dg_p[i]
             self.siov[2 * a + 1].iov_len = self.dg_len[i]
-        # full-rate group: a message per datagram, or per run of equal-size datagrams of
-        # one channel with UDP GSO (udp(7), UDP_SEGMENT: the kernel cuts the run into
-        # datagrams of gso_size bytes)
-        a = 0
-        while a < n_acc:
-            i = self.acc[a]
-            ch = self.dg_chan[i]
-            size = HEADER_SIZE + self.dg_len[i]
+            self.s_pos[a] = a
+            if self.dg_seq[i] % ch.decimation == 0:
+                # the decimated group's [header, payload] pairs, packed for GSO runs
+                self.diov[2 * n_dec] = self.siov[2 * a]
+                self.diov[2 * n_dec + 1] = self.siov[2 * a + 1]
+                self.d_pos[n_dec] = a
+                n_dec += 1
+        k = self._messages(self.siov, self.s_pos, n_acc, self.full_name, KIND_FULL, 0)
+        self._send_messages(0, k, self.send_fd)
+        end = self._messages(self.diov, self.d_pos, n_dec, self.dec_name, KIND_DECIMATED, k)
+        self._send_messages(k, end, self.dec_fd)
+
+    cdef Py_ssize_t _messages(
+        self, iovec* iov, Py_ssize_t* pos, Py_ssize_t n, sockaddr_in* addr, uint8_t kind,
+        Py_ssize_t k,
+    ) noexcept nogil:
+        """Messages ``smsgs[k:]`` for ``n`` datagrams whose [header, payload] pairs are
+        ``iov[0:2n]`` (accepted positions ``pos``); returns the next free message index.
+
+        With GSO a message carries a run of one channel's datagrams of one size, the last
+        of which may be shorter (udp(7), UDP_SEGMENT: the kernel cuts the message every
+        gso_size bytes, so every datagram leaves whole and in order)."""
+        cdef Py_ssize_t a = 0, b
+        cdef chan_t* ch
+        cdef msghdr* msg
+        cdef cmsghdr* cm
+        cdef uint32_t size, nxt
+        cdef uint16_t gso_size
+        while a < n:
+            ch = self.dg_chan[self.acc[pos[a]]]
+            size = HEADER_SIZE + self.dg_len[self.acc[pos[a]]]
             b = a + 1
             if self._gso:
                 while (
-                    b < n_acc
+                    b < n
                     and b - a < GSO_MAX_SEGMENTS
-                    and self.dg_chan[self.acc[b]] == ch
-                    and HEADER_SIZE + self.dg_len[self.acc[b]] == size
+                    and self.dg_chan[self.acc[pos[b]]] == ch
+                    and HEADER_SIZE + self.dg_len[self.acc[pos[b]]] == size
                     and (b - a + 1) * size <= GSO_MAX_BYTES
                 ):
                     b += 1
+                if b < n and b - a < GSO_MAX_SEGMENTS and self.dg_chan[self.acc[pos[b]]] == ch:
+                    nxt = HEADER_SIZE + self.dg_len[self.acc[pos[b]]]
+                    if nxt < size and (b - a) * size + nxt <= GSO_MAX_BYTES:
+                        b += 1  # a shorter datagram ends the run
             msg = &self.smsgs[k].msg_hdr
-            msg.msg_name = &self.full_addr
-            msg.msg_namelen = sizeof(sockaddr_in)
-            msg.msg_iov = &self.siov[2 * a]
+            msg.msg_name = addr
+            msg.msg_namelen = sizeof(sockaddr_in) if addr != NULL else 0
+            msg.msg_iov = &iov[2 * a]
             msg.msg_iovlen = <size_t>(2 * (b - a))
             msg.msg_flags = 0
             if b - a > 1:
-                msg.msg_control = self.scmsg_p + a * SCMSG_BUF
+                msg.msg_control = self.scmsg_p + k * SCMSG_BUF
                 msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
                 cm = CMSG_FIRSTHDR(msg)
                 cm.cmsg_level = SOL_UDP
@@ -1053,37 +1121,28 @@ cdef class Engine:
                 msg.msg_controllen = 0
             self.s_chan[k] = ch
             self.s_count[k] = <uint32_t>(b - a)
-            self.s_first[k] = a
-            self.s_kind[k] = KIND_FULL
+            self.s_kind[k] = kind
             k += 1
             a = b
-        for a in range(n_acc):
-            i = self.acc[a]
-            ch = self.dg_chan[i]
-            if self.dg_seq[i] % ch.decimation != 0:
-                continue
-            msg = &self.smsgs[k].msg_hdr
-            msg.msg_name = &self.dec_addr
-            msg.msg_namelen = sizeof(sockaddr_in)
-            msg.msg_iov = &self.siov[2 * a]
-            msg.msg_iovlen = 2
-            msg.msg_control = NULL
-            msg.msg_controllen = 0
-            msg.msg_flags = 0
-            self.s_chan[k] = ch
-            self.s_count[k] = 1
-            self.s_first[k] = a
-            self.s_kind[k] = KIND_DECIMATED
-            k += 1
-        off = 0
+        return k
+
+    cdef void _count_sent(self, Py_ssize_t m) noexcept nogil:
+        if self.s_kind[m] == KIND_FULL:
+            self.s_chan[m].c.multicast_sent += self.s_count[m]
+        else:
+            self.s_chan[m].c.multicast_decimated += self.s_count[m]
+
+    cdef void _send_messages(self, Py_ssize_t off, Py_ssize_t k, int fd) noexcept nogil:
+        """sendmmsg ``smsgs[off:k]`` on ``fd``; failures are counted, never fatal."""
+        cdef Py_ssize_t m
+        cdef int r, e
+        cdef bint waited = False
+        cdef pollfd pfd
         while off < k:
-            r = sendmmsg(self.send_fd, self.smsgs + off, <unsigned int>(k - off), MSG_DONTWAIT)
+            r = sendmmsg(fd, self.smsgs + off, <unsigned int>(k - off), MSG_DONTWAIT)
             if r > 0:
                 for m in range(off, off + r):
-                    if self.s_kind[m] == KIND_FULL:
-                        self.s_chan[m].c.multicast_sent += self.s_count[m]
-                    else:
-                        self.s_chan[m].c.multicast_decimated += self.s_count[m]
+                    self._count_sent(m)
                 off += r
                 continue
             e = errno
@@ -1092,7 +1151,7 @@ cdef class Engine:
             if (e == EAGAIN or e == ENOBUFS) and not waited:
                 # the send buffer is full: wait for room once per batch, at most 2 ms
                 waited = True
-                pfd.fd = self.send_fd
+                pfd.fd = fd
                 pfd.events = POLLOUT
                 poll(&pfd, 1, 2)
                 continue
@@ -1101,29 +1160,33 @@ cdef class Engine:
             ):
                 # this route cannot do UDP GSO: stop trying, send the run one by one
                 self._gso = False
-                self._send_one_by_one(off)
+                self._send_one_by_one(off, fd)
             else:
                 self.s_chan[off].c.multicast_errors += self.s_count[off]
             off += 1
 
-    cdef void _send_one_by_one(self, Py_ssize_t k) noexcept nogil:
+    cdef void _send_one_by_one(self, Py_ssize_t k, int fd) noexcept nogil:
+        """Message ``k`` (a GSO run) as one sendmsg per datagram."""
         cdef msghdr msg
-        cdef Py_ssize_t a
+        cdef msghdr* run = &self.smsgs[k].msg_hdr
+        cdef Py_ssize_t j
         cdef chan_t* ch = self.s_chan[k]
         cdef ssize_t r
         memset(&msg, 0, sizeof(msghdr))
-        msg.msg_name = &self.full_addr
-        msg.msg_namelen = sizeof(sockaddr_in)
+        msg.msg_name = run.msg_name
+        msg.msg_namelen = run.msg_namelen
         msg.msg_iovlen = 2
-        for a in range(self.s_first[k], self.s_first[k] + self.s_count[k]):
-            msg.msg_iov = &self.siov[2 * a]
-            r = sendmsg(self.send_fd, &msg, MSG_DONTWAIT)
+        for j in range(self.s_count[k]):
+            msg.msg_iov = &run.msg_iov[2 * j]
+            r = sendmsg(fd, &msg, MSG_DONTWAIT)
             while r < 0 and errno == EINTR:
-                r = sendmsg(self.send_fd, &msg, MSG_DONTWAIT)
+                r = sendmsg(fd, &msg, MSG_DONTWAIT)
             if r < 0:
                 ch.c.multicast_errors += 1
-            else:
+            elif self.s_kind[k] == KIND_FULL:
                 ch.c.multicast_sent += 1
+            else:
+                ch.c.multicast_decimated += 1
 
     cdef void _store(self, Py_ssize_t n_acc) noexcept nogil:
         """Append the batch: one block per channel (a shared-port batch may hold several)."""
@@ -1196,7 +1259,7 @@ cdef class Engine:
             k = j
 
     cdef bint _open_segment(self, chan_t* ch, size_t need) noexcept nogil:
-        """Create, pre-allocate and map a new segment with its header; False on failure
+        """Create and pre-allocate a new segment and write its header; False on failure
         (disk full...), after which no attempt is made for a second."""
         cdef segment_t* seg = &ch.seg
         cdef int64_t now = mono_ns()
@@ -1204,7 +1267,6 @@ cdef class Engine:
         cdef char path[MAX_PATH]
         cdef size_t capacity
         cdef int err = 0, tries
-        cdef void* map_p
         cdef ssize_t got
         if now < ch.retry_mono_ns:
             return False
@@ -1214,7 +1276,6 @@ cdef class Engine:
         if capacity < ch.header_len + SYNC_SIZE + need:
             capacity = ch.header_len + SYNC_SIZE + need
         seg.fd = seg.idx_fd = seg.recv_fd = -1
-        seg.map_p = NULL
         seg.n_blocks = 0
         t_ns = real_ns()
         for tries in range(1000):
@@ -1235,17 +1296,11 @@ cdef class Engine:
             ch.retry_mono_ns = now + NS
             return False
         # posix_fallocate(3): the blocks are reserved now, so a full disk shows here and
-        # never as SIGBUS on a mapped page later.
+        # never in the middle of a block later.
         err = posix_fallocate(seg.fd, 0, <off_t>capacity)
         if err == EOPNOTSUPP or err == EINVAL:
             err = 0 if ftruncate(seg.fd, <off_t>capacity) == 0 else errno
-        if err == 0:
-            map_p = mmap(NULL, capacity, PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd, 0)
-            if map_p == MAP_FAILED:
-                err = errno
-            else:
-                seg.map_p = <uint8_t*>map_p
-                seg.capacity = capacity
+        seg.capacity = capacity
         if err == 0:
             segment_path(path, ch, b".idx")
             seg.idx_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
@@ -1256,24 +1311,24 @@ cdef class Engine:
             seg.recv_fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
             if seg.recv_fd < 0:
                 err = errno
+        if err == 0:
+            if self.use_sync_override:
+                memcpy(seg.sync, self.sync_override, SYNC_SIZE)
+            else:
+                got = getrandom(seg.sync, SYNC_SIZE, 0)
+                if got != SYNC_SIZE:  # cannot happen after boot; never leave a zero marker
+                    t_ns = real_ns() ^ <int64_t>ch
+                    memcpy(seg.sync, &t_ns, 8)
+                    t_ns = mono_ns() ^ (real_ns() << 7)
+                    memcpy(seg.sync + 8, &t_ns, 8)
+            err = pwrite_all(seg.fd, ch.header_p, ch.header_len, 0)
+        if err == 0:
+            err = pwrite_all(seg.fd, seg.sync, SYNC_SIZE, ch.header_len)
         if err != 0:
             seg.n_blocks = 0
-            if seg.map_p == NULL:
-                seg.capacity = 0
             close_segment(ch)  # removes the files: the segment has no block
             ch.retry_mono_ns = now + NS
             return False
-        if self.use_sync_override:
-            memcpy(seg.sync, self.sync_override, SYNC_SIZE)
-        else:
-            got = getrandom(seg.sync, SYNC_SIZE, 0)
-            if got != SYNC_SIZE:  # cannot happen after boot; never leave a zero marker
-                t_ns = real_ns() ^ <int64_t>ch
-                memcpy(seg.sync, &t_ns, 8)
-                t_ns = mono_ns() ^ (real_ns() << 7)
-                memcpy(seg.sync + 8, &t_ns, 8)
-        memcpy(seg.map_p, ch.header_p, ch.header_len)
-        memcpy(seg.map_p + ch.header_len, seg.sync, SYNC_SIZE)
         seg.header_size = ch.header_len + SYNC_SIZE
         seg.end = seg.header_size
         seg.idx_size = 0
@@ -1293,6 +1348,8 @@ cdef class Engine:
         cdef int64_t t_min = INT64_MAX
         cdef int64_t t_max = -INT64_MAX - 1
         cdef uint8_t* q
+        cdef uint8_t counts[20]
+        cdef int err
         cdef size_t size = (
             varint_size(<int64_t>n_records) + varint_size(<int64_t>n_bytes) + n_bytes + SYNC_SIZE
         )
@@ -1325,14 +1382,28 @@ cdef class Engine:
             return -1
         seg.recv_size += <uint64_t>m * RECV_ENTRY
         seg.idx_size += IDX_ENTRY
-        q = seg.map_p + seg.end
-        q = write_varint(q, <int64_t>n_records)
+        # the block, gathered from the receive slab: one pwritev (a memory map cost more:
+        # every first touch of a page faulted and zero-filled it; docs/performance.md)
+        q = write_varint(counts, <int64_t>n_records)
         q = write_varint(q, <int64_t>n_bytes)
+        self.wiov[0].iov_base = counts
+        self.wiov[0].iov_len = <size_t>(q - counts)
         for j in range(m):
             i = idx[j]
-            memcpy(q, self.dg_p[i], self.dg_len[i])
-            q += self.dg_len[i]
-        memcpy(q, seg.sync, SYNC_SIZE)
+            self.wiov[1 + j].iov_base = self.dg_p[i]
+            self.wiov[1 + j].iov_len = self.dg_len[i]
+        self.wiov[1 + m].iov_base = seg.sync
+        self.wiov[1 + m].iov_len = SYNC_SIZE
+        err = pwritev_all(seg.fd, self.wiov, m + 2, seg.end)
+        if err != 0:
+            # cannot happen in pre-allocated space; keep the segment consistent anyway
+            ftruncate(seg.recv_fd, <off_t>(seg.recv_size - <uint64_t>m * RECV_ENTRY))
+            ftruncate(seg.idx_fd, <off_t>(seg.idx_size - IDX_ENTRY))
+            seg.recv_size -= <uint64_t>m * RECV_ENTRY
+            seg.idx_size -= IDX_ENTRY
+            close_segment(ch)
+            ch.retry_mono_ns = mono_ns() + NS
+            return -1
         seg.end += size
         seg.n_blocks += 1
         ch.c.blocks += 1
@@ -1396,7 +1467,8 @@ cdef class Engine:
                 close(self.wakefd)
                 self.wakefd = -1
             self._send_sock.close()
-            self.send_fd = -1
+            self._dec_sock.close()
+            self.send_fd = self.dec_fd = -1
 
     def __enter__(self):
         return self
@@ -1425,25 +1497,33 @@ cdef dict _counters(counters_t* c):
 
 # ---------------------------------------------------------------- benchmark baseline
 
-def bare_drain(sock, int batch=64, double idle_timeout=0.0):
+def bare_drain(sock, int batch=64, double idle_timeout=0.0, bint timestamps=False):
     """Benchmark baseline: recvmmsg ``sock`` until it is empty, only counting.
 
     Returns ``(datagrams, bytes)``. With ``idle_timeout`` > 0 it waits that long for more
-    before calling the socket empty. Same buffers and batch as the engine, no cmsgs.
+    before calling the socket empty. Same buffers and batch as the engine; no cmsgs, or
+    with ``timestamps`` the engine's (SO_TIMESTAMPNS and SO_RXQ_OVFL, read per datagram).
     """
     cdef int fd = sock.fileno()
     cdef uint8_t* slab_p = <uint8_t*>PyMem_Calloc(batch, SLOT)
     cdef mmsghdr* msgs = <mmsghdr*>PyMem_Calloc(batch, sizeof(mmsghdr))
     cdef iovec* iov = <iovec*>PyMem_Calloc(batch, sizeof(iovec))
+    cdef uint8_t* control_p = <uint8_t*>PyMem_Calloc(batch, CMSG_BUF)
     cdef uint64_t count = 0, n_bytes = 0
+    cdef volatile int64_t t_sum = 0   # the timestamps are read, as the engine does
+    cdef cmsghdr* cm
+    cdef timespec ts
     cdef int i, n
     cdef int timeout_ms = <int>(idle_timeout * 1000)
     cdef pollfd pfd
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"batch must be 1..{MAX_BATCH}")
     try:
-        if slab_p == NULL or msgs == NULL or iov == NULL:
+        if slab_p == NULL or msgs == NULL or iov == NULL or control_p == NULL:
             raise MemoryError()
+        if timestamps:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         for i in range(batch):
             iov[i].iov_base = slab_p + <size_t>i * SLOT
             iov[i].iov_len = SLOT
@@ -1453,6 +1533,10 @@ def bare_drain(sock, int batch=64, double idle_timeout=0.0):
         pfd.events = POLLIN
         with nogil:
             while True:
+                if timestamps:
+                    for i in range(batch):
+                        msgs[i].msg_hdr.msg_control = control_p + <size_t>i * CMSG_BUF
+                        msgs[i].msg_hdr.msg_controllen = CMSG_BUF
                 n = recvmmsg(fd, msgs, <unsigned int>batch, MSG_DONTWAIT, NULL)
                 if n < 0:
                     if errno == EINTR:
@@ -1463,10 +1547,18 @@ def bare_drain(sock, int batch=64, double idle_timeout=0.0):
                 count += <uint64_t>n
                 for i in range(n):
                     n_bytes += msgs[i].msg_len
+                    if timestamps:
+                        cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr)
+                        while cm != NULL:
+                            if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
+                                memcpy(&ts, CMSG_DATA(cm), sizeof(timespec))
+                                t_sum += ts.tv_nsec
+                            cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)
     finally:
         PyMem_Free(slab_p)
         PyMem_Free(msgs)
         PyMem_Free(iov)
+        PyMem_Free(control_p)
     return count, n_bytes
 
 

@@ -58,6 +58,7 @@ cdef extern from "<sys/uio.h>" nogil:
         void* iov_base      # start of the buffer
         size_t iov_len      # its length in bytes
     ssize_t writev(int fd, const iovec* iov, int iovcnt)
+    ssize_t pwritev(int fd, const iovec* iov, int iovcnt, off_t offset)
 
 
 cdef extern from "<sys/socket.h>" nogil:
