@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/cython-lint src/speeddata
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/speeddata src/speeddata/includes
 
 clean:
 	rm -rf build dist src/*.egg-info src/speeddata/*.so src/speeddata/_*.c .pytest_cache .benchmarks
