@@ -8,12 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 
 import h5py
 import numpy as np
 import pytest
 
 import speeddata
+import speeddata.pivot as pivot_module
 from _cachedata import ALL_TYPES, T0, all_types_record, assert_column_equal, write_channel
 from conftest import SCHEMAS
 from speeddata.pivot import PivotError, pivot
@@ -140,6 +142,107 @@ def test_h5dump_reads_the_file(all_types_cache, tmp_path):
                             check=True).stdout
     assert '"speeddata-set/1"' in header and "lost_datagrams" in header
     assert re.search(r'ATTRIBUTE "units".*?"A"', header, re.S)
+
+
+@pytest.fixture(params=["isal", "zlib"])
+def deflate_engine(request, monkeypatch):
+    """The default gzip's deflate by ISA-L (when installed) and by the zlib fallback."""
+    if request.param == "isal":
+        pytest.importorskip("isal")
+        assert pivot_module._isal_zlib is not None
+    else:
+        monkeypatch.setattr(pivot_module, "_isal_zlib", None)
+    return request.param
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_incompressible_chunks_stored_unfiltered(deflate_engine, threads, tmp_path, monkeypatch):
+    """A chunk deflate does not shrink is stored raw with every filter masked, beside
+    deflated chunks; h5py and h5dump read both back exactly."""
+    import concurrent.futures
+
+    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 8192)  # 1024 doubles a chunk
+    comp = pivot_module._compression("gzip")
+    assert comp.name == "gzip:1" and comp.engine == deflate_engine
+    rng = np.random.default_rng(7)
+    n = 3000  # chunks of 1024 doubles: smooth | random | smooth, partial (padded, shrunk)
+    columns = {
+        "d": np.concatenate([np.sin(np.arange(1024) / 50.0), rng.random(1024),
+                             np.arange(n - 2048) * 0.5]),
+        "l": np.concatenate([np.arange(1024), rng.integers(-2**63, 2**63 - 1, 1024),
+                             np.full(n - 2048, 7)]).astype(np.int64),
+        "u": np.concatenate([np.zeros(8192, np.uint8), rng.integers(0, 256, 8192, np.uint8),
+                             np.arange(n * 8 - 16384, dtype=np.uint8)]),  # 1 byte: no shuffle
+    }
+    random_ints = rng.integers(-2**63, 2**63 - 1, 2040)
+    out = tmp_path / "masks.h5"
+    pool = concurrent.futures.ThreadPoolExecutor(threads) if threads else None
+    try:
+        with h5py.File(out, "w") as f:
+            for name, values in columns.items():
+                n_max = 3 * 8192 // values.dtype.itemsize  # 3 chunks of 8 KiB
+                w = pivot_module._DatasetWriter(f, name, values.dtype, values.dtype,
+                                                n_max, comp, pool, {})
+                for part in np.array_split(values, 7):  # appends across chunk edges
+                    w.append(part)
+                assert w.close() == len(values)
+            # random int64s to the end: the last chunk, raw, is read back by the shrink
+            # from 2048 rows to 2040 in close() (and the raw chunk before it, too)
+            w = pivot_module._DatasetWriter(f, "r", np.int64, np.int64, 2048, comp, pool, {})
+            w.append(random_ints)
+            assert w.close() == 2040 and f["r"].shape == (2040,)
+            assert f["r"].id.read_direct_chunk((0,))[0] == 3
+            assert f["r"][2039] == random_ints[-1]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    with h5py.File(out, "r") as f:
+        for name, values in columns.items():
+            ds = f[name]
+            np.testing.assert_array_equal(ds[()], values)
+            plist = ds.id.get_create_plist()
+            filters = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+            if values.dtype.itemsize > 1:
+                assert filters == [h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE]
+            else:
+                assert filters == [h5py.h5z.FILTER_DEFLATE]
+            rows = ds.chunks[0]
+            assert rows == 1024 * 8 // values.dtype.itemsize
+            masks = []
+            for i in range(3):
+                mask, data = ds.id.read_direct_chunk((i * rows,))
+                masks.append(mask)
+                if mask:  # stored as it is: the raw chunk bytes
+                    assert data == values[i * rows : (i + 1) * rows].tobytes()
+                else:  # a zlib stream of the shuffled chunk, smaller than the chunk
+                    assert len(data) < rows * values.dtype.itemsize
+                    assert len(zlib.decompress(data)) == rows * values.dtype.itemsize
+            # random doubles in [0, 1): zlib level 1 shrinks them (0.85x), ISA-L level 0
+            # not (1.09x); random int64s and bytes shrink with neither
+            raw_middle = name != "d" or deflate_engine == "isal"
+            assert masks == [0, (1 << len(filters)) - 1 if raw_middle else 0, 0]
+        np.testing.assert_array_equal(f["r"][()], random_ints)
+    if H5DUMP is not None:
+        assert [float(x) for x in _h5dump_values(out, "/d")] == columns["d"].tolist()
+        assert [int(x) for x in _h5dump_values(out, "/l")] == columns["l"].tolist()
+        assert [int(x) for x in _h5dump_values(out, "/u")] == columns["u"].tolist()
+        assert [int(x) for x in _h5dump_values(out, "/r")] == random_ints.tolist()
+
+
+def test_deflate_engines_write_the_same_values(demo_cache, tmp_path, monkeypatch):
+    """The default gzip with ISA-L and with zlib: the same values, read by load()."""
+    pytest.importorskip("isal")
+    pivot(demo_cache, tmp_path / "isal.h5", threads=2)
+    monkeypatch.setattr(pivot_module, "_isal_zlib", None)
+    pivot(demo_cache, tmp_path / "zlib.h5", threads=2)
+    for channel in ("engine", "status"):
+        a, b = load(tmp_path / "isal.h5", channel), load(tmp_path / "zlib.h5", channel)
+        assert list(a) == list(b) and a.n_rows == b.n_rows == 3000
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name])
+    with h5py.File(tmp_path / "isal.h5") as f:
+        ds = f["engine/rpm"]
+        assert ds.compression == "gzip" and ds.compression_opts == 1 and ds.shuffle
 
 
 def test_every_nth_record(demo_cache, tmp_path):
@@ -347,5 +450,6 @@ def test_bench_pivot_smoke(tmp_path):
         (tmp_path / name).mkdir()
         r = bench.measure(tmp_path / name, name, n, repeat=1)  # asserts the row count
         assert r["none_ratio"] > 0 and r["gzip_ratio"] > 0 and r["none_file_mb"] > 0
+        assert r["gzip-zlib_ratio"] > 0 and r["gzip-zlib_file_mb"] > 0
         results.append(r)
-    assert bench.report(results).count("x raw") == 4
+    assert bench.report(results).count("x raw") == 6

@@ -39,6 +39,13 @@ readers with the LZF plugin open it), and with the ``hdf5plugin`` package: ``blo
 plugin, e.g. ``import hdf5plugin`` or ``HDF5_PLUGIN_PATH``). ``none`` and ``gzip`` write
 chunks directly (``write_direct_chunk``), compressing on several threads.
 
+``gzip`` at level 1 (the default) compresses with ISA-L (the ``isal`` package, its
+fastest level 0) when it is installed, else with zlib level 1; other levels use zlib.
+Both write the same standard deflate stream, which every HDF5 reader decodes; ISA-L is
+4-8x faster and its files ~15-35% larger. A chunk that deflate does not make smaller
+(random doubles, say) is stored as it is, with the chunk's filter mask telling readers
+that shuffle and deflate were skipped for it (standard HDF5: every reader honours it).
+
 The file is written as a temporary file beside the output, fsynced, then renamed: a
 failed pivot (bad input, full disk, Ctrl-C) leaves no file behind.
 """
@@ -60,6 +67,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+try:  # ISA-L's deflate: the same zlib streams as zlib, 4-8x faster (optional)
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - isal is a dependency; zlib is the fallback
+    _isal_zlib = None
 
 from . import __version__
 from .config import parse_duration
@@ -109,7 +121,19 @@ class _Compression:
     name: str
     kwargs: dict  # for create_dataset
     direct: bool  # chunks written with write_direct_chunk
-    level: int = 0
+    level: int = 0  # the deflate level asked for (and recorded in the file)
+    engine: str = "zlib"  # who deflates the direct chunks: "zlib" or "isal"
+    engine_level: int = 0  # the level given to that engine
+
+
+def _deflate_engine(level: int) -> tuple[str, int]:
+    """Who deflates ``gzip:level`` chunks: ISA-L's level 0 for level 1 (the default; 4-8x
+    zlib level 1's speed, files ~15-35% larger) when ``isal`` is installed, zlib otherwise
+    and for every other level (0 = stored blocks; 2-9 are asked for to get smaller files,
+    and ISA-L's levels 1-3 are no better than zlib's there)."""
+    if level == 1 and _isal_zlib is not None:
+        return "isal", 0
+    return "zlib", level
 
 
 def _compression(spec: str) -> _Compression:
@@ -127,7 +151,7 @@ def _compression(spec: str) -> _Compression:
                 raise PivotError(f"compression {spec!r}: the gzip level is 0 to 9")
         return _Compression(
             f"gzip:{level}", {"compression": "gzip", "compression_opts": level, "shuffle": True},
-            True, level,
+            True, level, *_deflate_engine(level),
         )
     if spec == "lzf":
         return _Compression("lzf", {"compression": "lzf", "shuffle": True}, False)
@@ -154,12 +178,23 @@ def _compression(spec: str) -> _Compression:
     return _Compression(plugin, dict(filt), False)
 
 
-def _shuffle_deflate(data: bytes, itemsize: int, level: int) -> bytes:
+def _shuffle_deflate(data: bytes, itemsize: int, level: int, engine: str = "zlib",
+                     raw_mask: int = 0) -> tuple[bytes, int]:
     """What HDF5's shuffle + deflate filters make of one chunk: bytes grouped by their
-    position in the element (H5Zshuffle.c), then a zlib stream (H5Zdeflate.c)."""
+    position in the element (H5Zshuffle.c), then a zlib stream (H5Zdeflate.c), by zlib or
+    ISA-L (``engine``). Returns (chunk bytes, filter mask): mask 0 with every filter
+    applied, or, when deflate does not make the chunk smaller, the chunk as it is with
+    ``raw_mask`` (the bits of every filter of the dataset: all skipped)."""
+    shuffled = data
     if itemsize > 1:
-        data = np.frombuffer(data, np.uint8).reshape(-1, itemsize).T.tobytes()
-    return zlib.compress(data, level)
+        shuffled = np.frombuffer(data, np.uint8).reshape(-1, itemsize).T.tobytes()
+    if engine == "isal":
+        packed = _isal_zlib.compress(shuffled, level)
+    else:
+        packed = zlib.compress(shuffled, level)
+    if raw_mask and len(packed) >= len(data):
+        return data, raw_mask
+    return packed, 0
 
 
 # ---------------------------------------------------------------------------- output file
@@ -291,6 +326,11 @@ class _DatasetWriter:
             name, shape=(max(n_max, 0),), maxshape=(None,), dtype=h5dtype,
             chunks=(self.chunk_rows,), **kwargs,
         )
+        # Filter mask of a chunk stored as it is: bit i skips filter i of the pipeline
+        # (shuffle then deflate, or deflate alone for 1-byte elements).
+        self.raw_mask = 0
+        if self.direct and comp.name.startswith("gzip"):
+            self.raw_mask = (1 << self.ds.id.get_create_plist().get_nfilters()) - 1
         for k, v in attrs.items():
             if v is not None:
                 self.ds.attrs[k] = v
@@ -350,20 +390,30 @@ class _DatasetWriter:
             self.ds.id.write_direct_chunk((offset,), np.ascontiguousarray(chunk))
             return
         raw = chunk.tobytes()
+        args = (raw, self.dtype.itemsize, self.comp.engine_level, self.comp.engine, self.raw_mask)
         if self.pool is None:
-            self.ds.id.write_direct_chunk(
-                (offset,), _shuffle_deflate(raw, self.dtype.itemsize, self.comp.level)
-            )
+            self._write_chunk(offset, *_shuffle_deflate(*args))
             return
-        self.inflight.append(
-            (offset, self.pool.submit(_shuffle_deflate, raw, self.dtype.itemsize, self.comp.level))
-        )
+        self.inflight.append((offset, self.pool.submit(_shuffle_deflate, *args)))
         while len(self.inflight) > 2 * (self.pool._max_workers or 1):
             self._drain_one()
 
     def _drain_one(self) -> None:
         offset, fut = self.inflight.popleft()
-        self.ds.id.write_direct_chunk((offset,), fut.result())
+        self._write_chunk(offset, *fut.result())
+
+    def _write_chunk(self, offset: int, data: bytes, mask: int) -> None:
+        self.ds.id.write_direct_chunk((offset,), data, filter_mask=mask)
+        if mask:
+            # HDF5 2.0 keeps the last chunk it looked up in a cache, and after a direct
+            # write that cache holds the chunk with mask 0: reading the chunk back in this
+            # session (the shrink in close(), t_last_ns) would inflate raw bytes and fail.
+            # Looking up another chunk replaces it; the next one is not written yet, so
+            # the lookup only finds that it is missing (the file itself is right).
+            try:
+                self.ds.id.read_direct_chunk((offset + self.chunk_rows,))
+            except (RuntimeError, ValueError):
+                pass
 
     def abandon(self) -> None:
         """Drop the dataset and pending chunks (after a failed write)."""
