@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import select
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -15,13 +15,13 @@ import fastavro
 from conftest import SCHEMAS, free_udp_port, random_group
 from speeddata import wire
 from speeddata.cache import list_segments
+from speeddata.config import ChannelConfig, MulticastConfig
+from speeddata.schema import Schema
 
 LOOPBACK = "127.0.0.1"
 
 #: ``--engine`` values to run the relay process with: the compiled one when it is built
-ENGINE_NAMES = ["python"]
-if importlib.util.find_spec("speeddata._relay") is not None:
-    ENGINE_NAMES.append("compiled")
+ENGINE_NAMES = ["python", "compiled"]
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02):
@@ -198,3 +198,108 @@ def write_config(
         ]
     path.write_text("\n".join(lines) + "\n")
     return info
+
+
+def two_groups() -> tuple[tuple[str, int], tuple[str, int]]:
+    full = random_group()
+    decimated = random_group()
+    while decimated == full:
+        decimated = random_group()
+    return (full, free_udp_port()), (decimated, free_udp_port())
+
+
+class Harness:
+    """An engine with channel sockets on 127.0.0.1, subscribers to both groups, a sender."""
+
+    def __init__(self, engine_cls, tmp_path, cache=True, announce_interval=0.2, **kwargs):
+        full, decimated = two_groups()
+        self.multicast = MulticastConfig(
+            interface=LOOPBACK,
+            ttl=1,
+            loop=True,
+            full=full,
+            decimated=decimated,
+            announce_interval=announce_interval,
+        )
+        self.cache = tmp_path / "cache" if cache else None
+        self.engine = engine_cls(self.cache, self.multicast, **kwargs)
+        self.full = Subscriber(*full)
+        self.decimated = Subscriber(*decimated)
+        self.sender = Sender()
+        self.sockets: list[socket.socket] = []
+        self.thread: threading.Thread | None = None
+        self.closed = False
+
+    def bind(self, rcvbuf: int | None = None) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf or 4 << 20)
+        sock.bind((LOOPBACK, 0))
+        self.sockets.append(sock)
+        return sock
+
+    def channel(
+        self,
+        schema_name: str | Schema,
+        name: str | None = None,
+        cid: int = 1,
+        decimation: int = 1,
+        with_port: bool = True,
+        rcvbuf: int | None = None,
+    ) -> ChannelConfig:
+        schema = schema_name if isinstance(schema_name, Schema) else Schema(
+            SCHEMAS / f"{schema_name}.avsc"
+        )
+        sock = self.bind(rcvbuf) if with_port else None
+        ch = ChannelConfig(
+            name=name or schema.name,
+            port=sock.getsockname()[1] if sock else None,
+            schema=schema,
+            id=cid,
+            decimation=decimation,
+            time=schema.time_field,
+        )
+        self.engine.add_channel(ch, sock)
+        return ch
+
+    def shared(self) -> int:
+        sock = self.bind()
+        self.engine.set_shared_socket(sock)
+        return sock.getsockname()[1]
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.engine.run, daemon=True)
+        self.thread.start()
+
+    def counter(self, cid: int, name: str) -> int:
+        return self.engine.stats().get(cid, {}).get(name, 0)
+
+    def processed(self, cid: int) -> int:
+        s = self.engine.stats().get(cid, {})
+        return s.get("datagrams", 0) + s.get("rejected", 0)
+
+    def send_paced(self, port: int, datagrams: list[bytes], cid: int, chunk: int = 32) -> None:
+        """Send in chunks, waiting for the engine to take each one (no kernel drops)."""
+        base = self.processed(cid)
+        for i in range(0, len(datagrams), chunk):
+            for d in datagrams[i : i + chunk]:
+                self.sender.send(port, d)
+            target = base + min(i + chunk, len(datagrams))
+            wait_for(lambda t=target: self.processed(cid) >= t)
+
+    def stop(self) -> None:
+        if self.thread is not None:
+            self.engine.stop()
+            self.thread.join(10)
+            assert not self.thread.is_alive(), "run() did not return after stop()"
+            self.thread = None
+        if not self.closed:
+            self.engine.close()
+            self.closed = True
+
+    def close(self) -> None:
+        self.stop()
+        for s in self.sockets:
+            s.close()
+        self.full.close()
+        self.decimated.close()
+        self.sender.close()

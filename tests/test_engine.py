@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -22,8 +20,8 @@ import pytest
 from conftest import SCHEMAS, free_udp_port, random_group
 from relay_helpers import (
     LOOPBACK,
+    Harness,
     Sender,
-    Subscriber,
     encode,
     engine_record,
     read_all_cleanly,
@@ -42,7 +40,6 @@ from speeddata.cache import (
     list_segments,
     recover_segment,
 )
-from speeddata.config import ChannelConfig, MulticastConfig
 from speeddata.relay_ref import PyEngine
 from speeddata.schema import Schema
 
@@ -73,82 +70,21 @@ def decode_all(schema_: Schema, payload: bytes) -> list[dict]:
     return out
 
 
-class Rig:
-    """An engine on 127.0.0.1 sockets, subscribers on both groups, a sender."""
+class Rig(Harness):
+    """The shared relay test harness, with this file's short names."""
 
     def __init__(self, engine_cls, tmp_path: Path, cache=True, announce=0.2, **kwargs):
-        full = (random_group(), free_udp_port())
-        dec = (random_group(), free_udp_port())
-        while dec[0] == full[0]:
-            dec = (random_group(), dec[1])
-        self.mc = MulticastConfig(LOOPBACK, 1, True, full, dec, announce)
-        self.cache = tmp_path / "cache" if cache else None
-        self.engine = engine_cls(self.cache, self.mc, **kwargs)
-        self.full = Subscriber(*full)
-        self.dec = Subscriber(*dec)
-        self.sender = Sender()
-        self.socks: list[socket.socket] = []
-        self.thread = None
-        self.closed = False
+        super().__init__(engine_cls, tmp_path, cache=cache, announce_interval=announce, **kwargs)
+        self.mc, self.dec, self.socks = self.multicast, self.decimated, self.sockets
 
-    def bind(self, rcvbuf: int = 4 << 20) -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        s.bind((LOOPBACK, 0))
-        self.socks.append(s)
-        return s
-
-    def channel(
-        self,
-        sch: Schema,
-        name: str,
-        cid: int = 1,
-        decimation: int = 1,
-        port=True,
-        rcvbuf: int = 4 << 20,
-    ) -> ChannelConfig:
-        sock = self.bind(rcvbuf) if port else None
-        ch = ChannelConfig(name, sock.getsockname()[1] if sock else None, sch, cid, decimation)
-        self.engine.add_channel(ch, sock)
-        return ch
-
-    def start(self):
-        self.thread = threading.Thread(target=self.engine.run, daemon=True)
-        self.thread.start()
+    def channel(self, sch, name, cid=1, decimation=1, port=True, rcvbuf=4 << 20):
+        return super().channel(sch, name, cid, decimation, with_port=port, rcvbuf=rcvbuf)
 
     def stats(self, cid: int) -> dict:
         return self.engine.stats().get(cid, {})
 
-    def processed(self, cid: int) -> int:
-        s = self.stats(cid)
-        return s.get("datagrams", 0) + s.get("rejected", 0)
-
     def send(self, port: int, datagrams: list[bytes], cid: int, chunk: int = 64):
-        """Send in chunks the engine takes before the next (no kernel drops)."""
-        base = self.processed(cid)
-        for i in range(0, len(datagrams), chunk):
-            for d in datagrams[i : i + chunk]:
-                self.sender.send(port, d)
-            target = base + min(i + chunk, len(datagrams))
-            wait_for(lambda t=target: self.processed(cid) >= t)
-
-    def stop(self):
-        if self.thread is not None:
-            self.engine.stop()
-            self.thread.join(10)
-            assert not self.thread.is_alive(), "run() did not return after stop()"
-            self.thread = None
-        if not self.closed:
-            self.engine.close()
-            self.closed = True
-
-    def close(self):
-        self.stop()
-        for s in self.socks:
-            s.close()
-        self.full.close()
-        self.dec.close()
-        self.sender.close()
+        self.send_paced(port, datagrams, cid, chunk)
 
 
 @pytest.fixture(params=ENGINES)

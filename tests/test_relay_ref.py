@@ -19,9 +19,10 @@ import fastavro
 import numpy as np
 import pytest
 
-from conftest import SCHEMAS, free_udp_port, random_group
+from conftest import SCHEMAS
 from relay_helpers import (
     LOOPBACK,
+    Harness,
     Sender,
     Subscriber,
     encode,
@@ -30,6 +31,7 @@ from relay_helpers import (
     read_channel,
     single_object,
     status_record,
+    two_groups,
     vibration_record,
     wait_for,
 )
@@ -45,109 +47,6 @@ ENGINES = [pytest.param(PyEngine, id="python"), pytest.param(CompiledEngine, id=
 
 def _schema(name: str) -> Schema:
     return Schema(SCHEMAS / f"{name}.avsc")
-
-
-def _two_groups() -> tuple[tuple[str, int], tuple[str, int]]:
-    full = random_group()
-    decimated = random_group()
-    while decimated == full:
-        decimated = random_group()
-    return (full, free_udp_port()), (decimated, free_udp_port())
-
-
-class Harness:
-    """An engine with channel sockets on 127.0.0.1, subscribers to both groups, a sender."""
-
-    def __init__(self, engine_cls, tmp_path, cache=True, announce_interval=0.2, **kwargs):
-        full, decimated = _two_groups()
-        self.multicast = MulticastConfig(
-            interface=LOOPBACK,
-            ttl=1,
-            loop=True,
-            full=full,
-            decimated=decimated,
-            announce_interval=announce_interval,
-        )
-        self.cache = tmp_path / "cache" if cache else None
-        self.engine = engine_cls(self.cache, self.multicast, **kwargs)
-        self.full = Subscriber(*full)
-        self.decimated = Subscriber(*decimated)
-        self.sender = Sender()
-        self.sockets: list[socket.socket] = []
-        self.thread: threading.Thread | None = None
-        self.closed = False
-
-    def bind(self, rcvbuf: int | None = None) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf or 4 << 20)
-        sock.bind((LOOPBACK, 0))
-        self.sockets.append(sock)
-        return sock
-
-    def channel(
-        self,
-        schema_name: str,
-        name: str | None = None,
-        cid: int = 1,
-        decimation: int = 1,
-        with_port: bool = True,
-        rcvbuf: int | None = None,
-    ) -> ChannelConfig:
-        schema = _schema(schema_name)
-        sock = self.bind(rcvbuf) if with_port else None
-        ch = ChannelConfig(
-            name=name or schema_name,
-            port=sock.getsockname()[1] if sock else None,
-            schema=schema,
-            id=cid,
-            decimation=decimation,
-            time=schema.time_field,
-        )
-        self.engine.add_channel(ch, sock)
-        return ch
-
-    def shared(self) -> int:
-        sock = self.bind()
-        self.engine.set_shared_socket(sock)
-        return sock.getsockname()[1]
-
-    def start(self) -> None:
-        self.thread = threading.Thread(target=self.engine.run, daemon=True)
-        self.thread.start()
-
-    def counter(self, cid: int, name: str) -> int:
-        return self.engine.stats().get(cid, {}).get(name, 0)
-
-    def processed(self, cid: int) -> int:
-        s = self.engine.stats().get(cid, {})
-        return s.get("datagrams", 0) + s.get("rejected", 0)
-
-    def send_paced(self, port: int, datagrams: list[bytes], cid: int, chunk: int = 32) -> None:
-        """Send in chunks, waiting for the engine to take each one (no kernel drops)."""
-        base = self.processed(cid)
-        for i in range(0, len(datagrams), chunk):
-            for d in datagrams[i : i + chunk]:
-                self.sender.send(port, d)
-            target = base + min(i + chunk, len(datagrams))
-            wait_for(lambda t=target: self.processed(cid) >= t)
-
-    def stop(self) -> None:
-        if self.thread is not None:
-            self.engine.stop()
-            self.thread.join(10)
-            assert not self.thread.is_alive(), "run() did not return after stop()"
-            self.thread = None
-        if not self.closed:
-            self.engine.close()
-            self.closed = True
-
-    def close(self) -> None:
-        self.stop()
-        for s in self.sockets:
-            s.close()
-        self.full.close()
-        self.decimated.close()
-        self.sender.close()
 
 
 @pytest.fixture(params=ENGINES)
@@ -594,7 +493,7 @@ def test_disk_full_real_tmpfs(small_tmpfs):
     returns, and every segment reads cleanly. Reference engine only: an engine bug here
     could end in SIGBUS, which would take the whole test session down."""
     filler = small_tmpfs / "filler"
-    full, decimated = _two_groups()
+    full, decimated = two_groups()
     mc = MulticastConfig(LOOPBACK, 1, True, full, decimated, 1.0)
     engine = PyEngine(small_tmpfs / "cache", mc, segment_size=128 * 1024)
     schema = _schema("status")
