@@ -303,3 +303,20 @@ class Harness:
         self.full.close()
         self.decimated.close()
         self.sender.close()
+
+
+def harness_factory(cls, engine_cls, tmp_path):
+    """Body of a fixture: yield a factory of ``cls`` harnesses, close them all after."""
+    made = []
+
+    def factory(**kwargs):
+        h = cls(engine_cls, tmp_path, **kwargs)
+        made.append(h)
+        return h
+
+    factory.engine_cls = engine_cls
+    try:
+        yield factory
+    finally:
+        for h in made:
+            h.close()

@@ -24,6 +24,7 @@ from relay_helpers import (
     Sender,
     encode,
     engine_record,
+    harness_factory,
     read_all_cleanly,
     read_channel,
     single_object,
@@ -89,17 +90,7 @@ class Rig(Harness):
 
 @pytest.fixture(params=ENGINES)
 def rig(request, tmp_path):
-    rigs = []
-
-    def make(**kwargs) -> Rig:
-        r = Rig(request.param, tmp_path, **kwargs)
-        rigs.append(r)
-        return r
-
-    make.engine_cls = request.param
-    yield make
-    for r in rigs:
-        r.close()
+    yield from harness_factory(Rig, request.param, tmp_path)
 
 
 def read_segments(cache: Path, channel: str):

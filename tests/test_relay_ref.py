@@ -27,6 +27,7 @@ from relay_helpers import (
     Subscriber,
     encode,
     engine_record,
+    harness_factory,
     read_all_cleanly,
     read_channel,
     single_object,
@@ -51,17 +52,7 @@ def _schema(name: str) -> Schema:
 
 @pytest.fixture(params=ENGINES)
 def make(request, tmp_path):
-    harnesses = []
-
-    def factory(**kwargs) -> Harness:
-        h = Harness(request.param, tmp_path, **kwargs)
-        harnesses.append(h)
-        return h
-
-    factory.engine_cls = request.param
-    yield factory
-    for h in harnesses:
-        h.close()
+    yield from harness_factory(Harness, request.param, tmp_path)
 
 
 def _records_in(payload: bytes, schema: Schema) -> list[dict]:

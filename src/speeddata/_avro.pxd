@@ -168,3 +168,37 @@ cdef inline const uint8_t* skip_value(
             return NULL
         return p + n
     return NULL
+
+
+cdef inline const uint8_t* skip_record(
+    const uint8_t* p,
+    const uint8_t* end,
+    const int32_t* program,
+    Py_ssize_t n_ops,
+    Py_ssize_t time_op,
+    int64_t* time_value,
+) noexcept nogil:
+    """Check and step over one record of ``program`` (``n_ops`` (op, arg) pairs); NULL if
+    it is not a valid record there. ``time_value`` receives the integer of pair
+    ``time_op`` (-1: none). The one walk of the program shared by every checker."""
+    cdef Py_ssize_t i = 0
+    cdef int32_t op, arg
+    cdef int64_t value = 0, branch = 0
+    while i < n_ops:
+        op = program[2 * i]
+        arg = program[2 * i + 1]
+        if op == OP_UNION:
+            p = read_varint(p, end, &branch, 10)  # the branch index is a long
+            if p == NULL or branch < 0 or branch > 1:
+                return NULL
+            i += 1
+            if branch == arg:
+                i += 1  # the null branch: nothing encoded, skip the value op
+            continue
+        p = skip_value(p, end, op, arg, &value)
+        if p == NULL:
+            return NULL
+        if i == time_op:
+            time_value[0] = value
+        i += 1
+    return p

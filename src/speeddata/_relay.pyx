@@ -36,8 +36,7 @@ from speeddata._avro cimport (
     OP_FIXED,
     OP_FLOAT,
     OP_NULL,
-    OP_UNION,
-    skip_value,
+    skip_record,
     varint_size,
     write_varint,
 )
@@ -108,7 +107,6 @@ from speeddata.includes.system cimport (
     poll,
     pollfd,
     posix_fallocate,
-    pwrite,
     pwritev,
     read,
     recvmmsg,
@@ -215,20 +213,13 @@ cdef inline int64_t real_ns() noexcept nogil:
 
 
 cdef int pwrite_all(int fd, const uint8_t* p, size_t n, uint64_t offset) noexcept nogil:
-    """Write all ``n`` bytes at ``offset``; 0 or the errno. EINTR and short writes retried."""
-    cdef ssize_t r
-    while n > 0:
-        r = pwrite(fd, p, n, <off_t>offset)
-        if r < 0:
-            if errno == EINTR:
-                continue
-            return errno
-        if r == 0:
-            return EIO
-        p += r
-        n -= <size_t>r
-        offset += <uint64_t>r
-    return 0
+    """Write all ``n`` bytes at ``offset``; 0 or the errno (``pwritev_all`` of one buffer)."""
+    cdef iovec one
+    if n == 0:
+        return 0
+    one.iov_base = <void*>p
+    one.iov_len = n
+    return pwritev_all(fd, &one, 1, offset)
 
 
 cdef int pwritev_all(int fd, iovec* iov, Py_ssize_t n, uint64_t offset) noexcept nogil:
@@ -299,25 +290,8 @@ cdef inline const uint8_t* walk_record(
     const uint8_t* p, const uint8_t* end, const int32_t* program, Py_ssize_t n_ops
 ) noexcept nogil:
     """Step over exactly one valid record (as validate_records does); NULL if invalid."""
-    cdef Py_ssize_t i = 0
-    cdef int32_t op, arg
-    cdef int64_t value = 0, branch = 0
-    while i < n_ops:
-        op = program[2 * i]
-        arg = program[2 * i + 1]
-        if op == OP_UNION:
-            p = skip_value(p, end, 3, 0, &branch)  # the branch index is a long
-            if p == NULL or branch < 0 or branch > 1:
-                return NULL
-            i += 1
-            if branch == arg:
-                i += 1
-            continue
-        p = skip_value(p, end, op, arg, &value)
-        if p == NULL:
-            return NULL
-        i += 1
-    return p
+    cdef int64_t unused
+    return skip_record(p, end, program, n_ops, -1, &unused)
 
 
 cdef void release_channel(chan_t* ch) noexcept nogil:

@@ -8,7 +8,7 @@ with the same behaviour; tests run both.
 
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t
 
-from speeddata._avro cimport OP_UNION, skip_value
+from speeddata._avro cimport skip_record
 
 import numpy as np
 
@@ -25,10 +25,9 @@ cdef Py_ssize_t validate_records(
 ) noexcept nogil:
     cdef const uint8_t* p = data
     cdef const uint8_t* end = data + n
-    cdef const uint8_t* record_start
-    cdef Py_ssize_t i, n_records = 0
-    cdef int32_t op, arg
-    cdef int64_t value = 0, branch = 0
+    cdef const uint8_t* q
+    cdef Py_ssize_t n_records = 0
+    cdef int64_t value = 0
     out.t_min = INT64_MAX
     out.t_max = INT64_MIN
     out.bad_offset = -1
@@ -37,30 +36,16 @@ cdef Py_ssize_t validate_records(
         out.bad_offset = 0
         return -1  # an empty datagram carries no record
     while p < end:
-        record_start = p
-        i = 0
-        while i < n_ops:
-            op = program[2 * i]
-            arg = program[2 * i + 1]
-            if op == OP_UNION:
-                p = skip_value(p, end, 3, 0, &branch)  # the branch index is a long
-                if p == NULL or branch < 0 or branch > 1:
-                    out.bad_offset = record_start - data
-                    return -1
-                i += 1
-                if branch == arg:
-                    i += 1  # the null branch: nothing encoded, skip the value op
-                continue
-            p = skip_value(p, end, op, arg, &value)
-            if p == NULL:
-                out.bad_offset = record_start - data
-                return -1
-            if i == time_op:
-                if value < out.t_min:
-                    out.t_min = value
-                if value > out.t_max:
-                    out.t_max = value
-            i += 1
+        q = skip_record(p, end, program, n_ops, time_op, &value)
+        if q == NULL:
+            out.bad_offset = p - data
+            return -1
+        if time_op >= 0:
+            if value < out.t_min:
+                out.t_min = value
+            if value > out.t_max:
+                out.t_max = value
+        p = q
         n_records += 1
     out.n_records = n_records
     return n_records
