@@ -6,11 +6,13 @@ R1  drain rate: N pre-encoded datagrams wait in a large socket buffer while the 
     ``_relay.bare_drain`` (recvmmsg that only counts, no cmsgs) on the same datagrams;
     also against that drain with the engine's cmsgs (SO_TIMESTAMPNS, SO_RXQ_OVFL).
     Arms: 800-byte records (100 doubles), 80-byte records (10 doubles), mixed sizes.
-R3  cache on / cache off, same drain.
+R3  cache on / cache off, same drain; and with blocks written by pwritev only (no segment
+    map, the engine before the populate thread: "R3 pwv").
     Also: UDP GSO off (on by default), the validator walk instead of the fixed-layout
     count (walk R1), and the simplest possible Python relay (recv / sendto / write).
 Z   zero loss: a paced sender at 80 % of the measured capacity for 30 s while the relay
-    runs; kernel drops, the cache and the sender's count must agree.
+    runs (its loop at the relay's default priority, ``relay.nice``); kernel drops, the
+    cache and the sender's count must agree.
 
 Filling the buffer before the relay starts means the sender's cost never overlaps the
 relay's: on 2 cores the relay alone is measured. Everything goes to 127.0.0.1 and to
@@ -42,7 +44,8 @@ import numpy as np  # noqa: E402
 
 from speeddata._relay import Engine, bare_drain, blast  # noqa: E402
 from speeddata.cache import IDX_DTYPE, list_segments  # noqa: E402
-from speeddata.config import ChannelConfig, MulticastConfig  # noqa: E402
+from speeddata.config import ChannelConfig, MulticastConfig, RelayConfig  # noqa: E402
+from speeddata.relay import set_thread_nice  # noqa: E402
 from speeddata.schema import Schema  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -167,7 +170,9 @@ def run_bare(arm: Arm, timestamps: bool = False) -> float:
     return arm.n / dt
 
 
-def run_relay(arm: Arm, cache: bool = True, gso: bool = True, fixed_fast: bool = True) -> dict:
+def run_relay(
+    arm: Arm, cache: bool = True, gso: bool = True, fixed_fast: bool = True, use_map: bool = True
+) -> dict:
     """Drain with the compiled engine; returns rate and what the subscriber got."""
     mc = groups()
     tmp = Path(tempfile.mkdtemp(prefix="sd-bench-")) if cache else None
@@ -176,6 +181,7 @@ def run_relay(arm: Arm, cache: bool = True, gso: bool = True, fixed_fast: bool =
             engine = Engine(tmp, mc)
             engine._gso = gso
             engine._fixed_fast = fixed_fast
+            engine._use_map = use_map
             ch = ChannelConfig("bench", sock.getsockname()[1], arm.schema, 1, DECIMATION)
             engine.add_channel(ch, sock)
             fill(sock, arm)
@@ -193,7 +199,13 @@ def run_relay(arm: Arm, cache: bool = True, gso: bool = True, fixed_fast: bool =
         assert s["multicast_decimated"] == (arm.n + DECIMATION - 1) // DECIMATION
         if cache:
             assert s["stored_records"] == n_records == stored_records(tmp), s
-        return {"rate": arm.n / dt, "subscriber": got, "announces": 2}
+        return {
+            "rate": arm.n / dt,
+            "subscriber": got,
+            "announces": 2,
+            "map_blocks": engine._map_blocks,
+            "blocks": s["blocks"],
+        }
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -251,7 +263,11 @@ def run_zero_loss(arm: Arm, rate: float, seconds: float, cache: bool = True) -> 
             engine = Engine(tmp if cache else None, mc)
             ch = ChannelConfig("bench", sock.getsockname()[1], arm.schema, 1, DECIMATION)
             engine.add_channel(ch, sock)
-            thread = threading.Thread(target=engine.run)
+            def run_engine():
+                set_thread_nice(RelayConfig().nice)  # as the relay process does
+                engine.run()
+
+            thread = threading.Thread(target=run_engine)
             thread.start()
             try:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -300,6 +316,7 @@ def run_all(
             bare_ts = best(lambda a=arm: run_bare(a, timestamps=True), repeat)
             relay = best(lambda a=arm: run_relay(a)["rate"], repeat)
             no_cache = best(lambda a=arm: run_relay(a, cache=False)["rate"], repeat)
+            pwritev = best(lambda a=arm: run_relay(a, use_map=False)["rate"], repeat)
             no_gso = best(lambda a=arm: run_relay(a, gso=False)["rate"], repeat)
             walk = best(lambda a=arm: run_relay(a, fixed_fast=False)["rate"], repeat)
             py = best(lambda a=arm: run_python_relay(a), 1)
@@ -314,6 +331,8 @@ def run_all(
                 "ratio_ts": relay / bare_ts,
                 "no_cache": no_cache,
                 "cache_ratio": relay / no_cache,
+                "pwritev": pwritev,
+                "pwritev_ratio": pwritev / no_cache,
                 "no_gso": no_gso,
                 "gso_ratio": relay / no_gso,
                 "walk": walk,
@@ -335,7 +354,8 @@ def print_table(rows: list[dict]) -> None:
     print(
         f"{'arm':<18}{'N':>8}{'B/dgram':>9}{'bare/s':>11}{'relay/s':>11}{'R1':>7}"
         f"{'bare ts/s':>11}{'R1 ts':>7}"
-        f"{'nocache/s':>11}{'R3':>7}{'noGSO/s':>11}{'GSO x':>7}{'walk R1':>9}"
+        f"{'nocache/s':>11}{'R3':>7}{'pwritev/s':>11}{'R3 pwv':>7}"
+        f"{'noGSO/s':>11}{'GSO x':>7}{'walk R1':>9}"
         f"{'python/s':>10}{'x py':>7}"
     )
     for r in rows:
@@ -343,6 +363,7 @@ def print_table(rows: list[dict]) -> None:
             f"{r['arm']:<18}{r['n']:>8}{r['bytes']:>9.0f}{r['bare']:>11,.0f}{r['relay']:>11,.0f}"
             f"{r['ratio']:>7.2f}{r['bare_ts']:>11,.0f}{r['ratio_ts']:>7.2f}"
             f"{r['no_cache']:>11,.0f}{r['cache_ratio']:>7.2f}"
+            f"{r['pwritev']:>11,.0f}{r['pwritev_ratio']:>7.2f}"
             f"{r['no_gso']:>11,.0f}{r['gso_ratio']:>7.2f}{r['walk_ratio']:>9.2f}"
             f"{r['python']:>10,.0f}{r['py_ratio']:>7.1f}"
         )

@@ -49,6 +49,8 @@ def test_table_prints(bench, capsys):
         "ratio_ts": 0.67,
         "no_cache": 1.0,
         "cache_ratio": 1.0,
+        "pwritev": 1.0,
+        "pwritev_ratio": 1.0,
         "no_gso": 1.0,
         "gso_ratio": 1.0,
         "walk": 1.0,

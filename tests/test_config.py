@@ -448,6 +448,7 @@ ERRORS = {
     ),
     "relay-listen": ("[relay]\nlisten = 'all'\n", "relay.listen", "not an IPv4 address"),
     "rcvbuf-range": ("[relay]\nrcvbuf = '8 GiB'\n", "relay.rcvbuf", "from 4 KiB to 2 GiB"),
+    "nice-range": ("[relay]\nnice = -30\n", "relay.nice", "integer from -20 to 19"),
     "workers-type": ("[relay]\nworkers = 1.5\n", "relay.workers", "integer from 1 to 256"),
     "shared-port-bool": (
         "[relay]\nshared_port = true\n",

@@ -374,13 +374,17 @@ def test_control_while_running(rig):
 # -- cache files -----------------------------------------------------------------------
 
 
-def test_byte_identical_with_segment_writer(tmp_path):
+@pytest.mark.parametrize("use_map", [True, False], ids=["map", "pwritev"])
+def test_byte_identical_with_segment_writer(tmp_path, use_map):
     """Same datagrams, blocks and sync marker: the compiled writer's files are byte for
-    byte those of ``cache.SegmentWriter``."""
+    byte those of ``cache.SegmentWriter``, whether blocks are copied into the populated
+    segment map or written with pwritev (the engine uses both: pwritev until the populate
+    thread is ahead)."""
     r = Rig(Engine, tmp_path, segment_size=16 * 1024)
     sch = schema("engine")
     try:
         r.engine._sync = bytes(range(16))
+        r.engine._use_map = use_map
         ch = r.channel(sch, "engine", cid=4)
         r.start()
         records = [engine_record(i) for i in range(900)]
@@ -389,6 +393,11 @@ def test_byte_identical_with_segment_writer(tmp_path):
         r.stop()
     finally:
         r.close()
+    blocks = r.engine.stats()[4]["blocks"]
+    if use_map:
+        assert 0 < r.engine._map_blocks <= blocks
+    else:
+        assert r.engine._map_blocks == 0
     segs = list_segments(r.cache, "engine")
     assert len(segs) >= 2  # rotation by size happened
     k = 0

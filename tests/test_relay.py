@@ -419,11 +419,19 @@ def test_status_without_relay_exits_2(ipc_dir):
 def test_workers_spread_channels(relay, sender):
     proc = relay(shared=False)
     proc.info["path"].write_text(
-        proc.info["path"].read_text().replace("[relay]\n", "[relay]\nworkers = 2\n")
+        proc.info["path"].read_text().replace("[relay]\n", "[relay]\nworkers = 2\nnice = 3\n")
     )
     proc.start()
     st = proc.status()
     assert st["workers"] == 2
+    # relay.nice applies to the receive loops (and threads they start), not the process
+    pid = proc.proc.pid
+    nices = {
+        int(t.name): int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        for t in Path(f"/proc/{pid}/task").iterdir()
+    }
+    assert nices[pid] == 0
+    assert sum(n == 3 for n in nices.values()) >= 2, nices
     assert sorted(c["engine"] for c in st["channels"]) == [0, 1]
     engine = Schema(SCHEMAS / "engine.avsc")
     status = Schema(SCHEMAS / "status.avsc")
@@ -482,3 +490,28 @@ def test_add_schema_path_relative_to_config(relay, tmp_path):
     assert ch["fingerprint"] == Schema(SCHEMAS / "fixed.avsc").fingerprint_hex
     assert ch["time"] is None and ch["port"] is None
     assert proc.terminate() == 0
+
+
+def test_set_thread_nice(monkeypatch, caplog):
+    """The loop's priority is the calling thread's only; refused: a warning, no error."""
+    from speeddata.relay import set_thread_nice
+
+    got = {}
+
+    def worker():
+        got["ok"] = set_thread_nice(4)
+        got["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert got == {"ok": True, "nice": 4}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0
+
+    def refuse(*_args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    with caplog.at_level("WARNING", logger="speeddata.relay"):
+        assert set_thread_nice(-10) is False
+    assert "relay.nice = -10 refused" in caplog.text

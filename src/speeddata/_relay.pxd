@@ -3,7 +3,14 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
-from speeddata.includes.system cimport epoll_event, iovec, mmsghdr, sockaddr_in
+from speeddata.includes.system cimport (
+    epoll_event,
+    iovec,
+    mmsghdr,
+    pthread_cond_t,
+    pthread_mutex_t,
+    sockaddr_in,
+)
 
 
 # Per-channel counters, as reported by Engine.stats() (docs/relay-internals.md).
@@ -37,6 +44,22 @@ ctypedef struct segment_t:
     int64_t opened_mono_ns          # CLOCK_MONOTONIC when opened (age rotation)
     uint8_t sync[16]                # this segment's sync marker
     char stem[32]                   # file stem, 20261125T103100.123456789Z
+    # The segment's shared mapping, kept writable ahead of ``end`` by the engine's
+    # populate thread (docs/relay-internals.md, "Segment writes"); NULL: pwritev only.
+    uint8_t* map
+    size_t pop_done                 # [0, pop_done) populated (atomic; populate thread)
+    size_t pop_target               # populate up to here (under pop_t.lock)
+    size_t pop_asked                # the last target asked (relay thread only)
+    bint pop_failed                 # madvise refused: no more populating (under the lock)
+    bint pop_busy                   # the populate thread is in madvise on this map
+    bint pop_queued                 # in the populate queue
+
+
+cdef enum:
+    POP_QUEUE = 256                 # populate requests waiting at most (one per channel)
+
+
+cdef struct pop_s
 
 
 # One channel of the engine; index 0 of nothing: the shared-port pseudo channel is a chan_t
@@ -62,6 +85,20 @@ ctypedef struct chan_t:
     int64_t retry_mono_ns           # no segment open attempt before this (disk full)
     segment_t seg                   # the segment being written
     counters_t c                    # counters
+    pop_s* pop                      # the engine's populate state
+
+
+# The populate thread's shared state (one per engine).
+cdef struct pop_s:
+    pthread_mutex_t lock
+    pthread_cond_t work             # a request was queued, or stop
+    pthread_cond_t idle             # a madvise returned (close_segment waits for it)
+    bint stop
+    Py_ssize_t n_queue
+    chan_t* queue[POP_QUEUE]        # channels whose segment wants populating
+
+
+ctypedef pop_s pop_t
 
 
 cdef class Engine:
@@ -144,6 +181,12 @@ cdef class Engine:
     cdef uint8_t* recv_buf_p            # batch x 16-byte .recv entries of one block
     cdef Py_ssize_t* blk                # datagram indexes of the block being written
     cdef iovec* wiov                    # batch + 2 iovecs: one block for pwritev
+    # segment writes through the shared mapping (docs/relay-internals.md)
+    cdef pop_t pop
+    cdef bint pop_init
+    cdef object _pop_thread
+    cdef public bint _use_map           # write blocks through the populated mapping
+    cdef readonly uint64_t _map_blocks  # blocks copied into the mapping (the rest: pwritev)
 
     cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1
     cdef chan_t* _find(self, uint32_t cid) noexcept
@@ -161,6 +204,8 @@ cdef class Engine:
     cdef void _store(self, Py_ssize_t n_acc) noexcept nogil
     cdef void _store_channel(self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m) noexcept nogil
     cdef bint _open_segment(self, chan_t* ch, size_t need) noexcept nogil
+    cdef void _map_segment(self, chan_t* ch) noexcept nogil
+    cdef void _block_written(self, chan_t* ch, size_t size, uint64_t n_records) noexcept nogil
     cdef int _write_block(
         self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m, size_t n_bytes, uint64_t n_records
     ) noexcept nogil

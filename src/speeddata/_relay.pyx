@@ -58,6 +58,11 @@ from speeddata.includes.system cimport (
     EPOLL_CTL_ADD,
     EPOLL_CTL_DEL,
     EPOLLIN,
+    MADV_POPULATE_WRITE,
+    MAP_FAILED,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
     EFD_CLOEXEC,
     EFD_NONBLOCK,
     MSG_DONTWAIT,
@@ -90,7 +95,11 @@ from speeddata.includes.system cimport (
     epoll_wait,
     errno,
     eventfd,
+    fstatfs,
     ftruncate,
+    madvise,
+    mmap,
+    munmap,
     lseek,
     SEEK_END,
     getrandom,
@@ -107,13 +116,25 @@ from speeddata.includes.system cimport (
     poll,
     pollfd,
     posix_fallocate,
+    pthread_cond_broadcast,
+    pthread_cond_destroy,
+    pthread_cond_init,
+    pthread_cond_signal,
+    pthread_cond_wait,
+    pthread_mutex_destroy,
+    pthread_mutex_init,
+    pthread_mutex_lock,
+    pthread_mutex_unlock,
     pwritev,
     read,
+    sd_load_acquire,
+    sd_store_release,
     recvmmsg,
     sendmmsg,
     sendmsg,
     snprintf,
     ssize_t,
+    statfs,
     strftime,
     time_t,
     timespec,
@@ -166,6 +187,17 @@ cdef enum:
 cdef enum:
     KIND_FULL = 0
     KIND_DECIMATED = 1
+
+cdef enum:
+    POP_AHEAD = 4 << 20     # keep this much of the segment map populated past the end
+    POP_STEP = 1 << 20      # populate this much per madvise call
+
+# File systems whose pre-allocated blocks a store into a shared mapping can never fail on
+# (statfs(2) magic numbers): anywhere else a full disk would be a SIGBUS, so blocks are
+# written with pwritev only.
+cdef long EXT4_MAGIC = 0xEF53
+cdef long XFS_MAGIC = 0x58465342
+cdef long TMPFS_MAGIC = 0x01021994
 
 cdef int64_t NS = 1_000_000_000
 cdef uint32_t WIRE_MAGIC = 0x61447053  # b"SpDa" read as a little-endian u32
@@ -270,6 +302,7 @@ cdef void close_segment(chan_t* ch) noexcept nogil:
     cdef char path[MAX_PATH]
     if seg.fd < 0:
         return
+    unmap_segment(ch)
     if seg.n_blocks == 0:
         segment_path(path, ch, b".avro")
         unlink(path)
@@ -284,6 +317,99 @@ cdef void close_segment(chan_t* ch) noexcept nogil:
     close(seg.recv_fd)
     seg.fd = seg.idx_fd = seg.recv_fd = -1
     seg.n_blocks = 0
+
+
+cdef void unmap_segment(chan_t* ch) noexcept nogil:
+    """Take the segment's map away from the populate thread (waiting out a madvise in
+    progress, at most one POP_STEP) and unmap it; writes go through pwritev after."""
+    cdef segment_t* seg = &ch.seg
+    cdef pop_t* pop = ch.pop
+    cdef uint8_t* addr = seg.map
+    cdef Py_ssize_t i, k = 0
+    if addr == NULL:
+        return
+    pthread_mutex_lock(&pop.lock)
+    for i in range(pop.n_queue):
+        if pop.queue[i] != ch:
+            pop.queue[k] = pop.queue[i]
+            k += 1
+    pop.n_queue = k
+    seg.pop_queued = False
+    while seg.pop_busy:
+        pthread_cond_wait(&pop.idle, &pop.lock)
+    seg.map = NULL
+    sd_store_release(&seg.pop_done, 0)
+    seg.pop_target = 0
+    pthread_mutex_unlock(&pop.lock)
+    munmap(addr, seg.capacity)
+
+
+cdef void request_populate(chan_t* ch, size_t target) noexcept nogil:
+    """Ask the populate thread to make the map writable up to ``target``."""
+    cdef segment_t* seg = &ch.seg
+    cdef pop_t* pop = ch.pop
+    target = (target + POP_STEP - 1) & ~(<size_t>POP_STEP - 1)  # madvise: page-aligned starts
+    if target > seg.capacity:
+        target = seg.capacity
+    seg.pop_asked = target
+    pthread_mutex_lock(&pop.lock)
+    if seg.pop_failed:
+        pthread_mutex_unlock(&pop.lock)
+        return
+    if target > seg.pop_target:
+        seg.pop_target = target
+    if not seg.pop_queued and pop.n_queue < POP_QUEUE:
+        pop.queue[pop.n_queue] = ch
+        pop.n_queue += 1
+        seg.pop_queued = True
+        pthread_cond_signal(&pop.work)
+    pthread_mutex_unlock(&pop.lock)
+
+
+cdef void populate_loop(pop_t* pop) noexcept nogil:
+    """The populate thread: ``madvise(MADV_POPULATE_WRITE)`` the queued segment maps a
+    POP_STEP at a time, so the relay's stores into them never fault (the page-cache
+    allocation, ext4's zero-fill of the pre-allocated extent and the write fault all
+    happen here, on another core). Returns when ``pop.stop`` is set."""
+    cdef chan_t* ch
+    cdef segment_t* seg
+    cdef uint8_t* addr
+    cdef size_t start, stop
+    cdef Py_ssize_t i
+    cdef int r
+    pthread_mutex_lock(&pop.lock)
+    while not pop.stop:
+        if pop.n_queue == 0:
+            pthread_cond_wait(&pop.work, &pop.lock)
+            continue
+        ch = pop.queue[0]
+        for i in range(1, pop.n_queue):
+            pop.queue[i - 1] = pop.queue[i]
+        pop.n_queue -= 1
+        seg = &ch.seg
+        seg.pop_queued = False
+        start = seg.pop_done
+        if seg.map == NULL or start >= seg.pop_target:
+            continue
+        stop = seg.pop_target
+        if stop - start > POP_STEP:
+            stop = start + POP_STEP
+        addr = seg.map
+        seg.pop_busy = True
+        pthread_mutex_unlock(&pop.lock)
+        r = madvise(addr + start, stop - start, MADV_POPULATE_WRITE)
+        pthread_mutex_lock(&pop.lock)
+        seg.pop_busy = False
+        pthread_cond_broadcast(&pop.idle)
+        if r != 0:
+            seg.pop_failed = True  # refused (old kernel, no memory): pwritev from here on
+            continue
+        sd_store_release(&seg.pop_done, stop)
+        if stop < seg.pop_target and not seg.pop_queued and pop.n_queue < POP_QUEUE:
+            pop.queue[pop.n_queue] = ch
+            pop.n_queue += 1
+            seg.pop_queued = True
+    pthread_mutex_unlock(&pop.lock)
 
 
 cdef inline const uint8_t* walk_record(
@@ -386,6 +512,14 @@ cdef class Engine:
         self.dec_fd = -1
         self._gso = True  # UDP GSO for runs of equal-size datagrams; off by itself if refused
         self._fixed_fast = True
+        self._use_map = True
+        if (
+            pthread_mutex_init(&self.pop.lock, NULL) != 0
+            or pthread_cond_init(&self.pop.work, NULL) != 0
+            or pthread_cond_init(&self.pop.idle, NULL) != 0
+        ):
+            raise MemoryError("cannot create the relay engine's populate lock")
+        self.pop_init = True
 
     def __init__(
         self,
@@ -510,6 +644,11 @@ cdef class Engine:
             self.chans = NULL
         free_channel(self.shared)
         self.shared = NULL
+        if self.pop_init:
+            pthread_mutex_destroy(&self.pop.lock)
+            pthread_cond_destroy(&self.pop.work)
+            pthread_cond_destroy(&self.pop.idle)
+            self.pop_init = False
         if self.epfd >= 0:
             close(self.epfd)
         if self.wakefd >= 0:
@@ -699,6 +838,7 @@ cdef class Engine:
             raise MemoryError()
         memset(ch, 0, sizeof(chan_t))
         ch.fd = ch.rej_fd = ch.seg.fd = ch.seg.idx_fd = ch.seg.recv_fd = -1
+        ch.pop = &self.pop
         try:
             name = "shared" if kind == "shared" else channel.name
             if self.rejected_dir is not None:
@@ -759,6 +899,12 @@ cdef class Engine:
                 raise RuntimeError("the engine is already running")
             self._running = True
         self.next_announce_ns = 0
+        if self.cache_dir is not None:
+            self.pop.stop = False
+            self._pop_thread = threading.Thread(
+                target=self._populate, name="speeddata-populate", daemon=True
+            )
+            self._pop_thread.start()
         try:
             while True:
                 if self.control_flag:
@@ -773,10 +919,22 @@ cdef class Engine:
                 if reason == LOOP_ERROR:
                     raise _oserror(self.saved_errno, "relay engine loop")
         finally:
+            if self._pop_thread is not None:
+                with nogil:
+                    pthread_mutex_lock(&self.pop.lock)
+                    self.pop.stop = True
+                    pthread_cond_broadcast(&self.pop.work)
+                    pthread_mutex_unlock(&self.pop.lock)
+                self._pop_thread.join()
+                self._pop_thread = None
             with self._lock:
                 self._running = False
                 self.stop_flag = 0
             self._apply_pending()
+
+    def _populate(self):
+        with nogil:
+            populate_loop(&self.pop)
 
     def stop(self):
         """Make ``run()`` return (from any thread); safe to call before ``run()``."""
@@ -1242,6 +1400,7 @@ cdef class Engine:
         cdef size_t capacity
         cdef int err = 0, tries
         cdef ssize_t got
+        cdef bint mapped
         if now < ch.retry_mono_ns:
             return False
         capacity = self.segment_size
@@ -1272,6 +1431,7 @@ cdef class Engine:
         # posix_fallocate(3): the blocks are reserved now, so a full disk shows here and
         # never in the middle of a block later.
         err = posix_fallocate(seg.fd, 0, <off_t>capacity)
+        mapped = err == 0
         if err == EOPNOTSUPP or err == EINVAL:
             err = 0 if ftruncate(seg.fd, <off_t>capacity) == 0 else errno
         seg.capacity = capacity
@@ -1304,12 +1464,37 @@ cdef class Engine:
             ch.retry_mono_ns = now + NS
             return False
         seg.header_size = ch.header_len + SYNC_SIZE
+        seg.map = NULL
+        if mapped and self._use_map:
+            self._map_segment(ch)
         seg.end = seg.header_size
         seg.idx_size = 0
         seg.recv_size = 0
         seg.opened_mono_ns = now
         ch.c.segments += 1
         return True
+
+    cdef void _map_segment(self, chan_t* ch) noexcept nogil:
+        """Map the new, fully pre-allocated segment for block copies, when its file system
+        guarantees such stores cannot fail, and have the populate thread start on it."""
+        cdef segment_t* seg = &ch.seg
+        cdef statfs fs
+        cdef void* addr
+        if fstatfs(seg.fd, &fs) != 0 or not (
+            fs.f_type == EXT4_MAGIC or fs.f_type == XFS_MAGIC or fs.f_type == TMPFS_MAGIC
+        ):
+            return
+        addr = mmap(NULL, seg.capacity, PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd, 0)
+        if addr == MAP_FAILED:
+            return
+        seg.map = <uint8_t*>addr
+        seg.pop_done = 0
+        seg.pop_target = 0
+        seg.pop_asked = 0
+        seg.pop_failed = False
+        seg.pop_busy = False
+        seg.pop_queued = False
+        request_populate(ch, 2 * POP_AHEAD)
 
     cdef int _write_block(
         self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m, size_t n_bytes, uint64_t n_records
@@ -1322,6 +1507,7 @@ cdef class Engine:
         cdef int64_t t_min = INT64_MAX
         cdef int64_t t_max = -INT64_MAX - 1
         cdef uint8_t* q
+        cdef uint8_t* w
         cdef uint8_t counts[20]
         cdef int err
         cdef size_t size = (
@@ -1356,10 +1542,22 @@ cdef class Engine:
             return -1
         seg.recv_size += <uint64_t>m * RECV_ENTRY
         seg.idx_size += IDX_ENTRY
-        # the block, gathered from the receive slab: one pwritev (a memory map cost more:
-        # every first touch of a page faulted and zero-filled it; docs/performance.md)
         q = write_varint(counts, <int64_t>n_records)
         q = write_varint(q, <int64_t>n_bytes)
+        if seg.map != NULL and sd_load_acquire(&seg.pop_done) >= seg.end + size:
+            # the populate thread has made these pages writable: plain copies, no fault
+            w = seg.map + seg.end
+            memcpy(w, counts, <size_t>(q - counts))
+            w += q - counts
+            for j in range(m):
+                i = idx[j]
+                memcpy(w, self.dg_p[i], self.dg_len[i])
+                w += self.dg_len[i]
+            memcpy(w, seg.sync, SYNC_SIZE)
+            self._map_blocks += 1
+            self._block_written(ch, size, n_records)
+            return 0
+        # else the block, gathered from the receive slab: one pwritev
         self.wiov[0].iov_base = counts
         self.wiov[0].iov_len = <size_t>(q - counts)
         for j in range(m):
@@ -1378,11 +1576,22 @@ cdef class Engine:
             close_segment(ch)
             ch.retry_mono_ns = mono_ns() + NS
             return -1
+        self._block_written(ch, size, n_records)
+        return 0
+
+    cdef void _block_written(self, chan_t* ch, size_t size, uint64_t n_records) noexcept nogil:
+        """Count a block written; ask for more of the map populated when due."""
+        cdef segment_t* seg = &ch.seg
         seg.end += size
         seg.n_blocks += 1
         ch.c.blocks += 1
         ch.c.stored_records += n_records
-        return 0
+        if (
+            seg.map != NULL
+            and seg.pop_asked < seg.capacity
+            and seg.pop_asked < seg.end + POP_AHEAD
+        ):
+            request_populate(ch, seg.end + 2 * POP_AHEAD)
 
     # ------------------------------------------------------------ reporting, closing
 

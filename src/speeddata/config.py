@@ -193,6 +193,7 @@ class RelayConfig:
     rcvbuf: int = 8 * 1024**2
     workers: int = 1
     batch: int = 64  # datagrams per recvmmsg
+    nice: int = -10  # scheduling priority of the receive loops (needs root/CAP_SYS_NICE)
     rejected_dir: bool = False  # keep rejected datagrams under <cache>/rejected/
 
 
@@ -358,6 +359,7 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         rcvbuf=r.get("rcvbuf", d.rcvbuf, parse_size, (str, int)),
         workers=r.get("workers", d.workers, lambda v: _positive_int(v, 1, 256)),
         batch=r.get("batch", d.batch, lambda v: _positive_int(v, 1, 1024)),
+        nice=r.get("nice", d.nice, lambda v: _positive_int(v, -20, 19)),
         rejected_dir=r.get("rejected_dir", d.rejected_dir, types=(bool,)),
     )
     if not 4096 <= relay.rcvbuf <= 2**31 - 1:  # SO_RCVBUF takes a C int

@@ -48,6 +48,25 @@ __all__ = ["Relay", "RelayError", "engine_class", "add_arguments", "run", "main"
 
 log = logging.getLogger("speeddata.relay")
 
+
+def set_thread_nice(nice: int) -> bool:
+    """Give the calling thread (and the threads it starts, such as the engine's populate
+    thread) the scheduling priority ``nice`` (setpriority(2) on the thread id). The
+    receive loops run above the kernel's writeback workers and a local sender at the
+    default -10: without it, on a machine with few cores, the page-cache writeback of a
+    busy cache takes the loop's core for long enough to overflow its socket buffers
+    (docs/performance.md, "Zero loss"). False, with a warning, when not permitted."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except PermissionError:
+        log.warning(
+            "relay.nice = %d refused (it needs root or CAP_SYS_NICE): the receive loop "
+            "runs at normal priority; set relay.nice = 0 to silence this",
+            nice,
+        )
+        return False
+    return True
+
 #: file, in the cache folder, of the channels added and removed at run time
 CHANNELS_FILE = "relay-channels.json"
 #: seconds between retention passes (also run whenever a segment was closed)
@@ -484,6 +503,7 @@ class Relay:
     # -- threads -----------------------------------------------------------------------
 
     def _run_engine(self, engine) -> None:
+        set_thread_nice(self.config.relay.nice)
         try:
             engine.run()
         except BaseException:
