@@ -94,8 +94,12 @@ cdef struct pop_s:
     pthread_cond_t work             # a request was queued, or stop
     pthread_cond_t idle             # a madvise returned (close_segment waits for it)
     bint stop
+    bint running                    # the populate thread is in its loop
     Py_ssize_t n_queue
     chan_t* queue[POP_QUEUE]        # channels whose segment wants populating
+    Py_ssize_t n_dead
+    void* dead_addr[POP_QUEUE]      # maps of closed segments, for the thread to unmap
+    size_t dead_len[POP_QUEUE]
 
 
 ctypedef pop_s pop_t

@@ -321,7 +321,9 @@ cdef void close_segment(chan_t* ch) noexcept nogil:
 
 cdef void unmap_segment(chan_t* ch) noexcept nogil:
     """Take the segment's map away from the populate thread (waiting out a madvise in
-    progress, at most one POP_STEP) and unmap it; writes go through pwritev after."""
+    progress, at most one POP_STEP) and have it unmapped (by that thread when it runs);
+    the segment's file can be trimmed and closed at once: nothing touches the map any
+    more."""
     cdef segment_t* seg = &ch.seg
     cdef pop_t* pop = ch.pop
     cdef uint8_t* addr = seg.map
@@ -340,8 +342,16 @@ cdef void unmap_segment(chan_t* ch) noexcept nogil:
     seg.map = NULL
     sd_store_release(&seg.pop_done, 0)
     seg.pop_target = 0
+    if pop.running and pop.n_dead < POP_QUEUE:
+        # unmapping 64 MiB of pages takes ~2 ms: the populate thread does it
+        pop.dead_addr[pop.n_dead] = addr
+        pop.dead_len[pop.n_dead] = seg.capacity
+        pop.n_dead += 1
+        pthread_cond_signal(&pop.work)
+        addr = NULL
     pthread_mutex_unlock(&pop.lock)
-    munmap(addr, seg.capacity)
+    if addr != NULL:
+        munmap(addr, seg.capacity)
 
 
 cdef void request_populate(chan_t* ch, size_t target) noexcept nogil:
@@ -370,15 +380,29 @@ cdef void populate_loop(pop_t* pop) noexcept nogil:
     """The populate thread: ``madvise(MADV_POPULATE_WRITE)`` the queued segment maps a
     POP_STEP at a time, so the relay's stores into them never fault (the page-cache
     allocation, ext4's zero-fill of the pre-allocated extent and the write fault all
-    happen here, on another core). Returns when ``pop.stop`` is set."""
+    happen here, on another core). It also unmaps closed segments' maps (64 MiB: ~2 ms).
+    Returns when ``pop.stop`` is set and no map is left to unmap."""
     cdef chan_t* ch
     cdef segment_t* seg
     cdef uint8_t* addr
     cdef size_t start, stop
     cdef Py_ssize_t i
     cdef int r
+    cdef void* dead
+    cdef size_t dead_len
     pthread_mutex_lock(&pop.lock)
-    while not pop.stop:
+    pop.running = True
+    while True:
+        if pop.n_dead > 0:
+            pop.n_dead -= 1
+            dead = pop.dead_addr[pop.n_dead]
+            dead_len = pop.dead_len[pop.n_dead]
+            pthread_mutex_unlock(&pop.lock)
+            munmap(dead, dead_len)
+            pthread_mutex_lock(&pop.lock)
+            continue
+        if pop.stop:
+            break
         if pop.n_queue == 0:
             pthread_cond_wait(&pop.work, &pop.lock)
             continue
@@ -409,6 +433,7 @@ cdef void populate_loop(pop_t* pop) noexcept nogil:
             pop.queue[pop.n_queue] = ch
             pop.n_queue += 1
             seg.pop_queued = True
+    pop.running = False
     pthread_mutex_unlock(&pop.lock)
 
 
