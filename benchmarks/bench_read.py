@@ -197,8 +197,21 @@ def measure(cache_dir: Path, name: str, n_records: int, repeat: int = 5) -> dict
     return out
 
 
+def _decoder_setup() -> str:
+    """Decode threads and the fixed-layout transpose this machine uses."""
+    from speeddata import _columns
+
+    threads = _columns.default_threads()
+    level = getattr(_columns, "_get_simd_level", lambda: 0)()  # older builds: scalar only
+    simd = {2: "AVX-512F", 1: "AVX2", 0: "scalar"}[level]
+    return f"{threads} decode threads, fixed-layout transpose: {simd}"
+
+
 def report(results: list[dict]) -> str:
-    lines = ["reading a cache channel, best of runs (MB = 10^6 bytes of segment files):"]
+    lines = [
+        "reading a cache channel, best of runs (MB = 10^6 bytes of segment files; "
+        f"{_decoder_setup()}):"
+    ]
     for r in results:
         lines.append(
             f"  {r['name']:<7} {r['records']:>9,} records, {r['bytes'] / 1e6:8.1f} MB\n"

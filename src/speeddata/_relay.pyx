@@ -58,6 +58,7 @@ from speeddata.includes.system cimport (
     EPOLL_CTL_ADD,
     EPOLL_CTL_DEL,
     EPOLLIN,
+    MADV_HUGEPAGE,
     MADV_POPULATE_WRITE,
     MAP_FAILED,
     MAP_SHARED,
@@ -190,7 +191,7 @@ cdef enum:
 
 cdef enum:
     POP_AHEAD = 4 << 20     # keep this much of the segment map populated past the end
-    POP_STEP = 1 << 20      # populate this much per madvise call
+    POP_STEP = 2 << 20      # populate this much per madvise call: one 2 MiB folio
 
 # File systems whose pre-allocated blocks a store into a shared mapping can never fail on
 # (statfs(2) magic numbers): anywhere else a full disk would be a SIGBUS, so blocks are
@@ -1513,6 +1514,10 @@ cdef class Engine:
         if addr == MAP_FAILED:
             return
         seg.map = <uint8_t*>addr
+        # 2 MiB page-cache folios where the kernel can (ext4 and tmpfs on Linux 6.x): the
+        # populate thread fills a map 2-3x faster, unmapping it takes half the time, the
+        # loop's copies and every later reader's map of the segment need fewer TLB entries
+        madvise(addr, seg.capacity, MADV_HUGEPAGE)
         seg.pop_done = 0
         seg.pop_target = 0
         seg.pop_asked = 0

@@ -212,6 +212,10 @@ class SegmentWriter:
             # SIGBUS on a store into the map (mmap(2), "SIGBUS").
             preallocate(self._fd, self.capacity)
             self._map = mmap.mmap(self._fd, self.capacity)
+            # 2 MiB page-cache folios: a reader maps and unmaps a 48 MB segment in
+            # 0.15 ms instead of ~2 ms (docs/performance.md, "Reading the cache")
+            if hasattr(mmap, "MADV_HUGEPAGE"):
+                self._map.madvise(mmap.MADV_HUGEPAGE)
             self._map[: len(header)] = header
             self._idx = open(self.segment.idx, "wb", buffering=0)  # noqa: SIM115
             self._recv = open(self.segment.recv, "wb", buffering=0)  # noqa: SIM115

@@ -175,6 +175,7 @@ cdef extern from "<sys/mman.h>" nogil:
         PROT_READ
         PROT_WRITE
         MAP_SHARED
+        MADV_HUGEPAGE
     void* MAP_FAILED
     void* mmap(void* addr, size_t length, int prot, int flags, int fd, off_t offset)
     int munmap(void* addr, size_t length)
