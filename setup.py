@@ -29,6 +29,7 @@ EXTENSIONS = [
         ("_encode", True),
         ("_relay", False),
         ("_columns", True),
+        ("_pivot", True),
     ]
     if os.path.exists(f"src/speeddata/{name}.pyx")
 ]

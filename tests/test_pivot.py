@@ -451,5 +451,11 @@ def test_bench_pivot_smoke(tmp_path):
         r = bench.measure(tmp_path / name, name, n, repeat=1)  # asserts the row count
         assert r["none_ratio"] > 0 and r["gzip_ratio"] > 0 and r["none_file_mb"] > 0
         assert r["gzip-zlib_ratio"] > 0 and r["gzip-zlib_file_mb"] > 0
+        assert r["raw-wb_mbps"] > 0
         results.append(r)
-    assert bench.report(results).count("x raw") == 6
+    text = bench.report(results)
+    assert text.count("x raw   (file") == 6 and text.count("x raw + writeback)") == 6
+    # the raw arm with writeback writes the same bytes
+    data = bench.column_bytes(tmp_path / "engine" / "cache", "engine")
+    bench.raw_write(tmp_path / "wb.bin", data, writeback=4096)
+    assert (tmp_path / "wb.bin").read_bytes() == data

@@ -1,0 +1,344 @@
+"""The pivot's compiled helpers (speeddata._pivot) against their pure-Python references,
+and the write path built on them: chunk buffers, writeback, the decode thread, the
+low-level dataset and attribute creation (checked against h5py's own)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import subprocess
+import threading
+
+import h5py
+import numpy as np
+import pytest
+
+import speeddata.pivot as pivot_module
+from _cachedata import T0, write_channel
+from conftest import SCHEMAS
+from speeddata import _pivot
+from speeddata.pivot import pivot
+from speeddata.reader import ChannelReader
+from speeddata.schema import Schema
+
+MS = 1_000_000
+H5DUMP = shutil.which("h5dump")
+
+
+def engine_record(k, rng):
+    return {"time": T0 + k * MS, "rpm": 1000.0 + (k % 97) * 3.5, "torque": float(np.sin(k / 9)),
+            "temperature": 20.0 + (k % 17), "throttle": float(np.float32(k % 100)),
+            "state": ["IDLE", "RUN", "FAULT"][k // 50 % 3], "counter": k}
+
+
+def status_record(k, rng):
+    return {"time": T0 + k * MS, "message": f"line {k}" + ("\0x" if k == 7 else ""),
+            "uptime": k * 0.001, "load": None if k % 4 == 0 else k / 7,
+            "host": {"cpu_temp": float(np.float32(40 + k % 5)), "free_disk": 10**9 - k}}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("native")
+    write_channel(cache, "engine", Schema(SCHEMAS / "engine.avsc"), engine_record, 5000,
+                  records_per_datagram=10, datagrams_per_block=5, blocks_per_segment=20)
+    write_channel(cache, "status", Schema(SCHEMAS / "status.avsc"), status_record, 1200,
+                  records_per_datagram=4, datagrams_per_block=3, blocks_per_segment=40)
+    return cache
+
+
+@pytest.fixture(params=["compiled", "python"])
+def impl(request, monkeypatch):
+    """The compiled helpers, and the pure-Python references (``_native`` hidden)."""
+    if request.param == "python":
+        monkeypatch.setattr(pivot_module, "_native", None)
+    return request.param
+
+
+# ---------------------------------------------------------------------------- shuffle
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 3, 4, 8, 16])
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 15, 1001])
+def test_shuffle_matches_numpy(itemsize, n):
+    data = np.random.default_rng(n * 31 + itemsize).integers(0, 256, n * itemsize, np.uint8)
+    ref = data.reshape(-1, itemsize).T.tobytes()
+    assert _pivot.shuffle(data, itemsize) == ref
+    assert _pivot.shuffle(data.tobytes(), itemsize) == ref
+    out = bytearray(n * itemsize + 5)
+    view = _pivot.shuffle(data, itemsize, out)
+    assert bytes(view) == ref and out[: len(ref)] == ref
+    if itemsize == 8:
+        assert _pivot._shuffle_simple8(data) == ref
+
+
+def test_shuffle_of_typed_chunks_is_hdf5s():
+    """The shuffled bytes HDF5's shuffle + deflate filters decode back to the values."""
+    values = np.arange(1, 2001, dtype=np.float64) * 1.5
+    for dtype in (np.int16, np.int32, np.float32, np.float64, np.int64):
+        chunk = values.astype(dtype)
+        shuffled = _pivot.shuffle(chunk.view(np.uint8), chunk.itemsize)
+        planes = np.frombuffer(shuffled, np.uint8).reshape(chunk.itemsize, -1)
+        np.testing.assert_array_equal(planes.T.copy().view(dtype).ravel(), chunk)
+
+
+def test_shuffle_bad_arguments():
+    with pytest.raises(ValueError, match="not whole 8-byte elements"):
+        _pivot.shuffle(b"x" * 12, 8)
+    with pytest.raises(ValueError, match="itemsize must be positive"):
+        _pivot.shuffle(b"x" * 8, 0)
+    with pytest.raises(ValueError, match="holds 8 bytes, not 16"):
+        _pivot.shuffle(b"x" * 16, 8, bytearray(8))
+    with pytest.raises((TypeError, ValueError, BufferError)):
+        _pivot.shuffle(b"x" * 16, 8, b"y" * 16)  # read-only output
+
+
+def test_shuffle_releases_the_gil():
+    """Another Python thread runs while a long shuffle runs: it records times strictly
+    inside the call, which it could not do if the call held the GIL."""
+    import time
+
+    data = np.zeros(64 << 20, np.uint8)
+    ticks: list[float] = []
+    stop = threading.Event()
+
+    def tick():
+        while not stop.is_set():
+            ticks.append(time.perf_counter())
+
+    t = threading.Thread(target=tick)
+    t.start()
+    try:
+        time.sleep(0.01)
+        start = time.perf_counter()
+        _pivot.shuffle(data, 8)
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        t.join()
+    assert any(start < x < end for x in ticks)
+
+
+# ---------------------------------------------------------------------------- file calls
+
+
+def test_pwrite_all_and_errors(tmp_path):
+    path = tmp_path / "f.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        data = np.random.default_rng(1).integers(0, 256, 3 << 20, np.uint8)
+        _pivot.pwrite_all(fd, data, 4096)
+        _pivot.pwrite_all(fd, b"", 0)  # nothing to write
+        _pivot.pwrite_all(fd, b"head", 0)
+        assert os.pread(fd, 4, 0) == b"head"
+        assert os.pread(fd, len(data), 4096) == data.tobytes()
+        assert _pivot.start_writeback(fd, 0, 1 << 20) in (0, errno.ENOSYS, errno.EINVAL)
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        _pivot.pwrite_all(fd, b"x", 0)  # closed
+    assert info.value.errno == errno.EBADF
+    assert _pivot.start_writeback(fd, 0, 1) == errno.EBADF  # advisory: errno, no raise
+
+
+@pytest.mark.parametrize("writeback", [0, 4096])
+def test_guarded_file_writes(impl, writeback, tmp_path):
+    """Writes in any order land where asked, with writeback on or off."""
+    path = tmp_path / "g.bin"
+    g = pivot_module._GuardedFile(path, writeback_bytes=writeback)
+    rng = np.random.default_rng(2)
+    expect = bytearray(300_000)
+    try:
+        for _ in range(60):
+            off = int(rng.integers(0, 250_000))
+            piece = rng.integers(0, 256, int(rng.integers(1, 50_000)), np.uint8).tobytes()
+            g.seek(off)
+            assert g.write(piece) == len(piece)
+            end = off + len(piece)
+            if end > len(expect):
+                expect.extend(b"\0" * (end - len(expect)))
+            expect[off:end] = piece
+        size = g.end
+        g.truncate(size)
+        g.sync()
+        g.check()
+        if impl == "compiled" and writeback:
+            assert g.started > 0  # writeback was started along the way
+        buf = bytearray(size)
+        g.seek(0)
+        assert g.readinto(buf) == size
+    finally:
+        g.close()
+    assert bytes(buf) == bytes(expect[:size]) == path.read_bytes()
+
+
+# ---------------------------------------------------------------------------- pivot
+
+
+def _h5_values(path):
+    out = {}
+    with h5py.File(path) as f:
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                out[name] = obj[()]
+        f.visititems(visit)
+    return out
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_pivot_columns_with_small_chunks(impl, compression, cache, tmp_path, monkeypatch):
+    """Chunks of 64 rows (int64) and batches of a few blocks: rows gathered into chunk
+    buffers across batches, whole chunks straight from a batch, a padded last chunk;
+    h5py reads back exactly the columns the reader decodes."""
+    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(pivot_module, "WRITEBACK_BYTES", 4096)
+    out = tmp_path / "small.h5"
+    for batch_bytes in (700, 40_000):
+        pivot(cache, out, compression=compression, force=True, batch_bytes=batch_bytes,
+              threads=2)
+        with ChannelReader(cache, "engine") as r:
+            cols = r.read()
+        with h5py.File(out) as f:
+            g = f["engine"]
+            assert g["time"].chunks[0] < 100 and g["time"].shape == (5000,)
+            for name in cols:
+                np.testing.assert_array_equal(g[name][()], cols[name])
+            assert g.attrs["n_records"] == 5000
+
+
+def test_pivot_same_file_compiled_and_python(cache, tmp_path, monkeypatch):
+    """The compiled helpers and the pure-Python references write the same datasets."""
+    pivot(cache, tmp_path / "c.h5")
+    monkeypatch.setattr(pivot_module, "_native", None)
+    pivot(cache, tmp_path / "p.h5")
+    a, b = _h5_values(tmp_path / "c.h5"), _h5_values(tmp_path / "p.h5")
+    assert sorted(a) == sorted(b) and len(a) > 10
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    with h5py.File(tmp_path / "c.h5") as f, h5py.File(tmp_path / "p.h5") as g:
+        ds, ref = f["engine/rpm"], g["engine/rpm"]
+        n = ds.id.get_num_chunks()
+        assert n == ref.id.get_num_chunks() and n > 0
+        for i in range(n):
+            offset = (i * ds.chunks[0],)
+            assert ds.id.read_direct_chunk(offset) == ref.id.read_direct_chunk(offset)
+
+
+def _slow_create(group, name, n_rows, h5dtype, chunk_rows, kwargs):
+    return group.create_dataset(name, shape=(n_rows,), maxshape=(None,), dtype=h5dtype,
+                                chunks=(chunk_rows,), **kwargs)
+
+
+def _describe(path) -> dict:
+    """Every object's attributes (value, HDF5 type, dataspace) and every dataset's type,
+    shape, chunks, filters, fill value and creation properties."""
+    out = {}
+    with h5py.File(path) as f:
+        def visit(name, obj):
+            attrs = {}
+            for k in obj.attrs:
+                if k == "created":
+                    continue
+                a = h5py.h5a.open(obj.id, k.encode())
+                value = obj.attrs[k]
+                attrs[k] = (repr(value), a.get_type(), a.get_space().get_simple_extent_type(),
+                            a.shape)
+            entry = {"attrs": attrs}
+            if isinstance(obj, h5py.Dataset):
+                plist = obj.id.get_create_plist()
+                entry.update(
+                    type=obj.id.get_type(), shape=obj.shape, maxshape=obj.maxshape,
+                    chunks=obj.chunks,
+                    filters=[plist.get_filter(i)[:3] for i in range(plist.get_nfilters())],
+                    fill=(plist.fill_value_defined(), plist.get_fill_time(),
+                          plist.get_alloc_time(), plist.get_obj_track_times()),
+                    layout=plist.get_layout(),
+                )
+            out[name] = entry
+        f.visititems(visit)
+    return out
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip", "lzf"])
+def test_low_level_creation_matches_h5py(compression, cache, tmp_path, monkeypatch):
+    """Datasets made from a template and attributes written by the low-level path are
+    what h5py's create_dataset and attrs[k] = v make (types, dataspaces, properties)."""
+    pivot(cache, tmp_path / "fast.h5", compression=compression, recv_time=True)
+    monkeypatch.setattr(pivot_module, "_create_dataset", _slow_create)
+    monkeypatch.setattr(pivot_module, "_attr_array", lambda value: None)
+    pivot(cache, tmp_path / "h5py.h5", compression=compression, recv_time=True)
+    fast, ref = _describe(tmp_path / "fast.h5"), _describe(tmp_path / "h5py.h5")
+    assert sorted(fast) == sorted(ref)
+    for name in ref:
+        assert fast[name] == ref[name], name
+    if H5DUMP is not None:
+        dumps = []
+        for p in (tmp_path / "fast.h5", tmp_path / "h5py.h5"):
+            text = subprocess.run([H5DUMP, "-p", "-H", "-A", str(p)], capture_output=True,
+                                  text=True, timeout=60, check=True).stdout
+            text = re.sub(r'ATTRIBUTE "created" \{.*?\n   \}', "", text, flags=re.S)
+            dumps.append(text.replace(str(p), "FILE"))
+        assert dumps[0] == dumps[1]
+
+
+def test_attr_fallback_for_other_values(tmp_path):
+    """Values the fast path does not know go through h5py unchanged."""
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        values = {"s": "x", "b": True, "i": 3, "f": 2.5, "l": ["a", "bc"],
+                  "arr": np.arange(3, dtype=np.int16), "empty": [], "none": None}
+        pivot_module._write_attrs(f, values)
+        assert "none" not in f.attrs
+        assert f.attrs["s"] == "x" and f.attrs["b"] is np.True_ and f.attrs["i"] == 3
+        assert f.attrs["f"] == 2.5 and list(f.attrs["l"]) == ["a", "bc"]
+        assert f.attrs["arr"].dtype == np.int16  # through h5py: its own dtype kept
+        np.testing.assert_array_equal(f.attrs["arr"], np.arange(3))
+        assert f.attrs["empty"].shape == (0,)
+    assert pivot_module._attr_array(np.arange(3)) is None
+    assert pivot_module._attr_array(np.int32(3)) is None  # h5py keeps int32
+    assert pivot_module._attr_array(2**70) is None and pivot_module._attr_array([]) is None
+
+
+# ---------------------------------------------------------------------------- decode thread
+
+
+def test_prefetch_passes_errors_and_stops():
+    def batches():
+        yield 1
+        yield 2
+        raise RuntimeError("bad block")
+
+    p = pivot_module._Prefetch(batches())
+    got = []
+    with pytest.raises(RuntimeError, match="bad block"):
+        for b in p:
+            got.append(b)
+    p.close()
+    assert got == [1, 2] and not p.thread.is_alive()
+
+    def endless():
+        i = 0
+        while True:
+            i += 1
+            yield i
+
+    p = pivot_module._Prefetch(endless(), depth=2)
+    it = iter(p)
+    assert next(it) == 1
+    p.close()  # the producer is blocked on a full queue: it stops
+    assert not p.thread.is_alive()
+
+
+def test_failed_channel_stops_the_decode_thread(cache, tmp_path, monkeypatch):
+    """An error while the datasets are made (the decode thread already running) leaves
+    no thread and no file."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("no datasets today")
+
+    monkeypatch.setattr(pivot_module, "_create_dataset", broken)
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(RuntimeError, match="no datasets today"):
+        pivot(cache, tmp_path / "x.h5")
+    assert {t.ident for t in threading.enumerate() if t.name == "pivot-decode"} - before == set()
+    assert os.listdir(tmp_path) == []
