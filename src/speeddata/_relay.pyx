@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled relay engine: recvmmsg -> validate -> multicast (sendmmsg) -> cache (pwritev).
+"""The compiled relay engine: recvmmsg -> validate -> multicast (sendmmsg) -> cache (map).
 
 One ``Engine`` serves any number of channel sockets (plus the optional shared
 single-object port) from one thread. ``run()`` releases the GIL for its whole batch loop
@@ -19,9 +19,11 @@ Per batch (one ``recvmmsg`` on one ready socket):
    (every Nth datagram); a run of one channel's datagrams of one size (the last may be
    shorter) goes out as one UDP GSO message (docs/performance.md);
 3. they are appended to the channel's segment as one block: ``.recv`` entries and the
-   ``.idx`` entry first (pwrite), then the block, gathered from the receive slab with one
-   ``pwritev`` into the pre-allocated segment (docs/cache.md, "Write order"). No fsync:
-   the page cache survives ``kill -9``.
+   ``.idx`` entry first (pwrite), then the block, copied from the receive slab into the
+   segment's shared map, which the engine's populate thread keeps writable ahead of the
+   write position, or gathered with one ``pwritev`` where it is not (docs/cache.md,
+   "Write order"; docs/relay-internals.md, "Segment writes"). No fsync: the page cache
+   survives ``kill -9``.
 
 ``speeddata.relay_ref.PyEngine`` is the pure-Python reference with the same behaviour.
 """
