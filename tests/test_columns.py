@@ -462,3 +462,50 @@ def test_fixed_transpose_levels_tiles_and_row_offsets(level, tile_bytes, names):
     for name, col in columns.items():
         assert col.dtype == rec.dtype.fields[name][0] and col.flags.c_contiguous
         assert col.tobytes() == np.ascontiguousarray(rec[name]).tobytes(), name
+
+
+@pytest.mark.parametrize("schema_def", [ALL_TYPES, WIDE], ids=["all_types", "wide"])
+def test_reserve_into_given_memory(schema_def):
+    """reserve(out=): the columns are decoded into the given buffer (reused from batch to
+    batch, the same values as into new memory); a buffer too small is not used, and one
+    that is not a writable contiguous uint8 array is refused."""
+    schema = Schema(schema_def)
+    if schema_def is WIDE:
+        rng = np.random.default_rng(4)
+        records = [{f"v{i:03d}": float(x) for i, x in enumerate(row)}
+                   for row in rng.normal(size=(300, 100))]
+    else:
+        rng = random.Random(5)
+        records = [all_types_record(k, rng) for k in range(300)]
+    buf, blocks = encode_blocks(schema, records, 9)
+    expect, expect_valid = decode(_columns.BlockDecoder, schema, buf, blocks)
+    n_rows, heap = int(blocks[2].sum()), int(blocks[1].sum())
+    memory = _columns._aligned_empty(1 << 20)
+    dec = _columns.BlockDecoder(schema)
+    for _ in range(2):  # the same memory twice: nothing left over from the first decode
+        memory[:] = 0xA5
+        dec.reserve(n_rows, heap, out=memory)
+        assert np.shares_memory(dec.slab, memory)
+        dec.decode(buf, *blocks)
+        columns, valid = dec.finish()
+        for name, col in columns.items():
+            if col.dtype != object and col.dtype.kind != "T":
+                assert np.shares_memory(col, memory), name
+            np.testing.assert_array_equal(col, expect[name])
+        for name in expect_valid:
+            np.testing.assert_array_equal(valid[name], expect_valid[name])
+    small = np.zeros(64, np.uint8)
+    dec.reserve(n_rows, heap, out=small)  # too small: new memory
+    assert not np.shares_memory(dec.slab, small)
+    dec.decode(buf, *blocks)
+    columns, _ = dec.finish()
+    np.testing.assert_array_equal(columns[schema.signals[0].name], expect[schema.signals[0].name])
+    for bad in (bytearray(1 << 20), np.zeros(1 << 17, np.float64),
+                np.zeros((2, 1 << 19), np.uint8), np.zeros(1 << 21, np.uint8)[::2]):
+        with pytest.raises(TypeError, match="writable contiguous 1-D uint8"):
+            dec.reserve(n_rows, heap, out=bad)
+    readonly = np.zeros(1 << 20, np.uint8)
+    readonly.flags.writeable = False
+    with pytest.raises(TypeError):
+        dec.reserve(n_rows, heap, out=readonly)
+    PyBlockDecoder(schema).reserve(n_rows, heap, out=memory)  # accepted, not used

@@ -143,6 +143,88 @@ def test_pwrite_all_and_errors(tmp_path):
     assert _pivot.start_writeback(fd, 0, 1) == errno.EBADF  # advisory: errno, no raise
 
 
+def test_pwrite_many_and_errors(tmp_path):
+    path = tmp_path / "m.bin"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    rng = np.random.default_rng(3)
+    try:
+        a = rng.integers(0, 256, 70_000, np.uint8)
+        b = rng.random(5000)  # any contiguous buffer, written as its bytes
+        assert _pivot.pwrite_many(fd, [a, b, b"tail", memoryview(b"xy")],
+                                  [100, 80_000, 200_000, 0]) == -1
+        assert _pivot.pwrite_many(fd, [], []) == -1
+        assert os.pread(fd, 2, 0) == b"xy"
+        assert os.pread(fd, len(a), 100) == a.tobytes()
+        assert os.pread(fd, b.nbytes, 80_000) == b.tobytes()
+        assert os.pread(fd, 4, 200_000) == b"tail"
+        # writeback every 64 KiB: returns where the range not yet started begins
+        assert _pivot.pwrite_many(fd, [a, a], [300_000, 370_000], 300_000, 65536) == 440_000
+        assert _pivot.pwrite_many(fd, [b"z" * 10], [440_000], 440_000, 65536) == 440_000
+        assert os.pread(fd, len(a), 370_000) == a.tobytes()
+        with pytest.raises(ValueError, match="as many offsets"):
+            _pivot.pwrite_many(fd, [a], [0, 1])
+        with pytest.raises((ValueError, BufferError)):
+            _pivot.pwrite_many(fd, [a[::2]], [0])  # not contiguous
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        _pivot.pwrite_many(fd, [b"x"], [0])  # closed
+    assert info.value.errno == errno.EBADF
+
+
+@pytest.mark.parametrize("limit", [1, 1 << 20])
+def test_guarded_file_background_writes(limit, tmp_path):
+    """An announced chunk's write goes to the writer thread (its future done once
+    written); other writes stay in this thread; reads, sync and close wait for the
+    pending writes; ``limit``: bytes pending at most (1: every write waited for)."""
+    path = tmp_path / "bg.bin"
+    g = pivot_module._GuardedFile(path, writeback_bytes=8192, background_bytes=limit)
+    rng = np.random.default_rng(4)
+    chunks = [rng.random(3000) for _ in range(20)]
+    futures = []
+    try:
+        g.write(b"H" * 100)
+        for i, chunk in enumerate(chunks):
+            g.background(chunk)
+            assert g.write(memoryview(chunk).cast("B")) == chunk.nbytes
+            futures.append(g.announced_future())
+            assert futures[-1] is not None
+            if i == 5:  # the same size, other memory: written here
+                g.background(chunk)
+                copy = chunk.copy()
+                g.write(memoryview(copy).cast("B"))
+                assert g.announced_future() is None
+        assert g.announced_future() is None
+        buf = bytearray(100 + 24_000 * 21)
+        g.seek(0)
+        assert g.readinto(buf) == len(buf)  # waits for the writer
+        assert all(f.done() for f in futures)
+        g.sync()
+        g.check()
+    finally:
+        g.close()
+    expect = b"H" * 100 + b"".join(c.tobytes() for c in chunks[:6]) + chunks[5].tobytes() \
+        + b"".join(c.tobytes() for c in chunks[6:])
+    assert bytes(buf) == expect == path.read_bytes()
+
+
+def test_background_write_error_is_reported(cache, tmp_path, monkeypatch):
+    """A write that fails on the writer thread (a full disk) is the pivot's error: a
+    clear PivotError, no file left, the writer thread gone."""
+    calls = []
+
+    def full(fd, buffers, offsets, writeback_from=-1, writeback_bytes=0):
+        calls.append(len(buffers))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pivot_module._native, "pwrite_many", full)
+    before = {t.name for t in threading.enumerate()}
+    with pytest.raises(pivot_module.PivotError, match="disk is full"):
+        pivot(cache, tmp_path / "full.h5", compression="none", channels=["engine"])
+    assert calls and os.listdir(tmp_path) == []
+    assert {t.name for t in threading.enumerate()} - before == set()
+
+
 @pytest.mark.parametrize("writeback", [0, 4096])
 def test_guarded_file_writes(impl, writeback, tmp_path):
     """Writes in any order land where asked, with writeback on or off."""
@@ -187,13 +269,19 @@ def _h5_values(path):
     return out
 
 
+@pytest.mark.parametrize("background", [0, 2048, None])
 @pytest.mark.parametrize("compression", ["none", "gzip"])
-def test_pivot_columns_with_small_chunks(impl, compression, cache, tmp_path, monkeypatch):
+def test_pivot_columns_with_small_chunks(impl, compression, background, cache, tmp_path,
+                                         monkeypatch):
     """Chunks of 64 rows (int64) and batches of a few blocks: rows gathered into chunk
-    buffers across batches, whole chunks straight from a batch, a padded last chunk;
-    h5py reads back exactly the columns the reader decodes."""
+    buffers across batches, whole chunks straight from a batch, a padded last chunk,
+    written here or by the background writer (``none``; 2048: at most that many bytes
+    pending), batch memory decoded into again; h5py reads back exactly the columns the
+    reader decodes."""
     monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 512)
     monkeypatch.setattr(pivot_module, "WRITEBACK_BYTES", 4096)
+    if background is not None:
+        monkeypatch.setattr(pivot_module, "BACKGROUND_BYTES", background)
     out = tmp_path / "small.h5"
     for batch_bytes in (700, 40_000):
         pivot(cache, out, compression=compression, force=True, batch_bytes=batch_bytes,

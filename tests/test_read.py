@@ -297,3 +297,43 @@ def test_bench_read_smoke(tmp_path):
     assert "p2_views_vs_fastavro" in results[0]
     text = bench.report(results)
     assert text.count("P2 = ") == 4
+
+
+def test_batches_into_memory_handed_back(all_types_cache, decoder):
+    """batches(out=): each batch names the memory its columns are views of; memory
+    handed back is decoded into again, with the same values as new memory."""
+    from speeddata.reader import ChannelReader
+
+    cache, _ = all_types_cache
+    free: list = []
+    given: list = []
+
+    def take():
+        given.append(free.pop() if free else None)
+        return given[-1]
+
+    with ChannelReader(cache, "alltypes", decoder=decoder) as r:
+        expect = list(r.batches(3000))
+        assert len(expect) > 3
+        got = []
+        reused = 0
+        for batch in r.batches(3000, out=take):
+            memory = batch.buffer
+            if decoder == "python":
+                assert memory is None
+            else:
+                assert memory is not None and np.shares_memory(batch["d"], memory)
+                if given[-1] is not None and np.shares_memory(batch["d"], given[-1]):
+                    assert memory is given[-1]  # the whole buffer, to be given again
+                    reused += 1
+            got.append({k: np.array(v, copy=True) for k, v in batch.items()})
+            got[-1]["valid"] = {k: v.copy() for k, v in batch.valid.items()}
+            if memory is not None:
+                free.append(memory)
+        if decoder != "python":
+            assert reused > 0  # memory was decoded into again
+    for a, b in zip(expect, got, strict=True):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+        for k in a.valid:
+            np.testing.assert_array_equal(a.valid[k], b["valid"][k])

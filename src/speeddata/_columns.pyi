@@ -27,7 +27,10 @@ class BlockDecoder:
         contiguous: bool = True,
         threads: int | None = None,
     ) -> None: ...
-    def reserve(self, n_rows: int, heap_bytes: int = 0) -> None: ...
+    slab: np.ndarray | None
+    def reserve(
+        self, n_rows: int, heap_bytes: int = 0, out: np.ndarray | None = None
+    ) -> None: ...
     def decode(
         self,
         buffer: bytes | bytearray | memoryview,

@@ -545,7 +545,7 @@ cdef class BlockDecoder:
     cdef dict values             # name -> ndarray (values, or start offsets of bytes/string)
     cdef dict lengths            # name -> ndarray of byte lengths (bytes/string)
     cdef dict valid              # name -> uint8 ndarray (nullable signals)
-    cdef object slab             # uint8 ndarray holding every column
+    cdef readonly object slab    # uint8 ndarray holding every column (reserve's out=)
     cdef object record_buffer    # uint8 ndarray of gathered records (contiguous=False)
     cdef object heap
     cdef uint8_t* heap_p
@@ -610,8 +610,16 @@ cdef class BlockDecoder:
         self.heap_used = 0
         self.heap_capacity = 0
 
-    def reserve(self, Py_ssize_t n_rows, Py_ssize_t heap_bytes=0):
-        """Allocate columns for ``n_rows`` records; any earlier result is dropped."""
+    def reserve(self, Py_ssize_t n_rows, Py_ssize_t heap_bytes=0, out=None):
+        """Allocate columns for ``n_rows`` records; any earlier result is dropped.
+
+        ``out``: a writable 1-D uint8 ndarray to hold the columns instead of new memory
+        (``slab`` is then a view of it), used when it holds enough bytes, else ignored:
+        a buffer given back by the consumer of an earlier result spares the kernel
+        faulting in and zeroing fresh pages for every batch. The columns of ``finish``
+        are views of it; it must not be reused while they are. A 64-byte aligned start
+        (as ``slab`` always has) keeps the fastest transpose of fixed-layout records.
+        """
         cdef column_out* c
         cdef cnp.ndarray arr
         memset(self.cols, 0, max(self.n_ops, 1) * sizeof(column_out))
@@ -646,7 +654,13 @@ cdef class BlockDecoder:
             for kind, dtype in parts:
                 layout.append((kind, sig, dtype, total))
                 total += (n_rows * dtype.itemsize + 63) // 64 * 64
-        self.slab = _aligned_empty(total)
+        if out is not None:
+            if not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.ndim == 1
+                    and out.flags.c_contiguous and out.flags.writeable):
+                raise TypeError("reserve: out must be a writable contiguous 1-D uint8 array")
+            if out.shape[0] < max(total, 1):
+                out = None
+        self.slab = _aligned_empty(total) if out is None else out[: max(total, 1)]
         for kind, sig, dtype, offset in layout:
             arr = self.slab[offset : offset + n_rows * dtype.itemsize].view(dtype)
             c = &self.cols[sig.op_index]

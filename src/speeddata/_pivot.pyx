@@ -3,6 +3,8 @@
 writeback, and HDF5's byte shuffle.
 
 - ``pwrite_all``: ``pwrite(2)`` until every byte is written (EINTR retried), GIL released;
+- ``pwrite_many``: several buffers at their offsets and the writeback after them, the
+  GIL released once (the pivot's background writer);
 - ``start_writeback``: ``sync_file_range(2)`` with ``SYNC_FILE_RANGE_WRITE``: the kernel
   starts writing a range to the disk and returns; the pivot calls it every few MiB so
   that the final ``fsync`` finds little left to write (the disk works while the pivot
@@ -13,7 +15,9 @@ writeback, and HDF5's byte shuffle.
   core (numpy's ``reshape(-1, k).T.tobytes()`` is the pure-Python reference).
 """
 
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint8_t
 from libc.string cimport memcpy
 
@@ -97,6 +101,68 @@ def pwrite_all(int fd, const uint8_t[::1] data, off_t offset):
             done += k
     if err:
         raise OSError(err, f"pwrite: {_strerror(err)}")
+
+
+def pwrite_many(int fd, list buffers not None, list offsets not None,
+                off_t writeback_from=-1, off_t writeback_bytes=0):
+    """Write each of ``buffers`` (contiguous buffers) at the offset of the same index
+    (as ``pwrite_all``), all with the GIL released once, so that a writer thread is not
+    held up reacquiring it after every chunk while another thread keeps it busy.
+
+    Writeback (``writeback_from`` >= 0): whenever the furthest write ends at least
+    ``writeback_bytes`` past ``writeback_from``, the disk's writeback of that range is
+    started (``start_writeback``) and ``writeback_from`` moves to its end; returns the
+    new ``writeback_from`` (-1 when given -1). Raises OSError (errno set) at the first
+    failed write; the ones before it are written."""
+    cdef Py_ssize_t n = len(buffers)
+    if len(offsets) != n:
+        raise ValueError("pwrite_many: as many offsets as buffers, please")
+    cdef Py_buffer* views = <Py_buffer*>PyMem_Malloc(max(n, 1) * sizeof(Py_buffer))
+    cdef off_t* where = <off_t*>PyMem_Malloc(max(n, 1) * sizeof(off_t))
+    cdef Py_ssize_t got = 0, i, done
+    cdef ssize_t k
+    cdef int err = 0, rc
+    cdef off_t end = writeback_from
+    if views == NULL or where == NULL:
+        PyMem_Free(views)
+        PyMem_Free(where)
+        raise MemoryError()
+    try:
+        for i in range(n):
+            where[i] = offsets[i]
+            PyObject_GetBuffer(buffers[i], &views[i], PyBUF_C_CONTIGUOUS)
+            got += 1
+        with nogil:
+            for i in range(n):
+                done = 0
+                while done < views[i].len:
+                    k = pwrite(fd, <const char*>views[i].buf + done,
+                               <size_t>(views[i].len - done), where[i] + done)
+                    if k < 0:
+                        if errno == EINTR:
+                            continue
+                        err = errno
+                        break
+                    done += k
+                if err:
+                    break
+                if where[i] + views[i].len > end:
+                    end = where[i] + views[i].len
+                if writeback_from >= 0 and end - writeback_from >= writeback_bytes:
+                    rc = sync_file_range(fd, writeback_from, end - writeback_from,
+                                         SYNC_FILE_RANGE_WRITE)
+                    while rc < 0 and errno == EINTR:
+                        rc = sync_file_range(fd, writeback_from, end - writeback_from,
+                                             SYNC_FILE_RANGE_WRITE)
+                    writeback_from = end
+    finally:
+        for i in range(got):
+            PyBuffer_Release(&views[i])
+        PyMem_Free(views)
+        PyMem_Free(where)
+    if err:
+        raise OSError(err, f"pwrite: {_strerror(err)}")
+    return writeback_from
 
 
 def start_writeback(int fd, off_t offset, off_t nbytes) -> int:

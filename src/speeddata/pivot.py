@@ -49,7 +49,11 @@ that shuffle and deflate were skipped for it (standard HDF5: every reader honour
 The file is written as a temporary file beside the output, fsynced, then renamed: a
 failed pivot (bad input, full disk, Ctrl-C) leaves no file behind. Every 8 MiB written,
 the disk's writeback of them is started (``sync_file_range``), so the disk works while
-the pivot decodes and compresses and the final fsync has little left to do.
+the pivot decodes and compresses and the final fsync has little left to do. With
+``none``, the chunks' bytes are written by a background thread (HDF5 allocates each
+chunk and hands its bytes to the file object, which queues them; the thread writes
+them without the GIL), while this one makes the HDF5 calls; the decoder writes each
+batch into the memory of one already written.
 """
 
 from __future__ import annotations
@@ -225,6 +229,10 @@ def _shuffle(data, itemsize: int):
 #: final fsync has little left to do (sync_file_range(2); 0: only the fsync).
 WRITEBACK_BYTES = 8 * 1024 * 1024
 
+#: Chunk bytes handed to the background writer and not yet written, at most (the
+#: pivot waits for the oldest past this).
+BACKGROUND_BYTES = 64 * 1024 * 1024
+
 
 class _GuardedFile(io.RawIOBase):
     """The temporary output file, given to h5py as a file object.
@@ -233,21 +241,84 @@ class _GuardedFile(io.RawIOBase):
     and the process crashes at exit when h5py finally closes it). So the first failed
     write is remembered and every later write is discarded: HDF5 then closes cleanly,
     the pivot checks ``error`` after each step, removes the file and reports the error.
+
+    Chunks in the background (``background(chunk)``): HDF5 writes a direct chunk in one
+    ``write`` of the caller's own buffer; announced beforehand, that write is handed to a
+    writer thread (``pwrite`` without the GIL: the copy into the page cache, a third of
+    a ``none`` pivot's time, runs on the other core while this one makes the HDF5
+    calls of the next chunks). The chunk's memory must then stay as it is until the
+    returned future is done. Reads, truncation, sync and close wait for every pending
+    write first.
     """
 
-    def __init__(self, path: Path, writeback_bytes: int | None = None):
+    def __init__(self, path: Path, writeback_bytes: int | None = None,
+                 background_bytes: int | None = None):
         if writeback_bytes is None:
             writeback_bytes = WRITEBACK_BYTES
         self.path = path
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         self.pos = 0
-        self.error: OSError | None = None
+        self.error: BaseException | None = None  # the first failed write
         # Writeback: HDF5 appends the chunks (its metadata, rewritten in place near the
         # start of the file, is left to the fsync); every writeback_bytes past
         # `started`, the range [started, end) goes to the disk while the pivot works on.
         self.writeback_bytes = writeback_bytes if _native is not None else 0
         self.started = 0  # writeback started for [0, started)
         self.end = 0  # end of the furthest write
+        # background writes (limit 0: all in the calling thread)
+        self.limit = BACKGROUND_BYTES if background_bytes is None else background_bytes
+        self.writer: threading.Thread | None = None
+        self.cond = threading.Condition()
+        self.queue: list = []  # (chunk, offset, future) for the writer thread
+        self.closing = False
+        self.pending: deque = deque()  # (future, bytes) of background writes, in order
+        self.pending_bytes = 0
+        self.announced: Any = None  # the chunk whose write goes to the background
+        self.future: concurrent.futures.Future | None = None  # of the announced write
+        self.bg_from = -1  # writer thread: writeback not started from here on
+
+    def background(self, chunk: np.ndarray) -> None:
+        """Announce that HDF5's next write of exactly ``chunk``'s memory goes to the
+        background; ``announced_future()`` then returns its future (None: written
+        here, or not seen)."""
+        if self.limit > 0 and _native is not None:
+            self.announced = chunk
+            self.future = None
+
+    def announced_future(self) -> concurrent.futures.Future | None:
+        future, self.future, self.announced = self.future, None, None
+        return future
+
+    def _write_loop(self) -> None:
+        # The writer thread: every chunk queued meanwhile in one pwrite_many (the GIL
+        # released once for them all), with the writeback every few MiB.
+        while True:
+            with self.cond:
+                while not self.queue and not self.closing:
+                    self.cond.wait()
+                if not self.queue:
+                    return
+                items, self.queue = self.queue, []
+            try:
+                if self.error is None:
+                    if self.writeback_bytes and self.bg_from < 0:
+                        self.bg_from = items[0][1]
+                    self.bg_from = _native.pwrite_many(
+                        self.fd, [chunk for chunk, _, _ in items],
+                        [offset for _, offset, _ in items],
+                        self.bg_from if self.writeback_bytes else -1, self.writeback_bytes)
+            except BaseException as exc:  # noqa: BLE001 - reported by check(), as a write's
+                if self.error is None:
+                    self.error = exc
+            finally:
+                for _, _, future in items:
+                    future.set_result(None)
+
+    def drain(self) -> None:
+        """Wait for every background write."""
+        while self.pending:
+            self.pending.popleft()[0].result()
+        self.pending_bytes = 0
 
     def readable(self) -> bool:
         return True
@@ -264,6 +335,7 @@ class _GuardedFile(io.RawIOBase):
         elif whence == 1:
             self.pos += offset
         else:
+            self.drain()
             self.pos = os.fstat(self.fd).st_size + offset
         return self.pos
 
@@ -271,6 +343,7 @@ class _GuardedFile(io.RawIOBase):
         return self.pos
 
     def readinto(self, buffer) -> int:
+        self.drain()
         n = os.preadv(self.fd, [buffer], self.pos)
         self.pos += n
         return n
@@ -278,6 +351,27 @@ class _GuardedFile(io.RawIOBase):
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         n = len(view)
+        chunk = self.announced
+        if (chunk is not None and self.error is None and n == chunk.nbytes
+                and np.frombuffer(view, np.uint8).ctypes.data == chunk.ctypes.data):
+            self.announced = None
+            if self.writer is None:
+                self.writer = threading.Thread(target=self._write_loop, name="pivot-write",
+                                               daemon=True)
+                self.writer.start()
+            self.future = concurrent.futures.Future()
+            with self.cond:
+                self.queue.append((chunk, self.pos, self.future))
+                self.cond.notify()
+            self.pending.append((self.future, n))
+            self.pending_bytes += n
+            while self.pending_bytes > self.limit:
+                future, k = self.pending.popleft()
+                future.result()
+                self.pending_bytes -= k
+            self.pos += n
+            self.end = max(self.end, self.pos)
+            return n
         if self.error is None:
             try:
                 if _native is not None:
@@ -297,6 +391,7 @@ class _GuardedFile(io.RawIOBase):
         return n
 
     def truncate(self, size: int | None = None) -> int:
+        self.drain()
         size = self.pos if size is None else size
         if self.error is None:
             try:
@@ -309,6 +404,7 @@ class _GuardedFile(io.RawIOBase):
         pass
 
     def sync(self) -> None:
+        self.drain()
         if self.error is None:
             try:
                 os.fsync(self.fd)
@@ -321,6 +417,13 @@ class _GuardedFile(io.RawIOBase):
             raise self.error
 
     def close(self) -> None:
+        if self.writer is not None:
+            with self.cond:
+                self.closing = True
+                self.cond.notify()
+            self.writer.join()  # every pending write done (or failed)
+            self.writer = None
+            self.pending.clear()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -415,7 +518,7 @@ class _DatasetWriter:
     """
 
     def __init__(self, group, name: str, dtype, h5dtype, n_max: int, comp: _Compression,
-                 pool, attrs: dict):
+                 pool, attrs: dict, guard: _GuardedFile | None = None):
         import h5py
 
         self.name = name
@@ -448,6 +551,8 @@ class _DatasetWriter:
             self.raw_mask = (1 << self.ds.id.get_create_plist().get_nfilters()) - 1
         _write_attrs(self.ds, attrs)
         self.pool = pool
+        self.guard = guard  # background writes of `none` chunks (None: none)
+        self.writing: deque = deque()  # (future, chunk buffer) of background writes
         self.size = max(n_max, 0)  # rows the dataset has (h5py's ds.shape costs ~15 us)
         self.n = 0  # rows appended
         self.written = 0  # rows written to the file
@@ -457,6 +562,9 @@ class _DatasetWriter:
         self.fill = 0  # rows in buf
         self.spare: list[np.ndarray] = []  # chunk buffers back from the pool
         self.inflight: deque = deque()
+        # futures of chunks that are views of a batch, done once written (the decoder
+        # reuses the batch's memory after that: _Buffers), since the last take_borrowed()
+        self.borrowed: list = []
 
     def append(self, values: np.ndarray) -> None:
         if len(values) == 0:
@@ -477,13 +585,23 @@ class _DatasetWriter:
                 i += c
                 continue
             if self.buf is None:
-                self.buf = self.spare.pop() if self.spare else np.empty(c, self.dtype)
+                self.buf = self._spare()
             k = min(c - self.fill, n - i)
             self.buf[self.fill : self.fill + k] = values[i : i + k]
             self.fill += k
             i += k
             if self.fill == c:
                 self._flush_buf()
+
+    def _spare(self) -> np.ndarray:
+        """A chunk buffer: one whose write is done, or a new one."""
+        while self.writing and self.writing[0][0].done():
+            self.spare.append(self.writing.popleft()[1])
+        if not self.spare and len(self.writing) >= 4:  # bound the buffers in flight
+            future, buf = self.writing.popleft()
+            future.result()
+            self.spare.append(buf)
+        return self.spare.pop() if self.spare else np.empty(self.chunk_rows, self.dtype)
 
     def _write_rows(self, start: int, values: np.ndarray) -> None:
         stop = start + len(values)
@@ -513,9 +631,23 @@ class _DatasetWriter:
         offset = self.written
         self.written += self.chunk_rows
         if self.comp.name == "none":
-            self.ds.id.write_direct_chunk((offset,), chunk)
-            if buf is not None:
-                self.spare.append(buf)
+            if self.guard is None:
+                self.ds.id.write_direct_chunk((offset,), chunk)
+                if buf is not None:
+                    self.spare.append(buf)
+                return
+            self.guard.background(chunk)
+            try:
+                self.ds.id.write_direct_chunk((offset,), chunk)
+            finally:
+                future = self.guard.announced_future()
+            if future is None:
+                if buf is not None:
+                    self.spare.append(buf)
+            elif buf is not None:
+                self.writing.append((future, buf))
+            else:
+                self.borrowed.append(future)  # the batch's memory waits for it
             return
         args = (chunk.view(np.uint8), self.dtype.itemsize, self.comp.engine_level,
                 self.comp.engine, self.raw_mask)
@@ -524,15 +656,30 @@ class _DatasetWriter:
             if buf is not None:
                 self.spare.append(buf)
             return
-        self.inflight.append((offset, self.pool.submit(_shuffle_deflate, *args), buf))
+        fut = self.pool.submit(_shuffle_deflate, *args)
+        written = None
+        if buf is None:
+            # a view of the batch: in use until written (a chunk that deflate does not
+            # make smaller is written as it is, from this memory)
+            written = concurrent.futures.Future()
+            self.borrowed.append(written)
+        self.inflight.append((offset, fut, buf, written))
         while len(self.inflight) > 2 * (self.pool._max_workers or 1):
             self._drain_one()
 
+    def take_borrowed(self) -> list:
+        """Futures of the chunks of a batch's memory not yet written when handed on
+        (compressed or written on another thread), since the last call."""
+        borrowed, self.borrowed = self.borrowed, []
+        return borrowed
+
     def _drain_one(self) -> None:
-        offset, fut, buf = self.inflight.popleft()
+        offset, fut, buf, written = self.inflight.popleft()
         self._write_chunk(offset, *fut.result())
         if buf is not None:
             self.spare.append(buf)
+        if written is not None:
+            written.set_result(None)
 
     def _write_chunk(self, offset: int, data: bytes, mask: int) -> None:
         self.ds.id.write_direct_chunk((offset,), data, filter_mask=mask)
@@ -549,9 +696,10 @@ class _DatasetWriter:
 
     def abandon(self) -> None:
         """Drop the dataset and pending chunks (after a failed write)."""
-        for _, fut, _ in self.inflight:
+        for _, fut, _, _ in self.inflight:
             fut.cancel()
         self.inflight.clear()
+        self.writing.clear()
         self.buf = None
         self.spare = []
         self.ds = None
@@ -851,6 +999,12 @@ def pivot(
         raise PivotError(f"folder {output.parent} does not exist")
 
     plans = _plan(cache, chosen, signals, start_ns, end_ns, tag, decoder)
+    if comp.name == "none":
+        # One decoding thread: it keeps ahead of the writes on its own, and the other
+        # core is left to the HDF5 calls and the background writer (a second decoding
+        # thread made the dataset creation and the writes wait for a core).
+        for p in plans:
+            p.reader.threads = 1
     try:
         total_rows = sum(p.reader.n_rows_max for p in plans)
         if total_rows == 0:
@@ -1023,17 +1177,21 @@ def _write_channel(f, plan: _Plan, comp, pool, every, period_ns, aggs, recv_time
     """Write one channel's group; the batches are decoded on a thread, started before
     the datasets are created (the first batches decode meanwhile)."""
     reader = plan.reader
-    batches = _Prefetch(reader.batches(batch_bytes, recv_time=recv_time and not period_ns))
+    # Rows (not resampled: a resample holds rows back across batches) are written or
+    # copied out before the next batch, so their memory goes back to the decoder.
+    buffers = None if period_ns else _Buffers()
+    batches = _Prefetch(reader.batches(batch_bytes, recv_time=recv_time and not period_ns,
+                                       out=buffers.take if buffers is not None else None))
     try:
         return _write_channel_batches(f, plan, comp, pool, every, period_ns, aggs, recv_time,
-                                      gap_factor, bar, registry, guard, batches)
+                                      gap_factor, bar, registry, guard, batches, buffers)
     finally:
         batches.close()
 
 
 def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, recv_time,
                            gap_factor, bar, registry: list, guard: _GuardedFile,
-                           batches: _Prefetch) -> int:
+                           batches: _Prefetch, buffers: _Buffers | None = None) -> int:
     reader = plan.reader
     schema = reader.schema
     group = f.create_group(plan.channel)
@@ -1062,7 +1220,8 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
 
     def writer(name, dtype, h5dtype, attrs):
         if name not in writers:
-            writers[name] = _DatasetWriter(group, name, dtype, h5dtype, n_max, comp, pool, attrs)
+            writers[name] = _DatasetWriter(group, name, dtype, h5dtype, n_max, comp, pool, attrs,
+                                           guard)
             registry.append(writers[name])
         return writers[name]
 
@@ -1101,12 +1260,22 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
             writer(f"{col}.valid", np.bool_, np.bool_,
                    {"doc": f"True where {col} has a value (False: null)", "valid_of": col})
 
+    def done_batch(batch_rows: int, memory) -> None:
+        if buffers is not None and memory is not None:
+            # written, or copied into chunk buffers; chunks of it still being
+            # compressed or written keep it until they are done
+            buffers.give(memory, [x for w in writers.values() for x in w.take_borrowed()])
+        guard.check()  # stop at the first failed write (full disk)
+        # progress in record bytes: the channel's payload shared out by rows
+        bar.update(reader.payload_bytes * batch_rows // max(reader.n_rows_max, 1), plan.channel)
+
     targets = [] if period_ns else _row_targets(writers, schema, names)
     seen = 0
     n_read = 0
     pending: Columns | None = None
     for batch in batches:
         batch_rows = batch.n_rows
+        memory = getattr(batch, "buffer", None)
         n_read += batch_rows
         if every:
             n = int(every)
@@ -1127,9 +1296,8 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
             _append_resampled(writers, batch, period_ns, aggs)
         else:
             _append_rows(writers, batch, targets)
-        guard.check()  # stop at the first failed write (full disk)
-        # progress in record bytes: the channel's payload shared out by rows
-        bar.update(reader.payload_bytes * batch_rows // max(reader.n_rows_max, 1), plan.channel)
+            batch = None
+        done_batch(batch_rows, memory)
     if period_ns and pending is not None and pending.n_rows:
         _append_resampled(writers, pending, period_ns, aggs)
     rows = {name: w.close() for name, w in writers.items()}
@@ -1139,6 +1307,33 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
     group.attrs["t_first_ns"] = int(times[0]) if rows["time"] else -1
     group.attrs["t_last_ns"] = int(times[rows["time"] - 1]) if rows["time"] else -1
     return rows["time"]
+
+
+class _Buffers:
+    """The column memory of written batches, given back to the decoder (``batches(out=)``)
+    for the next ones: decoding into fresh memory made the kernel fault in and zero
+    16 MiB for every batch (~13% of a ``wide`` pivot's profile), and the two cores share
+    one memory bus. A batch's memory is free once every chunk written from it is
+    (``give``'s futures). ``take`` runs on the decode thread, ``give`` on the writing one."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.free: list[np.ndarray] = []
+        self.held: deque = deque()  # (buffer, futures of its chunks not yet written)
+
+    def take(self) -> np.ndarray | None:
+        with self.lock:
+            self._release()
+            return self.free.pop() if self.free else None
+
+    def give(self, memory: np.ndarray, futures: list) -> None:
+        with self.lock:
+            self.held.append((memory, futures))
+            self._release()
+
+    def _release(self) -> None:
+        while self.held and all(f.done() for f in self.held[0][1]):
+            self.free.append(self.held.popleft()[0])
 
 
 class _Prefetch:

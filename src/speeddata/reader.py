@@ -655,9 +655,16 @@ class ChannelReader:
             yield batch
 
     def batches(
-        self, max_bytes: int | None = 64 * 1024**2, recv_time: bool = False
+        self, max_bytes: int | None = 64 * 1024**2, recv_time: bool = False, out: Any = None
     ) -> Iterator[Columns]:
-        """Columns of the range, a few blocks (about ``max_bytes`` of records) at a time."""
+        """Columns of the range, a few blocks (about ``max_bytes`` of records) at a time.
+
+        ``out``: a callable giving a buffer (or None) for each batch's columns
+        (``BlockDecoder.reserve(out=)``: used when large enough), e.g. the buffer of a
+        batch its consumer is done with; each batch's ``buffer`` attribute is then the
+        memory its columns are views of (None: not one buffer), for the consumer to
+        hand back once it no longer uses them.
+        """
         time_field = self.schema.time_field
         names = list(self.names)
         if time_field is not None and time_field not in names:
@@ -667,7 +674,11 @@ class ChannelReader:
             decoder = self._decoder(names)
             n_rows = sum(int(b.count[s].sum()) for b, s in batch)
             heap = sum(int(b.size[s].sum()) for b, s in batch)
-            decoder.reserve(n_rows, heap)
+            given = out() if out is not None else None
+            if given is not None:
+                decoder.reserve(n_rows, heap, out=given)
+            else:
+                decoder.reserve(n_rows, heap)
             recv_parts = []
             for blocks, s in batch:
                 decoder.decode(
@@ -681,7 +692,13 @@ class ChannelReader:
             columns, valid = decoder.finish()
             records = decoder.records() if hasattr(decoder, "records") else None
             recv = np.concatenate(recv_parts) if recv_parts else np.zeros(0, np.int64)
-            yield self._assemble(columns, valid, recv if want_recv else None, recv_time, records)
+            cols = self._assemble(columns, valid, recv if want_recv else None, recv_time, records)
+            if out is not None:
+                slab = getattr(decoder, "slab", None)
+                # the whole buffer given when it was used (a later batch may need more)
+                used = given is not None and slab is not None and np.may_share_memory(slab, given)
+                cols.buffer = given if used else slab
+            yield cols
 
     def _assemble(
         self,
@@ -822,8 +839,8 @@ class PyBlockDecoder:
         self._parsed = parse_schema(_strip_logical_types(self.schema.avsc))
         self.reserve(0)
 
-    def reserve(self, n_rows: int, heap_bytes: int = 0) -> None:
-        self.capacity = n_rows
+    def reserve(self, n_rows: int, heap_bytes: int = 0, out: Any = None) -> None:
+        self.capacity = n_rows  # out: ignored (the columns are made at finish())
         self.n_rows = 0
         self._rows: dict[str, list] = {n: [] for n in self.names}
 
