@@ -260,3 +260,16 @@ def assert_column_equal(schema: Schema, name: str, got: np.ndarray, records: lis
     if sig.nullable and sig.type not in ("float", "double"):
         assert got_valid is not None, f"{name}: no validity mask"
         assert got_valid.tolist() == valid, name
+
+
+def write_demo_channels(cache: Path, engine_record, status_record, n_engine: int,
+                        n_status: int) -> Path:
+    """The demo ``engine`` and ``status`` channels in ``cache``: several segments of
+    several blocks of several datagrams each (records from the given record makers)."""
+    from conftest import SCHEMAS
+
+    write_channel(cache, "engine", Schema(SCHEMAS / "engine.avsc"), engine_record, n_engine,
+                  records_per_datagram=10, datagrams_per_block=5, blocks_per_segment=20)
+    write_channel(cache, "status", Schema(SCHEMAS / "status.avsc"), status_record, n_status,
+                  records_per_datagram=4, datagrams_per_block=3, blocks_per_segment=40)
+    return cache

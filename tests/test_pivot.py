@@ -16,8 +16,14 @@ import pytest
 
 import speeddata
 import speeddata.pivot as pivot_module
-from _cachedata import ALL_TYPES, T0, all_types_record, assert_column_equal, write_channel
-from conftest import SCHEMAS
+from _cachedata import (
+    ALL_TYPES,
+    T0,
+    all_types_record,
+    assert_column_equal,
+    write_channel,
+    write_demo_channels,
+)
 from speeddata.pivot import PivotError, pivot
 from speeddata.reader import format_time, load
 from speeddata.schema import Schema
@@ -49,13 +55,9 @@ def status_record(k, rng):
 
 @pytest.fixture(scope="module")
 def demo_cache(tmp_path_factory):
-    schemas_dir = SCHEMAS
-    cache = tmp_path_factory.mktemp("demo")
-    write_channel(cache, "engine", Schema(schemas_dir / "engine.avsc"), engine_record, 3000,
-                  records_per_datagram=10, datagrams_per_block=5, blocks_per_segment=20)
-    write_channel(cache, "status", Schema(schemas_dir / "status.avsc"), status_record, 3000,
-                  records_per_datagram=4, datagrams_per_block=3, blocks_per_segment=40)
-    return cache
+    return write_demo_channels(
+        tmp_path_factory.mktemp("demo"), engine_record, status_record, 3000, 3000
+    )
 
 
 def test_all_types_round_trip(all_types_cache, tmp_path):

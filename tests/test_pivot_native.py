@@ -16,12 +16,10 @@ import numpy as np
 import pytest
 
 import speeddata.pivot as pivot_module
-from _cachedata import T0, write_channel
-from conftest import SCHEMAS
+from _cachedata import T0, write_demo_channels
 from speeddata import _pivot
 from speeddata.pivot import pivot
 from speeddata.reader import ChannelReader
-from speeddata.schema import Schema
 
 MS = 1_000_000
 H5DUMP = shutil.which("h5dump")
@@ -41,12 +39,9 @@ def status_record(k, rng):
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("native")
-    write_channel(cache, "engine", Schema(SCHEMAS / "engine.avsc"), engine_record, 5000,
-                  records_per_datagram=10, datagrams_per_block=5, blocks_per_segment=20)
-    write_channel(cache, "status", Schema(SCHEMAS / "status.avsc"), status_record, 1200,
-                  records_per_datagram=4, datagrams_per_block=3, blocks_per_segment=40)
-    return cache
+    return write_demo_channels(
+        tmp_path_factory.mktemp("native"), engine_record, status_record, 5000, 1200
+    )
 
 
 @pytest.fixture(params=["compiled", "python"])

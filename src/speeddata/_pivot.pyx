@@ -81,24 +81,30 @@ cdef extern from *:
     void sd_shuffle_8x8(const uint8_t* src, uint8_t* dst, Py_ssize_t n) nogil
 
 
+cdef int write_fully(int fd, const char* p, Py_ssize_t n, off_t offset) noexcept nogil:
+    """``pwrite(2)`` all ``n`` bytes at ``offset``, again after a short write or EINTR;
+    0 or the errno."""
+    cdef Py_ssize_t done = 0
+    cdef ssize_t k
+    while done < n:
+        k = pwrite(fd, p + done, <size_t>(n - done), offset + done)
+        if k < 0:
+            if errno == EINTR:
+                continue
+            return errno
+        done += k
+    return 0
+
+
 def pwrite_all(int fd, const uint8_t[::1] data, off_t offset):
     """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite(2)`` again after a short
     write or EINTR), without the GIL. Raises OSError (errno set) on failure."""
     cdef Py_ssize_t n = data.shape[0]
-    cdef Py_ssize_t done = 0
-    cdef ssize_t k = 0
     cdef int err = 0
     if n == 0:
         return
     with nogil:
-        while done < n:
-            k = pwrite(fd, &data[done], <size_t>(n - done), offset + done)
-            if k < 0:
-                if errno == EINTR:
-                    continue
-                err = errno
-                break
-            done += k
+        err = write_fully(fd, <const char*>&data[0], n, offset)
     if err:
         raise OSError(err, f"pwrite: {_strerror(err)}")
 
@@ -119,8 +125,7 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
         raise ValueError("pwrite_many: as many offsets as buffers, please")
     cdef Py_buffer* views = <Py_buffer*>PyMem_Malloc(max(n, 1) * sizeof(Py_buffer))
     cdef off_t* where = <off_t*>PyMem_Malloc(max(n, 1) * sizeof(off_t))
-    cdef Py_ssize_t got = 0, i, done
-    cdef ssize_t k
+    cdef Py_ssize_t got = 0, i
     cdef int err = 0, rc
     cdef off_t end = writeback_from
     if views == NULL or where == NULL:
@@ -134,16 +139,7 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
             got += 1
         with nogil:
             for i in range(n):
-                done = 0
-                while done < views[i].len:
-                    k = pwrite(fd, <const char*>views[i].buf + done,
-                               <size_t>(views[i].len - done), where[i] + done)
-                    if k < 0:
-                        if errno == EINTR:
-                            continue
-                        err = errno
-                        break
-                    done += k
+                err = write_fully(fd, <const char*>views[i].buf, views[i].len, where[i])
                 if err:
                     break
                 if where[i] + views[i].len > end:
