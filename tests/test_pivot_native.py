@@ -65,8 +65,6 @@ def test_shuffle_matches_numpy(itemsize, n):
     out = bytearray(n * itemsize + 5)
     view = _pivot.shuffle(data, itemsize, out)
     assert bytes(view) == ref and out[: len(ref)] == ref
-    if itemsize == 8:
-        assert _pivot._shuffle_simple8(data) == ref
 
 
 def test_shuffle_of_typed_chunks_is_hdf5s():

@@ -40,7 +40,6 @@ cdef extern from *:
     }
     SD_SHUFFLE_K(2)
     SD_SHUFFLE_K(4)
-    SD_SHUFFLE_K(8)
 
     /* 8-byte elements, 8 at a time: an 8x8 byte transpose in 64-bit registers (three
        rounds of masked swaps), then one 8-byte store per output row. */
@@ -77,7 +76,6 @@ cdef extern from *:
     """
     void sd_shuffle_2(const uint8_t* src, uint8_t* dst, Py_ssize_t n) nogil
     void sd_shuffle_4(const uint8_t* src, uint8_t* dst, Py_ssize_t n) nogil
-    void sd_shuffle_8(const uint8_t* src, uint8_t* dst, Py_ssize_t n) nogil
     void sd_shuffle_8x8(const uint8_t* src, uint8_t* dst, Py_ssize_t n) nogil
 
 
@@ -213,18 +211,6 @@ def shuffle(const uint8_t[::1] data, Py_ssize_t itemsize, uint8_t[::1] out=None)
                 for j in range(itemsize):
                     dst[j * n + i] = src[i * itemsize + j]
     return result
-
-
-def _shuffle_simple8(const uint8_t[::1] data) -> bytes:
-    """The plain loop for 8-byte elements (a second implementation, for the tests and
-    the benchmark of the 8x8 transpose)."""
-    cdef Py_ssize_t size = data.shape[0]
-    out = PyBytes_FromStringAndSize(NULL, size)
-    cdef uint8_t* dst = <uint8_t*>PyBytes_AS_STRING(out)
-    if size:
-        with nogil:
-            sd_shuffle_8(&data[0], dst, size // 8)
-    return out
 
 
 cdef str _strerror(int err):

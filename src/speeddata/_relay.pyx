@@ -342,9 +342,7 @@ cdef void unmap_segment(chan_t* ch) noexcept nogil:
     seg.pop_queued = False
     while seg.pop_busy:
         pthread_cond_wait(&pop.idle, &pop.lock)
-    seg.map = NULL
-    sd_store_release(&seg.pop_done, 0)
-    seg.pop_target = 0
+    seg.map = NULL  # the populate thread skips it from now on; _map_segment resets the rest
     if pop.running and pop.n_dead < POP_QUEUE:
         # unmapping 64 MiB of pages takes ~2 ms: the populate thread does it
         pop.dead_addr[pop.n_dead] = addr
@@ -371,12 +369,20 @@ cdef void request_populate(chan_t* ch, size_t target) noexcept nogil:
         return
     if target > seg.pop_target:
         seg.pop_target = target
-    if not seg.pop_queued and pop.n_queue < POP_QUEUE:
-        pop.queue[pop.n_queue] = ch
-        pop.n_queue += 1
-        seg.pop_queued = True
+    if enqueue(pop, ch):
         pthread_cond_signal(&pop.work)
     pthread_mutex_unlock(&pop.lock)
+
+
+cdef inline bint enqueue(pop_t* pop, chan_t* ch) noexcept nogil:
+    """Queue ``ch`` for populating unless it is queued already (``pop.lock`` held);
+    whether it was added."""
+    if ch.seg.pop_queued or pop.n_queue >= POP_QUEUE:
+        return False
+    pop.queue[pop.n_queue] = ch
+    pop.n_queue += 1
+    ch.seg.pop_queued = True
+    return True
 
 
 cdef void populate_loop(pop_t* pop) noexcept nogil:
@@ -432,10 +438,8 @@ cdef void populate_loop(pop_t* pop) noexcept nogil:
             seg.pop_failed = True  # refused (old kernel, no memory): pwritev from here on
             continue
         sd_store_release(&seg.pop_done, stop)
-        if stop < seg.pop_target and not seg.pop_queued and pop.n_queue < POP_QUEUE:
-            pop.queue[pop.n_queue] = ch
-            pop.n_queue += 1
-            seg.pop_queued = True
+        if stop < seg.pop_target:
+            enqueue(pop, ch)
     pop.running = False
     pthread_mutex_unlock(&pop.lock)
 
