@@ -36,7 +36,9 @@ from relay_helpers import (
     write_config,
 )
 from speeddata.cache import cache_segments, list_segments, segment_bytes, segment_needs_recovery
+from speeddata.config import load_config
 from speeddata.control import ControlError, request, wait_for_relay
+from speeddata.relay import Relay
 from speeddata.schema import Schema
 
 
@@ -199,6 +201,24 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
     assert segments and not any(segment_needs_recovery(s) for s in segments)
     assert read_channel(info["cache"], "engine") == sent_engine
     assert read_channel(info["cache"], "status") == sent_status
+
+
+def test_the_signal_handler_needs_no_lock(tmp_path, ipc_dir):
+    """A Python signal handler runs in the main thread between two bytecodes, possibly
+    while that thread holds the lock inside the relay's stop event (``Event.wait`` takes it
+    for a moment on every pass). A handler that needed that lock would hang the relay with
+    SIGTERM pending (a killed ``speeddata up`` once left such a relay behind)."""
+    relay = Relay(load_config(write_config(tmp_path / "r.toml", ipc_dir)["path"]), "python")
+    returned = threading.Event()
+
+    def main_thread():
+        with relay._stop._cond:  # the moment inside Event.wait when the signal lands
+            relay.stop_from_signal(signal.SIGTERM, None)
+        relay.wait()
+        returned.set()
+
+    threading.Thread(target=main_thread, daemon=True).start()
+    assert returned.wait(10), "the signal handler blocked on a lock its own thread holds"
 
 
 def test_control_add_remove_rotate_persisted(relay, tmp_path, sender):

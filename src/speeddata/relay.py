@@ -73,6 +73,8 @@ CHANNELS_FILE = "relay-channels.json"
 RETENTION_INTERVAL = 2.0
 #: seconds between two status publications on relay.stats
 PUBLISH_INTERVAL = 1.0
+#: seconds between two looks of Relay.wait() at the flag its signal handler sets
+SIGNAL_POLL = 0.1
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: set to "1" by a supervisor: the relay stops when its parent process dies
 DIE_WITH_PARENT_ENV = "SPEEDDATA_DIE_WITH_PARENT"
@@ -151,6 +153,7 @@ class Relay:
         self.removed: set[str] = set()
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._signalled = False  # set by stop_from_signal(), which may take no lock
         self._retention_wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self._engine_threads: list[threading.Thread] = []
@@ -581,9 +584,18 @@ class Relay:
         self._stop.set()
         self._retention_wake.set()
 
+    def stop_from_signal(self, signum=None, frame=None) -> None:
+        """Signal handler: ask :meth:`wait` to return.
+
+        It only sets a flag. A handler runs in the main thread between two bytecodes,
+        possibly while that thread holds the lock inside ``self._stop`` (every
+        ``Event.wait`` takes it for a moment), so ``Event.set()`` here could deadlock the
+        relay with SIGTERM pending forever. :meth:`wait` polls the flag."""
+        self._signalled = True
+
     def wait(self) -> None:
-        """Block until a stop is requested (signals are handled meanwhile)."""
-        while not self._stop.wait(0.5):
+        """Block until :meth:`request_stop` (any thread) or :meth:`stop_from_signal`."""
+        while not self._signalled and not self._stop.wait(SIGNAL_POLL):
             pass
 
     def close(self) -> None:
@@ -756,7 +768,7 @@ def run(args: argparse.Namespace) -> int:
     relay = Relay(config, engine=args.engine, workers=args.workers)
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, lambda *_: relay.request_stop())
+        previous[sig] = signal.signal(sig, relay.stop_from_signal)
     die_with_parent()
     try:
         relay.start()
