@@ -4,6 +4,7 @@ low-level dataset and attribute creation (checked against h5py's own)."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import os
 import re
@@ -15,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
+import speeddata
 import speeddata.pivot as pivot_module
 from _cachedata import T0, write_demo_channels
 from speeddata import _pivot
@@ -206,7 +208,7 @@ def test_background_write_error_is_reported(cache, tmp_path, monkeypatch):
     clear PivotError, no file left, the writer thread gone."""
     calls = []
 
-    def full(fd, buffers, offsets, writeback_from=-1, writeback_bytes=0):
+    def full(fd, buffers, offsets, writeback_from=-1, writeback_bytes=0, each=False):
         calls.append(len(buffers))
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -307,7 +309,11 @@ def test_pivot_same_file_compiled_and_python(cache, tmp_path, monkeypatch):
             assert ds.id.read_direct_chunk(offset) == ref.id.read_direct_chunk(offset)
 
 
-def _slow_create(group, name, n_rows, h5dtype, chunk_rows, kwargs):
+def _slow_create(group, name, n_rows, h5dtype, chunk_rows, kwargs, early=False):
+    if early:
+        plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        plist.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+        kwargs = {**kwargs, "dcpl": plist, "fill_time": "never"}
     return group.create_dataset(name, shape=(n_rows,), maxshape=(None,), dtype=h5dtype,
                                 chunks=(chunk_rows,), **kwargs)
 
@@ -423,3 +429,209 @@ def test_failed_channel_stops_the_decode_thread(cache, tmp_path, monkeypatch):
         pivot(cache, tmp_path / "x.h5")
     assert {t.ident for t in threading.enumerate() if t.name == "pivot-decode"} - before == set()
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------- streamed rows
+
+
+def test_pwrite_many_each_writeback(tmp_path):
+    """``each=True``: every buffer lands at its offset (the writeback of its whole pages
+    started after it), in any order, pieces not page aligned."""
+    fd = os.open(tmp_path / "each.bin", os.O_RDWR | os.O_CREAT, 0o644)
+    rng = np.random.default_rng(7)
+    expect = bytearray(200_000)
+    buffers, offsets = [], []
+    for off in (150_001, 3, 70_000, 8190, 120_333):
+        piece = rng.integers(0, 256, int(rng.integers(1, 30_000)), np.uint8)
+        buffers.append(piece)
+        offsets.append(off)
+        expect[off : off + len(piece)] = piece.tobytes()
+    try:
+        assert _pivot.pwrite_many(fd, buffers, offsets, -1, 0, True) == -1
+        end = max(o + len(b) for b, o in zip(buffers, offsets, strict=True))
+        assert os.pread(fd, end, 0) == bytes(expect[:end])
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("limit", [1, 1 << 20])
+def test_guarded_file_staged_writes(limit, tmp_path):
+    """Staged writes go to the writer thread at flush_staged() (one future for the lot),
+    land at their offsets, and reads, drain and sync wait for them; staged writes not
+    yet flushed are flushed by a read."""
+    path = tmp_path / "staged.bin"
+    g = pivot_module._GuardedFile(path, writeback_bytes=8192, background_bytes=limit)
+    rng = np.random.default_rng(5)
+    expect = bytearray(100_000)
+    try:
+        assert g.streams() and g.flush_staged() is None  # nothing staged
+        futures = []
+        for _ in range(6):
+            for _ in range(5):
+                off = int(rng.integers(0, 90_000))
+                piece = rng.random(int(rng.integers(1, 1000)))
+                g.stage(piece, off)
+                expect[off : off + piece.nbytes] = piece.tobytes()
+            futures.append(g.flush_staged())
+        g.stage(np.arange(10, dtype=np.int64), 0)  # read below flushes it
+        expect[0:80] = np.arange(10, dtype=np.int64).tobytes()
+        end = len(expect.rstrip(b"\0")) or 1
+        buf = bytearray(end)
+        g.seek(0)
+        assert g.readinto(buf) == end
+        assert all(f is not None and f.done() for f in futures)
+        g.sync()
+        g.check()
+    finally:
+        g.close()
+    assert bytes(buf) == bytes(expect[:end]) == path.read_bytes()[:end]
+
+
+def test_batch_buffers_wait_for_a_written_one(monkeypatch):
+    """``_Buffers(limit)``: past ``limit`` buffers made, ``take`` waits for the oldest held
+    one to be written and returns it; if that takes too long, the decoder makes one."""
+    monkeypatch.setattr(pivot_module, "_POOL", pivot_module._MemoryPool(0))  # none kept
+    bufs = pivot_module._Buffers(2)
+    assert bufs.take() is None and bufs.take() is None  # the decoder makes two
+    a, b = np.zeros(16, np.uint8), np.ones(16, np.uint8)
+    fa, fb = concurrent.futures.Future(), concurrent.futures.Future()
+    bufs.give(a, [fa])
+    bufs.give(b, [fb])
+    got = []
+    t = threading.Thread(target=lambda: got.append(bufs.take()))
+    t.start()
+    t.join(0.2)
+    assert t.is_alive() and not got  # waiting: both held
+    fa.set_result(None)
+    t.join(5)
+    assert got and got[0] is a
+    monkeypatch.setattr(pivot_module._Buffers, "WAIT_SECONDS", 0.05)
+    assert bufs.take() is None  # b still held: waited, then a new one after all
+    fb.set_result(None)
+    assert bufs.take() is b
+    unlimited = pivot_module._Buffers()
+    unlimited.give(a, [concurrent.futures.Future()])
+    assert unlimited.take() is None  # no limit: never waits
+
+
+def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
+    """The batch memory of a pivot goes to the process's pool (up to its limit), the next
+    pivot decodes into it instead of new memory, and ``release_memory`` empties it."""
+    pool = pivot_module._MemoryPool(pivot_module.POOL_BYTES)
+    monkeypatch.setattr(pivot_module, "_POOL", pool)
+    given = []
+    take = pool.take
+    monkeypatch.setattr(pool, "take", lambda: given.append(take()) or given[-1])
+    small = 256 * 1024  # several batches
+    pivot(cache, tmp_path / "1.h5", compression="none", channels=["engine"], batch_bytes=small)
+    kept = {id(m) for m in pool.buffers}
+    assert kept and pool.nbytes == sum(m.nbytes for m in pool.buffers) <= pool.limit
+    assert not any(m is not None for m in given)  # the first pivot: nothing to reuse
+    pivot(cache, tmp_path / "2.h5", compression="none", channels=["engine"], batch_bytes=small)
+    assert {id(m) for m in given if m is not None} & kept  # decoded into the kept memory
+    expect = speeddata.load(tmp_path / "1.h5", "engine")
+    got = speeddata.load(tmp_path / "2.h5", "engine")
+    assert got.n_rows == expect.n_rows and all(
+        np.array_equal(got[k], expect[k]) for k in expect if got[k].dtype.kind in "biuf")
+    held = pool.nbytes
+    assert held > 0 and pivot_module.release_memory() == held
+    assert pool.nbytes == 0 and not pool.buffers
+    full = pivot_module._MemoryPool(100)
+    full.give(np.zeros(60, np.uint8))
+    full.give(np.zeros(60, np.uint8))  # over the limit: let go
+    assert full.nbytes == 60 and full.take().nbytes == 60 and full.take() is None
+
+
+def _streamed_spy(monkeypatch):
+    """Count the chunk writes through HDF5 and the streamed flushes of a pivot."""
+    calls = {"submit": 0, "flush": 0}
+    submit, flush = pivot_module._DatasetWriter._submit, pivot_module._GuardedFile.flush_staged
+
+    def spy_submit(self, *args):
+        calls["submit"] += 1
+        return submit(self, *args)
+
+    def spy_flush(self):
+        future = flush(self)
+        calls["flush"] += future is not None
+        return future
+
+    monkeypatch.setattr(pivot_module._DatasetWriter, "_submit", spy_submit)
+    monkeypatch.setattr(pivot_module._GuardedFile, "flush_staged", spy_flush)
+    return calls
+
+
+def test_none_streams_rows_to_early_allocated_chunks(cache, tmp_path, monkeypatch):
+    """``none``: fixed-size datasets are made with every chunk allocated and no fill
+    (early, never), their rows written straight to the chunks (no chunk through HDF5);
+    strings keep HDF5's writes; the file reads back right after reopening, also by
+    h5dump; ``gzip`` keeps the chunk path."""
+    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 512)
+    calls = _streamed_spy(monkeypatch)
+    out = tmp_path / "streamed.h5"
+    for batch_bytes in (700, 40_000):
+        calls.update(submit=0, flush=0)
+        pivot(cache, out, compression="none", force=True, batch_bytes=batch_bytes,
+              recv_time=True)
+        assert calls["submit"] == 0 and calls["flush"] > 0
+        with h5py.File(out) as f:
+            for channel in ("engine", "status"):
+                with ChannelReader(cache, channel) as r:
+                    cols = r.read(recv_time=True)
+                g = f[channel]
+                for name in cols:
+                    if h5py.check_string_dtype(g[name].dtype) is not None:
+                        nul = [str(v).replace("\0", "\u2400") for v in cols[name]]
+                        assert list(g[name].asstr()[()]) == nul
+                    else:
+                        np.testing.assert_array_equal(g[name][()], cols[name])
+                for name, valid in cols.valid.items():
+                    if f"{name}.valid" in g:
+                        np.testing.assert_array_equal(g[f"{name}.valid"][()], valid)
+                for name, ds in g.items():
+                    plist = ds.id.get_create_plist()
+                    fixed = h5py.check_string_dtype(ds.dtype) is None
+                    assert (plist.get_alloc_time() == h5py.h5d.ALLOC_TIME_EARLY) == fixed, name
+                    if fixed:
+                        assert plist.get_fill_time() == h5py.h5d.FILL_TIME_NEVER
+                        assert ds.id.get_num_chunks() == -(-ds.shape[0] // ds.chunks[0])
+    if H5DUMP is not None:
+        r = subprocess.run([H5DUMP, "-d", "/engine/counter", str(out)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and "4999" in r.stdout
+    calls.update(submit=0, flush=0)
+    pivot(cache, out, compression="gzip", force=True)
+    assert calls["submit"] > 0 and calls["flush"] == 0
+    with h5py.File(out) as f:
+        alloc = f["engine/rpm"].id.get_create_plist().get_alloc_time()
+        assert alloc != h5py.h5d.ALLOC_TIME_EARLY
+
+
+@pytest.mark.parametrize("every", [None, 3])
+def test_streamed_range_cut_mid_block(every, cache, tmp_path, monkeypatch):
+    """A range that starts and ends inside blocks has fewer rows than the datasets are
+    made with (whole blocks): the streamed rows read back right after the shrink, the
+    chunks past the end are gone and the edge chunk's unwritten rows are never read."""
+    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 128)  # 16 rows of int64
+    start, end = T0 + 1234 * MS + 1, T0 + 3777 * MS + 1  # rows 1235 .. 3777
+    with ChannelReader(cache, "engine", start, end) as r:
+        n_max = r.n_rows_max
+        cols = r.read()
+    expect = np.arange(1235, 3778)[::every or 1]
+    assert n_max > len(cols["counter"]) + 50  # whole blocks counted: cut at both ends
+    out = tmp_path / "cut.h5"
+    calls = _streamed_spy(monkeypatch)
+    result = pivot(cache, out, start=start, end=end, channels=["engine"], compression="none",
+                   every=every, batch_bytes=2000)
+    assert calls["submit"] == 0 and calls["flush"] > 0
+    assert result.channels["engine"] == len(expect)
+    with h5py.File(out) as f:
+        g = f["engine"]
+        np.testing.assert_array_equal(g["counter"][()], expect)
+        step = every or 1
+        for name in cols:
+            np.testing.assert_array_equal(g[name][()], cols[name][::step])
+        ds = g["rpm"]
+        assert ds.shape == (len(expect),)
+        assert ds.id.get_num_chunks() == -(-len(expect) // ds.chunks[0])
+        assert g.attrs["t_first_ns"] == T0 + 1235 * MS

@@ -9,6 +9,7 @@ def pwrite_many(
     offsets: list[int],
     writeback_from: int = -1,
     writeback_bytes: int = 0,
+    each: bool = False,
 ) -> int: ...
 def start_writeback(fd: int, offset: int, nbytes: int) -> int: ...
 def shuffle(

@@ -108,7 +108,7 @@ def pwrite_all(int fd, const uint8_t[::1] data, off_t offset):
 
 
 def pwrite_many(int fd, list buffers not None, list offsets not None,
-                off_t writeback_from=-1, off_t writeback_bytes=0):
+                off_t writeback_from=-1, off_t writeback_bytes=0, bint each=False):
     """Write each of ``buffers`` (contiguous buffers) at the offset of the same index
     (as ``pwrite_all``), all with the GIL released once, so that a writer thread is not
     held up reacquiring it after every chunk while another thread keeps it busy.
@@ -116,7 +116,12 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
     Writeback (``writeback_from`` >= 0): whenever the furthest write ends at least
     ``writeback_bytes`` past ``writeback_from``, the disk's writeback of that range is
     started (``start_writeback``) and ``writeback_from`` moves to its end; returns the
-    new ``writeback_from`` (-1 when given -1). Raises OSError (errno set) at the first
+    new ``writeback_from`` (-1 when given -1).
+
+    ``each``: instead, the writeback of each buffer's whole pages is started right after
+    it is written (the pages it ends inside of are left for the next write there, or
+    the final ``fsync``): for buffers scattered over the file, each filling a region
+    from where the last one there stopped. Raises OSError (errno set) at the first
     failed write; the ones before it are written."""
     cdef Py_ssize_t n = len(buffers)
     if len(offsets) != n:
@@ -126,6 +131,7 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
     cdef Py_ssize_t got = 0, i
     cdef int err = 0, rc
     cdef off_t end = writeback_from
+    cdef off_t lo, hi
     if views == NULL or where == NULL:
         PyMem_Free(views)
         PyMem_Free(where)
@@ -140,6 +146,14 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
                 err = write_fully(fd, <const char*>views[i].buf, views[i].len, where[i])
                 if err:
                     break
+                if each:
+                    lo = where[i] & ~(<off_t>4095)
+                    hi = (where[i] + views[i].len) & ~(<off_t>4095)
+                    if hi > lo:
+                        rc = sync_file_range(fd, lo, hi - lo, SYNC_FILE_RANGE_WRITE)
+                        while rc < 0 and errno == EINTR:
+                            rc = sync_file_range(fd, lo, hi - lo, SYNC_FILE_RANGE_WRITE)
+                    continue
                 if where[i] + views[i].len > end:
                     end = where[i] + views[i].len
                 if writeback_from >= 0 and end - writeback_from >= writeback_bytes:

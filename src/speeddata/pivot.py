@@ -50,10 +50,17 @@ The file is written as a temporary file beside the output, fsynced, then renamed
 failed pivot (bad input, full disk, Ctrl-C) leaves no file behind. Every 8 MiB written,
 the disk's writeback of them is started (``sync_file_range``), so the disk works while
 the pivot decodes and compresses and the final fsync has little left to do. With
-``none``, the chunks' bytes are written by a background thread (HDF5 allocates each
-chunk and hands its bytes to the file object, which queues them; the thread writes
-them without the GIL), while this one makes the HDF5 calls; the decoder writes each
-batch into the memory of one already written.
+``none``, fixed-size datasets are made with every chunk allocated up front and no fill
+value ever written (``H5D_ALLOC_TIME_EARLY``, ``H5D_FILL_TIME_NEVER``); each decoded
+batch's rows are written straight to their place in those chunks by a background
+thread (one ``pwrite`` per chunk part, no HDF5 call, no copy; the writeback of each
+part's pages started after it), and the datasets are shrunk to the rows written at
+the end (rows of the last chunk past the end are never read; HDF5 frees whole chunks
+past it). Other ``none`` chunks (resampling) go through ``write_direct_chunk``, their
+bytes written by the same thread. The decoder writes each batch into the memory of
+one already written, and that memory is kept for the next pivot in the process
+(``POOL_BYTES``; ``release_memory()`` frees it). Attributes are written once the rows
+are on their way, and the metadata is flushed while the last rows are written.
 """
 
 from __future__ import annotations
@@ -100,7 +107,8 @@ from .reader import (
 )
 from .schema import Schema
 
-__all__ = ["pivot", "PivotError", "PivotResult", "add_arguments", "run", "COMPRESSIONS"]
+__all__ = ["pivot", "PivotError", "PivotResult", "add_arguments", "run", "COMPRESSIONS",
+           "release_memory"]
 
 FORMAT = "speeddata-set/1"
 CHUNK_BYTES = 1024 * 1024
@@ -233,6 +241,10 @@ WRITEBACK_BYTES = 8 * 1024 * 1024
 #: pivot waits for the oldest past this).
 BACKGROUND_BYTES = 64 * 1024 * 1024
 
+#: ``none``: batches decoded into at most this many buffers (the decoder waits for one
+#: written rather than fault in a new one; see _Buffers).
+BATCH_BUFFERS = 4
+
 
 class _GuardedFile(io.RawIOBase):
     """The temporary output file, given to h5py as a file object.
@@ -276,6 +288,50 @@ class _GuardedFile(io.RawIOBase):
         self.announced: Any = None  # the chunk whose write goes to the background
         self.future: concurrent.futures.Future | None = None  # of the announced write
         self.bg_from = -1  # writer thread: writeback not started from here on
+        self.staged: list = []  # (buffer, offset) streamed since the last flush_staged()
+        self.streamed = False  # writes staged: the writer starts each one's writeback
+
+    def streams(self) -> bool:
+        """Whether ``stage`` writes go to the background writer (else: not available)."""
+        return self.limit > 0 and _native is not None
+
+    def stage(self, data: np.ndarray, offset: int) -> None:
+        """Write ``data`` (contiguous) at ``offset`` on the writer thread, with the other
+        staged writes, at the next ``flush_staged()``: the rows of a streamed dataset
+        go straight to their place in the file's allocated chunks, no HDF5 call. The
+        memory must stay as it is until the future of that flush is done."""
+        self.staged.append((data, offset))
+
+    def flush_staged(self) -> concurrent.futures.Future | None:
+        """Queue the staged writes for the writer thread, in one ``pwrite_many`` (the
+        writeback of each one's whole pages started right after it); returns their
+        future (None: nothing staged)."""
+        if not self.staged:
+            return None
+        staged, self.staged = self.staged, []
+        if self.error is not None:
+            return None
+        self.streamed = True
+        if self.writer is None:
+            self.writer = threading.Thread(target=self._write_loop, name="pivot-write",
+                                           daemon=True)
+            self.writer.start()
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        n = 0
+        with self.cond:
+            for data, offset in staged[:-1]:
+                self.queue.append((data, offset, None))
+                n += data.nbytes
+            self.queue.append((staged[-1][0], staged[-1][1], future))
+            n += staged[-1][0].nbytes
+            self.cond.notify()
+        self.pending.append((future, n))
+        self.pending_bytes += n
+        while self.pending_bytes > self.limit and len(self.pending) > 1:
+            done, k = self.pending.popleft()
+            done.result()
+            self.pending_bytes -= k
+        return future
 
     def background(self, chunk: np.ndarray) -> None:
         """Announce that HDF5's next write of exactly ``chunk``'s memory goes to the
@@ -301,21 +357,30 @@ class _GuardedFile(io.RawIOBase):
                 items, self.queue = self.queue, []
             try:
                 if self.error is None:
-                    if self.writeback_bytes and self.bg_from < 0:
-                        self.bg_from = items[0][1]
-                    self.bg_from = _native.pwrite_many(
-                        self.fd, [chunk for chunk, _, _ in items],
-                        [offset for _, offset, _ in items],
-                        self.bg_from if self.writeback_bytes else -1, self.writeback_bytes)
+                    if self.streamed:
+                        # scattered over the chunks: each write's pages to the disk
+                        _native.pwrite_many(self.fd, [chunk for chunk, _, _ in items],
+                                            [offset for _, offset, _ in items],
+                                            -1, 0, bool(self.writeback_bytes))
+                    else:
+                        if self.writeback_bytes and self.bg_from < 0:
+                            self.bg_from = items[0][1]
+                        self.bg_from = _native.pwrite_many(
+                            self.fd, [chunk for chunk, _, _ in items],
+                            [offset for _, offset, _ in items],
+                            self.bg_from if self.writeback_bytes else -1,
+                            self.writeback_bytes)
             except BaseException as exc:  # noqa: BLE001 - reported by check(), as a write's
                 if self.error is None:
                     self.error = exc
             finally:
                 for _, _, future in items:
-                    future.set_result(None)
+                    if future is not None:
+                        future.set_result(None)
 
     def drain(self) -> None:
-        """Wait for every background write."""
+        """Wait for every background write (the staged ones queued first)."""
+        self.flush_staged()
         while self.pending:
             self.pending.popleft()[0].result()
         self.pending_bytes = 0
@@ -385,7 +450,8 @@ class _GuardedFile(io.RawIOBase):
         self.pos += n
         if self.pos > self.end:
             self.end = self.pos
-            if self.writeback_bytes and self.end - self.started >= self.writeback_bytes:
+            if (self.writeback_bytes and self.writer is None
+                    and self.end - self.started >= self.writeback_bytes):
                 _native.start_writeback(self.fd, self.started, self.end - self.started)
                 self.started = self.end
         return n
@@ -483,22 +549,32 @@ def _write_attrs(obj, attrs: dict) -> None:
 _DATASET_TEMPLATES: dict = {}  # (dtype, filters) -> (HDF5 type, creation plist) h5py made
 
 
-def _create_dataset(group, name: str, n_rows: int, h5dtype, chunk_rows: int, kwargs: dict):
+def _create_dataset(group, name: str, n_rows: int, h5dtype, chunk_rows: int, kwargs: dict,
+                    early: bool = False):
     """``group.create_dataset(name, (n_rows,), maxshape=(None,), chunks=(chunk_rows,),
     dtype=h5dtype, **kwargs)``: the first dataset of a kind (plain numbers, same filters)
     through h5py, the next ones with a copy of the type and creation properties h5py
-    made for it (only the chunk size changes): a fifth of h5py's time per dataset."""
+    made for it (only the chunk size changes): a fifth of h5py's time per dataset.
+
+    ``early``: every chunk allocated in the file when the dataset is made, and no fill
+    value ever written (``H5D_ALLOC_TIME_EARLY``, ``H5D_FILL_TIME_NEVER``), so that the
+    rows can be written straight to the chunks' addresses."""
     import h5py
-    from h5py import h5d, h5s
+    from h5py import h5d, h5p, h5s
 
     dtype = np.dtype(h5dtype)
     key = None
     if dtype.metadata is None and dtype.kind in "biuf":  # no enum, string or vlen
-        key = (dtype.str, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
+        key = (dtype.str, early, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
     template = _DATASET_TEMPLATES.get(key) if key is not None else None
     if template is None:
+        extra: dict = {}
+        if early:
+            plist = h5p.create(h5p.DATASET_CREATE)
+            plist.set_alloc_time(h5d.ALLOC_TIME_EARLY)
+            extra = {"dcpl": plist, "fill_time": "never"}
         ds = group.create_dataset(name, shape=(n_rows,), maxshape=(None,), dtype=h5dtype,
-                                  chunks=(chunk_rows,), **kwargs)
+                                  chunks=(chunk_rows,), **kwargs, **extra)
         if key is not None:
             _DATASET_TEMPLATES[key] = (ds.id.get_type(), ds.id.get_create_plist())
         return ds
@@ -518,7 +594,7 @@ class _DatasetWriter:
     """
 
     def __init__(self, group, name: str, dtype, h5dtype, n_max: int, comp: _Compression,
-                 pool, attrs: dict, guard: _GuardedFile | None = None):
+                 pool, attrs: dict, guard: _GuardedFile | None = None, stream: bool = False):
         import h5py
 
         self.name = name
@@ -534,6 +610,12 @@ class _DatasetWriter:
         n_chunks = max(1, -(-max(n_max, 1) // target))
         self.chunk_rows = -(-max(n_max, 1) // n_chunks)
         self.direct = comp.direct and not variable
+        # Streamed (``none``, fixed-size rows, the background writer there, rows not
+        # resampled): every chunk allocated when the dataset is made; each batch's rows
+        # written straight to their place in the chunks by the writer thread.
+        self.stream = (stream and self.direct and comp.name == "none" and guard is not None
+                       and guard.streams())
+        self.addresses: dict[int, int] = {}  # chunk index -> its address in the file
         kwargs = dict(comp.kwargs) if (comp.name != "none") else {}
         if variable and comp.name not in ("lzf",) and not comp.name.startswith("gzip"):
             # Plugin filters divide by the element size, which a variable-length type
@@ -543,18 +625,22 @@ class _DatasetWriter:
         if self.dtype.itemsize == 1 and "shuffle" in kwargs:
             kwargs["shuffle"] = False  # nothing to shuffle in 1-byte elements
         self.comp = comp
-        self.ds = _create_dataset(group, name, max(n_max, 0), h5dtype, self.chunk_rows, kwargs)
+        self.ds = _create_dataset(group, name, max(n_max, 0), h5dtype, self.chunk_rows, kwargs,
+                                  self.stream)
         # Filter mask of a chunk stored as it is: bit i skips filter i of the pipeline
         # (shuffle then deflate, or deflate alone for 1-byte elements).
         self.raw_mask = 0
         if self.direct and comp.name.startswith("gzip"):
             self.raw_mask = (1 << self.ds.id.get_create_plist().get_nfilters()) - 1
-        _write_attrs(self.ds, attrs)
+        # written by write_attrs(), once the chunks are on their way: the disk gets to
+        # work a few ms sooner (~100 datasets x a few attributes)
+        self.attrs = attrs
         self.pool = pool
         self.guard = guard  # background writes of `none` chunks (None: none)
         self.writing: deque = deque()  # (future, chunk buffer) of background writes
         self.size = max(n_max, 0)  # rows the dataset has (h5py's ds.shape costs ~15 us)
         self.n = 0  # rows appended
+        self.first = self.last = None  # the first and last value appended
         self.written = 0  # rows written to the file
         # Direct chunks: rows gather in `buf` (a chunk, reused: no new pages to fault in
         # for each chunk), unless a batch holds a whole chunk (then written from it).
@@ -569,6 +655,9 @@ class _DatasetWriter:
     def append(self, values: np.ndarray) -> None:
         if len(values) == 0:
             return
+        if self.n == 0:
+            self.first = values[0]
+        self.last = values[-1]  # (time: the channel's t_first_ns, t_last_ns, no read-back)
         if self.n + len(values) > self.size:
             self.size = self.n + len(values)
             self.ds.resize((self.size,))
@@ -577,6 +666,9 @@ class _DatasetWriter:
             self._write_rows(self.n - len(values), values)
             return
         values = np.ascontiguousarray(values, self.dtype)
+        if self.stream:
+            self._stage(self.n - len(values), values)
+            return
         c = self.chunk_rows
         i, n = 0, len(values)
         while i < n:
@@ -592,6 +684,32 @@ class _DatasetWriter:
             i += k
             if self.fill == c:
                 self._flush_buf()
+
+    def _stage(self, start: int, values: np.ndarray) -> None:
+        """Stage the rows ``[start, start + len(values))`` for the writer thread, each
+        chunk's part at its place in that chunk (written at the guard's next
+        ``flush_staged``)."""
+        c = self.chunk_rows
+        size = self.dtype.itemsize
+        i, n = 0, len(values)
+        while i < n:
+            k, within = divmod(start + i, c)
+            m = min(c - within, n - i)
+            address = self.addresses.get(k)
+            if address is None:
+                address = self.addresses[k] = self._address(k)
+            self.guard.stage(values[i : i + m], address + within * size)
+            i += m
+        self.written = start + n
+
+    def _address(self, k: int) -> int:
+        """The file address of chunk ``k`` (allocated when the dataset was made)."""
+        info = self.ds.id.get_chunk_info_by_coord((k * self.chunk_rows,))
+        address = info.byte_offset
+        if address is None or address < 0 or info.size != self.chunk_rows * self.dtype.itemsize:
+            raise PivotError(f"{self.name}: chunk {k} has no storage in the file "
+                             f"(HDF5 reported {info}); this is a bug, please report it")
+        return address
 
     def _spare(self) -> np.ndarray:
         """A chunk buffer: one whose write is done, or a new one."""
@@ -694,6 +812,9 @@ class _DatasetWriter:
             except (RuntimeError, ValueError):
                 pass
 
+    def write_attrs(self) -> None:
+        _write_attrs(self.ds, self.attrs)
+
     def abandon(self) -> None:
         """Drop the dataset and pending chunks (after a failed write)."""
         for _, fut, _, _ in self.inflight:
@@ -705,6 +826,8 @@ class _DatasetWriter:
         self.ds = None
 
     def close(self) -> int:
+        if self.stream:
+            self.guard.flush_staged()
         if self.direct and self.fill:
             self._flush_buf()
         while self.inflight:
@@ -1179,7 +1302,9 @@ def _write_channel(f, plan: _Plan, comp, pool, every, period_ns, aggs, recv_time
     reader = plan.reader
     # Rows (not resampled: a resample holds rows back across batches) are written or
     # copied out before the next batch, so their memory goes back to the decoder.
-    buffers = None if period_ns else _Buffers()
+    buffers = None
+    if not period_ns:
+        buffers = _Buffers(BATCH_BUFFERS if comp.name == "none" else None)
     batches = _Prefetch(reader.batches(batch_bytes, recv_time=recv_time and not period_ns,
                                        out=buffers.take if buffers is not None else None))
     try:
@@ -1187,6 +1312,8 @@ def _write_channel(f, plan: _Plan, comp, pool, every, period_ns, aggs, recv_time
                                       gap_factor, bar, registry, guard, batches, buffers)
     finally:
         batches.close()
+        if buffers is not None:
+            buffers.close()
 
 
 def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, recv_time,
@@ -1220,9 +1347,9 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
 
     def writer(name, dtype, h5dtype, attrs):
         if name not in writers:
-            writers[name] = _DatasetWriter(group, name, dtype, h5dtype, n_max, comp, pool, attrs,
-                                           guard)
-            registry.append(writers[name])
+            w = writers[name] = _DatasetWriter(group, name, dtype, h5dtype, n_max, comp, pool,
+                                               attrs, guard, stream=not period_ns)
+            registry.append(w)
         return writers[name]
 
     # Create datasets up front, in a fixed order, so that empty channels have them too.
@@ -1256,15 +1383,19 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
         dt, h5dt = _h5_types(sig, "records")
         writer(col, dt, h5dt, attrs)
         if sig.nullable and sig.type not in ("float", "double"):
-            writers[col].ds.attrs["valid"] = f"{col}.valid"
+            writers[col].attrs["valid"] = f"{col}.valid"
             writer(f"{col}.valid", np.bool_, np.bool_,
                    {"doc": f"True where {col} has a value (False: null)", "valid_of": col})
 
     def done_batch(batch_rows: int, memory) -> None:
+        streamed = guard.flush_staged()  # the batch's rows of streamed datasets
         if buffers is not None and memory is not None:
             # written, or copied into chunk buffers; chunks of it still being
-            # compressed or written keep it until they are done
-            buffers.give(memory, [x for w in writers.values() for x in w.take_borrowed()])
+            # compressed or written (or streamed rows of it) keep it until done
+            held = [x for w in writers.values() for x in w.take_borrowed()]
+            if streamed is not None:
+                held.append(streamed)
+            buffers.give(memory, held)
         guard.check()  # stop at the first failed write (full disk)
         # progress in record bytes: the channel's payload shared out by rows
         bar.update(reader.payload_bytes * batch_rows // max(reader.n_rows_max, 1), plan.channel)
@@ -1301,11 +1432,15 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
     if period_ns and pending is not None and pending.n_rows:
         _append_resampled(writers, pending, period_ns, aggs)
     rows = {name: w.close() for name, w in writers.items()}
+    for w in writers.values():  # while the last chunks are written
+        w.write_attrs()
     group.attrs["n_records_read"] = n_read
     group.attrs["n_records"] = rows["time"]
-    times = group["time"]
-    group.attrs["t_first_ns"] = int(times[0]) if rows["time"] else -1
-    group.attrs["t_last_ns"] = int(times[rows["time"] - 1]) if rows["time"] else -1
+    times = writers["time"]
+    group.attrs["t_first_ns"] = int(times.first) if rows["time"] else -1
+    group.attrs["t_last_ns"] = int(times.last) if rows["time"] else -1
+    # the metadata written now, while the background writes of the rows go on
+    f.flush()
     return rows["time"]
 
 
@@ -1314,17 +1449,39 @@ class _Buffers:
     for the next ones: decoding into fresh memory made the kernel fault in and zero
     16 MiB for every batch (~13% of a ``wide`` pivot's profile), and the two cores share
     one memory bus. A batch's memory is free once every chunk written from it is
-    (``give``'s futures). ``take`` runs on the decode thread, ``give`` on the writing one."""
+    (``give``'s futures). ``take`` runs on the decode thread, ``give`` on the writing one.
 
-    def __init__(self):
+    ``limit``: once that many buffers exist, ``take`` waits for the oldest held one to be
+    written rather than let the decoder fault in a new one (only where every future
+    given is completed by another thread than the one that takes batches: ``none``'s
+    background writer). With the disk the bottleneck, a decoder running further ahead
+    gains nothing, and a fresh 16 MiB batch can cost ~40 ms of page faults (2-3 ms
+    reused; see _MemoryPool). Buffers come from the process's pool before new ones are
+    made, and go back to it at ``close``."""
+
+    #: at most this long waiting for a buffer, then a new one after all
+    WAIT_SECONDS = 1.0
+
+    def __init__(self, limit: int | None = None):
         self.lock = threading.Lock()
         self.free: list[np.ndarray] = []
         self.held: deque = deque()  # (buffer, futures of its chunks not yet written)
+        self.limit = limit
+        self.made = 0  # buffers the decoder was left to allocate, or taken from the pool
 
     def take(self) -> np.ndarray | None:
-        with self.lock:
-            self._release()
-            return self.free.pop() if self.free else None
+        waited = False
+        while True:
+            with self.lock:
+                self._release()
+                if self.free:
+                    return self.free.pop()
+                if waited or self.limit is None or self.made < self.limit or not self.held:
+                    self.made += 1
+                    return _POOL.take()
+                futures = list(self.held[0][1])
+            concurrent.futures.wait(futures, timeout=self.WAIT_SECONDS)
+            waited = not all(f.done() for f in futures)
 
     def give(self, memory: np.ndarray, futures: list) -> None:
         with self.lock:
@@ -1334,6 +1491,69 @@ class _Buffers:
     def _release(self) -> None:
         while self.held and all(f.done() for f in self.held[0][1]):
             self.free.append(self.held.popleft()[0])
+
+    def close(self) -> None:
+        """Hand the free buffers to the process's pool for the next pivot, after the
+        channel's last batch (a buffer still held by a write is left to the garbage
+        collector: after a failure, its write may never complete)."""
+        with self.lock:
+            self._release()
+            free, self.free = self.free, []
+            self.held = deque()
+        for memory in free:
+            _POOL.give(memory)
+
+
+class _MemoryPool:
+    """Batch memory kept between pivots (and channels), up to ``limit`` bytes.
+
+    New memory is expensive: the kernel faults in and zeroes every page, and in a virtual
+    machine whose balloon reports free pages to the host (free page reporting), each
+    first touch is also a fault in the host: 16 MiB took 35-45 ms there against 2-3 ms
+    reused. A process that pivots more than once (a notebook exporting several tags, a
+    server answering export requests) reuses the same memory. :func:`release_memory`
+    empties the pool."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.buffers: list[np.ndarray] = []
+        self.nbytes = 0
+
+    def take(self) -> np.ndarray | None:
+        """The largest buffer kept, or None."""
+        with self.lock:
+            if not self.buffers:
+                return None
+            memory = self.buffers.pop()  # sorted by size: the largest last
+            self.nbytes -= memory.nbytes
+            return memory
+
+    def give(self, memory: np.ndarray | None) -> None:
+        if memory is None:
+            return
+        with self.lock:
+            if self.nbytes + memory.nbytes > self.limit:
+                return  # let it go: the pool holds enough
+            self.buffers.append(memory)
+            self.buffers.sort(key=lambda m: m.nbytes)
+            self.nbytes += memory.nbytes
+
+    def clear(self) -> int:
+        with self.lock:
+            freed, self.buffers, self.nbytes = self.nbytes, [], 0
+        return freed
+
+
+#: batch memory kept for the next pivot: a ``none`` pivot's batches in flight
+POOL_BYTES = 4 * BATCH_BYTES + (1 << 20)
+_POOL = _MemoryPool(POOL_BYTES)
+
+
+def release_memory() -> int:
+    """Free the batch memory the pivot keeps for the next one (see ``POOL_BYTES``);
+    returns the bytes released."""
+    return _POOL.clear()
 
 
 class _Prefetch:
