@@ -514,6 +514,61 @@ def test_batch_buffers_wait_for_a_written_one(monkeypatch):
     assert unlimited.take() is None  # no limit: never waits
 
 
+def test_background_writes_in_file_order_unless_they_overlap():
+    """The writer thread writes a queue of disjoint pieces in file order (adjacent ones
+    then make one writeback range); overlapping ones keep the order they were staged in,
+    so that the later write wins as it would have."""
+    a, b, c = np.zeros(10, np.uint8), np.ones(10, np.uint8), np.full(10, 2, np.uint8)
+    disjoint = [(a, 20, None), (b, 0, None), (c, 10, None)]
+    assert [off for _, off, _ in pivot_module._in_file_order(disjoint)] == [0, 10, 20]
+    overlapping = [(a, 20, None), (b, 0, None), (c, 15, None)]  # c overlaps a
+    assert pivot_module._in_file_order(overlapping) == overlapping
+
+
+def test_pwrite_many_adjacent_buffers(tmp_path):
+    """``each=True`` with buffers that follow each other in the file (one writeback
+    range for them) and gaps between runs: every byte lands at its place."""
+    path = tmp_path / "runs.bin"
+    rng = np.random.default_rng(9)
+    pieces = [rng.integers(0, 256, int(k), dtype=np.uint8) for k in (5000, 3000, 8192, 100, 7)]
+    offsets = [0, 5000, 8000, 20000, 20100]  # two runs: [0, 16192) and [20000, 20107)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _pivot.pwrite_many(fd, pieces, offsets, -1, 0, True)
+    finally:
+        os.close(fd)
+    data = path.read_bytes()
+    assert len(data) == 20107
+    for piece, off in zip(pieces, offsets, strict=True):
+        assert data[off : off + piece.nbytes] == piece.tobytes()
+    assert data[16192:20000] == bytes(20000 - 16192)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_datasets_made_with_the_first_batch(compression, cache, tmp_path, monkeypatch):
+    """Datasets made after the first batch arrived (given its rows at once) hold what
+    they hold when all are made first, in both channels (numbers, strings, validity)."""
+    monkeypatch.setattr(pivot_module, "FIRST_DATASETS", 10**6)
+    pivot(cache, tmp_path / "first.h5", compression=compression, recv_time=True,
+          batch_bytes=64 * 1024)
+    monkeypatch.setattr(pivot_module, "FIRST_DATASETS", 1)
+    pivot(cache, tmp_path / "later.h5", compression=compression, recv_time=True,
+          batch_bytes=64 * 1024)
+    with h5py.File(tmp_path / "first.h5") as a, h5py.File(tmp_path / "later.h5") as b:
+        names = []
+        a.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset)
+                     else None)
+        assert len(names) > 10
+        for name in names:
+            x, y = a[name][()], b[name][()]
+            assert x.dtype == y.dtype and x.shape == y.shape, name
+            if x.dtype.kind == "f":
+                np.testing.assert_array_equal(x, y, err_msg=name)
+            else:
+                assert x.tolist() == y.tolist(), name
+            assert dict(a[name].attrs).keys() == dict(b[name].attrs).keys(), name
+
+
 def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
     """The batch memory of a pivot goes to the process's pool (up to its limit), the next
     pivot decodes into it instead of new memory, and ``release_memory`` empties it."""

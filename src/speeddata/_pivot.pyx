@@ -121,8 +121,10 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
     ``each``: instead, the writeback of each buffer's whole pages is started right after
     it is written (the pages it ends inside of are left for the next write there, or
     the final ``fsync``): for buffers scattered over the file, each filling a region
-    from where the last one there stopped. Raises OSError (errno set) at the first
-    failed write; the ones before it are written."""
+    from where the last one there stopped. Buffers that follow each other in the file
+    (the next one's offset is where this one ends) make one range: one writeback, the
+    disk's requests larger. Raises OSError (errno set) at the first failed write; the
+    ones before it are written."""
     cdef Py_ssize_t n = len(buffers)
     if len(offsets) != n:
         raise ValueError("pwrite_many: as many offsets as buffers, please")
@@ -131,7 +133,7 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
     cdef Py_ssize_t got = 0, i
     cdef int err = 0, rc
     cdef off_t end = writeback_from
-    cdef off_t lo, hi
+    cdef off_t lo, hi, run = -1
     if views == NULL or where == NULL:
         PyMem_Free(views)
         PyMem_Free(where)
@@ -147,8 +149,13 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
                 if err:
                     break
                 if each:
-                    lo = where[i] & ~(<off_t>4095)
+                    if run < 0:
+                        run = where[i]  # a range of adjacent buffers starts
+                    if i + 1 < n and where[i + 1] == where[i] + views[i].len:
+                        continue  # the next one extends it
+                    lo = run & ~(<off_t>4095)
                     hi = (where[i] + views[i].len) & ~(<off_t>4095)
+                    run = -1
                     if hi > lo:
                         rc = sync_file_range(fd, lo, hi - lo, SYNC_FILE_RANGE_WRITE)
                         while rc < 0 and errno == EINTR:
