@@ -591,6 +591,19 @@ def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
     held = pool.nbytes
     assert held > 0 and pivot_module.release_memory() == held
     assert pool.nbytes == 0 and not pool.buffers
+    # chunk buffers (gathered rows of the compressed chunks) are kept and reused too
+    taken = []
+    take_chunk = pool.take_chunk
+    monkeypatch.setattr(pool, "take_chunk", lambda n: taken.append(take_chunk(n)) or taken[-1])
+    tiny = 32 * 1024  # batches smaller than a chunk: rows gathered into chunk buffers
+    pivot(cache, tmp_path / "3.h5", compression="gzip", channels=["engine"], batch_bytes=tiny)
+    assert pool.chunks and not any(m is not None for m in taken)
+    kept = {id(m) for ms in pool.chunks.values() for m in ms}
+    taken.clear()
+    pivot(cache, tmp_path / "4.h5", compression="gzip", channels=["engine"], batch_bytes=tiny)
+    assert {id(m) for m in taken if m is not None} & kept
+    got = speeddata.load(tmp_path / "4.h5", "engine")
+    assert all(np.array_equal(got[k], expect[k]) for k in expect if got[k].dtype.kind in "biuf")
     full = pivot_module._MemoryPool(100)
     full.give(np.zeros(60, np.uint8))
     full.give(np.zeros(60, np.uint8))  # over the limit: let go

@@ -58,8 +58,8 @@ part's pages started after it), and the datasets are shrunk to the rows written 
 the end (rows of the last chunk past the end are never read; HDF5 frees whole chunks
 past it). Other ``none`` chunks (resampling) go through ``write_direct_chunk``, their
 bytes written by the same thread. The decoder writes each batch into the memory of
-one already written, and that memory is kept for the next pivot in the process
-(``POOL_BYTES``; ``release_memory()`` frees it). Attributes are written once the rows
+one already written; that memory and the chunk buffers are kept for the next pivot in
+the process (``POOL_BYTES``; ``release_memory()`` frees them). Attributes are written once the rows
 are on their way, and the metadata is flushed while the last rows are written.
 """
 
@@ -735,7 +735,11 @@ class _DatasetWriter:
             future, buf = self.writing.popleft()
             future.result()
             self.spare.append(buf)
-        return self.spare.pop() if self.spare else np.empty(self.chunk_rows, self.dtype)
+        if self.spare:
+            return self.spare.pop()
+        kept = _POOL.take_chunk(self.chunk_rows * self.dtype.itemsize)
+        return kept.view(self.dtype) if kept is not None else np.empty(self.chunk_rows,
+                                                                        self.dtype)
 
     def _write_rows(self, start: int, values: np.ndarray) -> None:
         stop = start + len(values)
@@ -828,6 +832,14 @@ class _DatasetWriter:
             except (RuntimeError, ValueError):
                 pass
 
+    def release_buffers(self) -> None:
+        """Chunk buffers no longer needed (written) to the pool, for the next pivot."""
+        while self.writing and self.writing[0][0].done():
+            self.spare.append(self.writing.popleft()[1])
+        for buf in self.spare:
+            _POOL.give(buf, chunk=True)
+        self.spare = []
+
     def write_attrs(self) -> None:
         _write_attrs(self.ds, self.attrs)
 
@@ -848,6 +860,7 @@ class _DatasetWriter:
             self._flush_buf()
         while self.inflight:
             self._drain_one()
+        self.release_buffers()
         if self.size != self.n:
             self.size = self.n
             self.ds.resize((self.n,))
@@ -1210,6 +1223,8 @@ def pivot(
             guard.sync()
             guard.check()
             guard.close()
+            for w in registry:  # their background writes done: the rest of the buffers
+                w.release_buffers()
             os.replace(tmp, output)
             _fsync_dir(output.parent)
         except BaseException as exc:
@@ -1555,7 +1570,8 @@ class _Buffers:
 
 
 class _MemoryPool:
-    """Batch memory kept between pivots (and channels), up to ``limit`` bytes.
+    """Batch memory and chunk buffers kept between pivots (and channels), up to
+    ``limit`` bytes.
 
     New memory is expensive: the kernel faults in and zeroes every page, and in a virtual
     machine whose balloon reports free pages to the host (free page reporting), each
@@ -1567,31 +1583,47 @@ class _MemoryPool:
     def __init__(self, limit: int):
         self.limit = limit
         self.lock = threading.Lock()
-        self.buffers: list[np.ndarray] = []
+        self.buffers: list[np.ndarray] = []  # batch memory, by size (the largest last)
+        self.chunks: dict[int, list[np.ndarray]] = {}  # chunk buffers, by bytes
         self.nbytes = 0
 
     def take(self) -> np.ndarray | None:
-        """The largest buffer kept, or None."""
+        """The largest batch buffer kept, or None."""
         with self.lock:
             if not self.buffers:
                 return None
-            memory = self.buffers.pop()  # sorted by size: the largest last
+            memory = self.buffers.pop()
             self.nbytes -= memory.nbytes
             return memory
 
-    def give(self, memory: np.ndarray | None) -> None:
+    def take_chunk(self, nbytes: int) -> np.ndarray | None:
+        """A chunk buffer of ``nbytes`` bytes (uint8) kept, or None."""
+        with self.lock:
+            kept = self.chunks.get(nbytes)
+            if not kept:
+                return None
+            self.nbytes -= nbytes
+            return kept.pop()
+
+    def give(self, memory: np.ndarray | None, chunk: bool = False) -> None:
+        """Keep ``memory`` (a batch buffer, or with ``chunk`` a chunk buffer) if the pool
+        has room for it."""
         if memory is None:
             return
+        memory = memory.view(np.uint8).reshape(-1)
         with self.lock:
             if self.nbytes + memory.nbytes > self.limit:
                 return  # let it go: the pool holds enough
-            self.buffers.append(memory)
-            self.buffers.sort(key=lambda m: m.nbytes)
+            if chunk:
+                self.chunks.setdefault(memory.nbytes, []).append(memory)
+            else:
+                self.buffers.append(memory)
+                self.buffers.sort(key=lambda m: m.nbytes)
             self.nbytes += memory.nbytes
 
     def clear(self) -> int:
         with self.lock:
-            freed, self.buffers, self.nbytes = self.nbytes, [], 0
+            freed, self.buffers, self.chunks, self.nbytes = self.nbytes, [], {}, 0
         return freed
 
 
@@ -1599,8 +1631,17 @@ class _MemoryPool:
 #: while the first batch decodes); the others are made with that batch's rows at hand
 FIRST_DATASETS = 32
 
-#: batch memory kept for the next pivot: a ``none`` pivot's batches in flight
-POOL_BYTES = 4 * BATCH_BYTES + (1 << 20)
+def _pool_bytes() -> int:
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not Linux
+        ram = 4 << 30
+    return min(256 << 20, ram // 16)
+
+
+#: batch and chunk memory kept for the next pivot: 256 MiB at most, and at most 1/16 of
+#: the RAM (a ``wide`` pivot of 100 doubles uses ~180 MB of it)
+POOL_BYTES = _pool_bytes()
 _POOL = _MemoryPool(POOL_BYTES)
 
 
