@@ -55,17 +55,24 @@ def set_thread_nice(nice: int) -> bool:
     receive loops run above the kernel's writeback workers and a local sender at the
     default -10: without it, on a machine with few cores, the page-cache writeback of a
     busy cache takes the loop's core for long enough to overflow its socket buffers
-    (docs/performance.md, "Zero loss"). False, with a warning, when not permitted."""
+    (docs/performance.md, "Zero loss"). False when not permitted (with a warning, once
+    per process: every worker's loop asks)."""
+    global _nice_refused
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     except PermissionError:
-        log.warning(
-            "relay.nice = %d refused (it needs root or CAP_SYS_NICE): the receive loop "
-            "runs at normal priority; set relay.nice = 0 to silence this",
-            nice,
-        )
+        if not _nice_refused:
+            _nice_refused = True
+            log.warning(
+                "relay.nice = %d refused (it needs root or CAP_SYS_NICE): the receive "
+                "loops run at normal priority; set relay.nice = 0 to silence this",
+                nice,
+            )
         return False
     return True
+
+
+_nice_refused = False  # the refusal was logged
 
 #: file, in the cache folder, of the channels added and removed at run time
 CHANNELS_FILE = "relay-channels.json"
