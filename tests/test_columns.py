@@ -509,3 +509,55 @@ def test_reserve_into_given_memory(schema_def):
     with pytest.raises(TypeError):
         dec.reserve(n_rows, heap, out=readonly)
     PyBlockDecoder(schema).reserve(n_rows, heap, out=memory)  # accepted, not used
+
+
+def test_column_memory_is_recycled_only_once_unused(monkeypatch):
+    """A large read's columns are views of one slab; the slab goes back to the pool only
+    when no array or view of it is left, and the next read of about its size decodes into
+    it (no new pages); the pool keeps at most SLAB_POOL_BYTES and release_slabs empties
+    it. Values are never shared between two live results."""
+    _columns.release_slabs()
+    schema = Schema(WIDE)
+    rng = np.random.default_rng(8)
+    records = [{f"v{i:03d}": float(x) for i, x in enumerate(row)}
+               for row in rng.normal(size=(8000, 100))]  # 6.4 MB of columns: a slab
+    buf, blocks = encode_blocks(schema, records, 500)
+    expect, _ = decode(PyBlockDecoder, schema, buf, blocks)
+
+    def read():
+        columns, _ = decode(_columns.BlockDecoder, schema, buf, blocks)
+        return columns
+
+    first = read()
+    kept = first["v042"][10:20]  # a view outlives the result
+    address = first["v000"].__array_interface__["data"][0]
+    del first
+    assert _columns.slab_pool() == (0, 0)  # the view still uses it
+    second = read()  # so this one gets other memory
+    assert second["v000"].__array_interface__["data"][0] != address
+    np.testing.assert_array_equal(kept, expect["v042"][10:20])  # untouched
+    del kept
+    count, nbytes = _columns.slab_pool()
+    assert count == 1 and nbytes >= 6_400_000 and nbytes % _columns.SLAB_ALIGN == 0
+    third = read()  # takes the freed slab back
+    assert third["v000"].__array_interface__["data"][0] == address
+    assert _columns.slab_pool() == (0, 0)
+    for name in expect:
+        np.testing.assert_array_equal(third[name], expect[name])
+        np.testing.assert_array_equal(second[name], expect[name])
+    monkeypatch.setattr(_columns, "SLAB_POOL_BYTES", nbytes)  # room for one slab
+    del second, third
+    assert _columns.slab_pool() == (1, nbytes)  # the older of the two let go
+    assert _columns.release_slabs() == nbytes and _columns.slab_pool() == (0, 0)
+
+
+def test_release_memory_frees_column_memory_too():
+    """speeddata.release_memory(): the pivot's pool and the reads' free column memory."""
+    import speeddata
+
+    _columns.release_slabs()
+    a = _columns._aligned_empty(5 << 20)
+    del a
+    count, nbytes = _columns.slab_pool()
+    assert count == 1
+    assert speeddata.release_memory() >= nbytes and _columns.slab_pool() == (0, 0)

@@ -596,7 +596,7 @@ def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
     assert got.n_rows == expect.n_rows and all(
         np.array_equal(got[k], expect[k]) for k in expect if got[k].dtype.kind in "biuf")
     held = pool.nbytes
-    assert held > 0 and pivot_module.release_memory() == held
+    assert held > 0 and pivot_module.release_memory() >= held  # (+ free column memory)
     assert pool.nbytes == 0 and not pool.buffers
     # chunk buffers (gathered rows of the compressed chunks) are kept and reused too
     taken = []

@@ -20,6 +20,7 @@ _EXPORTS = {
     "Source": "speeddata.source",
     "read": "speeddata.reader",
     "load": "speeddata.reader",
+    "release_memory": "speeddata.pivot",
     "Columns": "speeddata.reader",
     "Tag": "speeddata.tags",
     "add_tag": "speeddata.tags",

@@ -26,8 +26,13 @@ same interface; tests compare the two.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.math cimport NAN
 from libc.string cimport memcmp, memcpy, memset
+from cpython.buffer cimport PyBUF_FORMAT
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.stdlib cimport free
+from posix.stdlib cimport posix_memalign
+
+from speeddata.includes.system cimport MADV_HUGEPAGE, madvise
 
 cimport numpy as cnp
 
@@ -980,13 +985,111 @@ cdef class BlockDecoder:
 
 def _aligned_empty(Py_ssize_t n_bytes):
     # uint8 array of n_bytes starting on a 64-byte line (the transpose writes whole lines
-    # of each column), or, from 4 MiB, on a 2 MiB boundary: numpy asks the kernel for huge
-    # pages on large arrays, and an aligned start lets the first one be a huge page too.
-    cdef Py_ssize_t align = 2 * 1024 * 1024 if n_bytes >= 4 * 1024 * 1024 else 64
-    raw = np.empty(max(n_bytes, 1) + align, np.uint8)
+    # of each column), or, from 4 MiB, a slab on a 2 MiB boundary (huge pages, the first
+    # one included), recycled from an earlier read when one is free (_Slab).
+    if n_bytes >= SLAB_MIN_BYTES:
+        return np.frombuffer(_Slab(n_bytes), np.uint8)
+    raw = np.empty(max(n_bytes, 1) + 64, np.uint8)
     cdef size_t addr = <size_t>cnp.PyArray_DATA(raw)
-    cdef Py_ssize_t shift = (align - addr % align) % align
+    cdef Py_ssize_t shift = (64 - addr % 64) % 64
     return raw[shift : shift + max(n_bytes, 1)]
+
+
+# -- column memory recycled between reads ------------------------------------------------
+#
+# A large read's columns are views of one slab. New memory costs its page faults: the
+# kernel zeroes every page (~5 ms of a 48 MB read on bare metal; 30-90 ms in a VM whose
+# balloon reports free pages to the host, which then faults them in again: see
+# docs/performance.md). So a slab whose arrays are all gone goes to a pool, and the next
+# read of about its size takes it back: still mapped, no fault, no zeroing. The pool
+# keeps the most recently freed slabs, SLAB_POOL_BYTES at most; release_slabs() frees
+# them. Lifetime: the slab is the buffer exporter numpy's arrays keep alive (their base),
+# so it is pooled only once no array, view or memoryview of it is left.
+
+SLAB_MIN_BYTES = 4 * 1024 * 1024
+SLAB_ALIGN = 2 * 1024 * 1024
+SLAB_POOL_BYTES = 256 * 1024 * 1024
+_free_slabs = []  # [(capacity, address)], the most recently freed last
+_free_bytes = 0
+
+
+cdef class _Slab:
+    """``size`` bytes of column memory (a buffer exporter: ``np.frombuffer(slab)``)."""
+    cdef char* data
+    cdef Py_ssize_t size
+    cdef Py_ssize_t capacity
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+
+    def __cinit__(self, Py_ssize_t size):
+        global _free_bytes
+        cdef Py_ssize_t want = (max(size, 1) + SLAB_ALIGN - 1) // SLAB_ALIGN * SLAB_ALIGN
+        cdef Py_ssize_t i, best = -1
+        cdef void* mem = NULL
+        # a free slab large enough and not much larger (best fit, at most 1/4 more)
+        for i in range(len(_free_slabs)):
+            cap = _free_slabs[i][0]
+            if want <= cap <= want + want // 4 and (best < 0 or cap < _free_slabs[best][0]):
+                best = i
+        if best >= 0:
+            cap, addr = _free_slabs.pop(best)
+            _free_bytes -= cap
+            self.data = <char*><size_t>addr
+            self.capacity = cap
+        else:
+            if posix_memalign(&mem, SLAB_ALIGN, want) != 0:
+                raise MemoryError(f"cannot allocate {want} bytes of column memory")
+            madvise(mem, want, MADV_HUGEPAGE)  # as numpy does for large arrays
+            self.data = <char*>mem
+            self.capacity = want
+        self.size = max(size, 1)
+        self.shape[0] = self.size
+        self.strides[0] = 1
+
+    def __getbuffer__(self, Py_buffer* view, int flags):
+        view.buf = self.data
+        view.obj = self
+        view.len = self.size
+        view.readonly = 0
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.ndim = 1
+        view.shape = self.shape
+        view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* view):
+        pass
+
+    def __dealloc__(self):
+        global _free_bytes
+        if self.data == NULL:
+            return
+        _free_slabs.append((self.capacity, <size_t>self.data))
+        _free_bytes += self.capacity
+        while _free_bytes > SLAB_POOL_BYTES and _free_slabs:  # the oldest go
+            cap, addr = _free_slabs.pop(0)
+            _free_bytes -= cap
+            free(<void*><size_t>addr)
+        self.data = NULL
+
+
+def release_slabs():
+    """Free the column memory kept for later reads; returns the bytes freed."""
+    global _free_bytes
+    freed = _free_bytes
+    while _free_slabs:
+        free(<void*><size_t>_free_slabs.pop()[1])
+    _free_bytes = 0
+    return freed
+
+
+def slab_pool():
+    """``(free slabs, their bytes)`` kept for later reads."""
+    return len(_free_slabs), _free_bytes
 
 
 def string_dtype():

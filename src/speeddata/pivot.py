@@ -92,6 +92,11 @@ try:  # compiled helpers: GIL-free writes, writeback, shuffle (pure Python below
 except ImportError:  # pragma: no cover - built by setup.py; the references below run then
     _native = None
 
+try:  # the compiled decoder's recycled column memory (release_memory)
+    from . import _columns as _native_columns
+except ImportError:  # pragma: no cover - built by setup.py
+    _native_columns = None
+
 from . import __version__
 from .config import parse_duration
 from .errors import SpeedDataError
@@ -1646,9 +1651,16 @@ _POOL = _MemoryPool(POOL_BYTES)
 
 
 def release_memory() -> int:
-    """Free the batch memory the pivot keeps for the next one (see ``POOL_BYTES``);
-    returns the bytes released."""
-    return _POOL.clear()
+    """Free the memory kept for the next pivot or read: the pivot's batch and chunk
+    buffers (``POOL_BYTES``) and the column memory of reads (``speeddata._columns``,
+    ``SLAB_POOL_BYTES``); returns the bytes released. Also ``speeddata.release_memory``."""
+    freed = _POOL.clear()
+    import gc
+
+    gc.collect()  # the buffers just let go give their column memory back to the reads' pool
+    if _native_columns is not None:
+        freed += _native_columns.release_slabs()
+    return freed
 
 
 class _Prefetch:
