@@ -59,8 +59,9 @@ the end (rows of the last chunk past the end are never read; HDF5 frees whole ch
 past it). Other ``none`` chunks (resampling) go through ``write_direct_chunk``, their
 bytes written by the same thread. The decoder writes each batch into the memory of
 one already written; that memory and the chunk buffers are kept for the next pivot in
-the process (``POOL_BYTES``; ``release_memory()`` frees them). Attributes are written once the rows
-are on their way, and the metadata is flushed while the last rows are written.
+the process (``POOL_BYTES``; ``speeddata.release_memory()`` frees them). Attributes are
+written once the rows are on their way, and the metadata is flushed while the last rows
+are written. docs/pivot.md describes the file and the order of the work.
 """
 
 from __future__ import annotations
@@ -1454,7 +1455,6 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
         # progress in record bytes: the channel's payload shared out by rows
         bar.update(reader.payload_bytes * batch_rows // max(reader.n_rows_max, 1), plan.channel)
 
-    targets: list = []
     seen = 0
     n_read = 0
     pending: Columns | None = None
@@ -1480,20 +1480,19 @@ def _write_channel_batches(f, plan: _Plan, comp, pool, every, period_ns, aggs, r
                 pending = _take(batch, slice(cut, None))
                 batch = _take(batch, slice(0, cut))
             _append_resampled(writers, batch, period_ns, aggs)
-        elif made < len(specs):
-            for i in range(made):
-                writers[specs[i][0]].append(specs[i][4](batch))
-            streamed.append(guard.flush_staged())
-            for i in range(made, len(specs)):
-                make(i).append(specs[i][4](batch))
-                if (i - made) % 16 == 15:
-                    streamed.append(guard.flush_staged())  # to the disk meanwhile
-            made = len(specs)
-            batch = None
         else:
-            if not targets:
-                targets = _row_targets(writers, schema, names)
-            _append_rows(writers, batch, targets)
+            # each dataset its column of the batch; the first batch also makes the
+            # datasets not made yet, handing the writer thread their rows as it goes
+            first_made = made
+            for i, (name, _, _, _, column) in enumerate(specs):
+                if i == first_made and made < len(specs):
+                    streamed.append(guard.flush_staged())
+                if i >= made:
+                    make(i)
+                    made += 1
+                    if (i - first_made) % 16 == 15:
+                        streamed.append(guard.flush_staged())  # to the disk meanwhile
+                writers[name].append(column(batch))
             batch = None
         done_batch(batch_rows, memory, streamed)
     while made < len(specs):  # no batch at all
@@ -1716,26 +1715,6 @@ _DONE = object()
 
 def _sorted(t: np.ndarray) -> bool:
     return len(t) < 2 or bool(np.all(t[1:] >= t[:-1]))
-
-
-def _row_targets(writers: dict, schema: Schema, names: list[str]) -> list[tuple]:
-    """(column, signal, writer, validity writer or None) of each signal written as rows."""
-    out = []
-    for name in names:
-        sig = schema.signal(name)
-        col = _column_name(sig, schema)
-        out.append((col, sig, writers[col], writers.get(f"{col}.valid")))
-    return out
-
-
-def _append_rows(writers: dict, batch: Columns, targets: list[tuple]) -> None:
-    writers["time"].append(batch["time"])
-    if "recv_time" in writers:
-        writers["recv_time"].append(batch["recv_time"])
-    for col, sig, w, valid in targets:
-        w.append(_prepare(sig, batch[col]))
-        if valid is not None:
-            valid.append(batch.valid[col])
 
 
 def _append_resampled(writers: dict, batch: Columns, period_ns: int, aggs: list[str]) -> None:
