@@ -1068,13 +1068,18 @@ cdef class _Slab:
         global _free_bytes
         if self.data == NULL:
             return
-        _free_slabs.append((self.capacity, <size_t>self.data))
+        try:
+            _free_slabs.append((self.capacity, <size_t>self.data))
+        except Exception:  # the module torn down at exit: no pool any more
+            free(self.data)
+            self.data = NULL
+            return
+        self.data = NULL
         _free_bytes += self.capacity
         while _free_bytes > SLAB_POOL_BYTES and _free_slabs:  # the oldest go
             cap, addr = _free_slabs.pop(0)
             _free_bytes -= cap
             free(<void*><size_t>addr)
-        self.data = NULL
 
 
 def release_slabs():
