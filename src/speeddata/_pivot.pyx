@@ -94,6 +94,15 @@ cdef int write_fully(int fd, const char* p, Py_ssize_t n, off_t offset) noexcept
     return 0
 
 
+cdef int writeback(int fd, off_t offset, off_t nbytes) noexcept nogil:
+    """``sync_file_range(2)`` with ``SYNC_FILE_RANGE_WRITE``, again after EINTR; 0 or the
+    errno (advisory: the ``fsync`` that follows reports any real write error)."""
+    cdef int rc = sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+    while rc < 0 and errno == EINTR:
+        rc = sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
+    return errno if rc < 0 else 0
+
+
 def pwrite_all(int fd, const uint8_t[::1] data, off_t offset):
     """Write all of ``data`` at ``offset`` of ``fd`` (``pwrite(2)`` again after a short
     write or EINTR), without the GIL. Raises OSError (errno set) on failure."""
@@ -131,7 +140,7 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
     cdef Py_buffer* views = <Py_buffer*>PyMem_Malloc(max(n, 1) * sizeof(Py_buffer))
     cdef off_t* where = <off_t*>PyMem_Malloc(max(n, 1) * sizeof(off_t))
     cdef Py_ssize_t got = 0, i
-    cdef int err = 0, rc
+    cdef int err = 0
     cdef off_t end = writeback_from
     cdef off_t lo, hi, run = -1
     if views == NULL or where == NULL:
@@ -157,18 +166,12 @@ def pwrite_many(int fd, list buffers not None, list offsets not None,
                     hi = (where[i] + views[i].len) & ~(<off_t>4095)
                     run = -1
                     if hi > lo:
-                        rc = sync_file_range(fd, lo, hi - lo, SYNC_FILE_RANGE_WRITE)
-                        while rc < 0 and errno == EINTR:
-                            rc = sync_file_range(fd, lo, hi - lo, SYNC_FILE_RANGE_WRITE)
+                        writeback(fd, lo, hi - lo)
                     continue
                 if where[i] + views[i].len > end:
                     end = where[i] + views[i].len
                 if writeback_from >= 0 and end - writeback_from >= writeback_bytes:
-                    rc = sync_file_range(fd, writeback_from, end - writeback_from,
-                                         SYNC_FILE_RANGE_WRITE)
-                    while rc < 0 and errno == EINTR:
-                        rc = sync_file_range(fd, writeback_from, end - writeback_from,
-                                             SYNC_FILE_RANGE_WRITE)
+                    writeback(fd, writeback_from, end - writeback_from)
                     writeback_from = end
     finally:
         for i in range(got):
@@ -186,11 +189,7 @@ def start_writeback(int fd, off_t offset, off_t nbytes) -> int:
     0, or the errno (the ``fsync`` that follows reports any real write error)."""
     cdef int rc
     with nogil:
-        rc = sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
-        while rc < 0 and errno == EINTR:
-            rc = sync_file_range(fd, offset, nbytes, SYNC_FILE_RANGE_WRITE)
-        if rc < 0:
-            rc = errno
+        rc = writeback(fd, offset, nbytes)
     return rc
 
 

@@ -1653,10 +1653,7 @@ def release_memory() -> int:
     """Free the memory kept for the next pivot or read: the pivot's batch and chunk
     buffers (``POOL_BYTES``) and the column memory of reads (``speeddata._columns``,
     ``SLAB_POOL_BYTES``); returns the bytes released. Also ``speeddata.release_memory``."""
-    freed = _POOL.clear()
-    import gc
-
-    gc.collect()  # the buffers just let go give their column memory back to the reads' pool
+    freed = _POOL.clear()  # (its buffers' column memory goes to the reads' pool: freed next)
     if _native_columns is not None:
         freed += _native_columns.release_slabs()
     return freed
