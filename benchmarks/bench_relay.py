@@ -16,7 +16,14 @@ Z   zero loss: a paced sender at 80 % of the measured capacity for 30 s while th
 
 Filling the buffer before the relay starts means the sender's cost never overlaps the
 relay's: on 2 cores the relay alone is measured. Everything goes to 127.0.0.1 and to
-multicast groups on interface 127.0.0.1 with TTL 1.
+multicast groups on interface 127.0.0.1 with TTL 1. Cache-on and cache-off runs alternate
+(best of each), so a drift of the machine's speed reaches both arms alike.
+
+"warm" columns: R1 and R3 again with the guest kernel's free page reporting paused for
+those runs (root; ``/sys/module/page_reporting``, restored after). A VM whose balloon
+hands every freed 2 MiB block back to its host at once makes new page-cache memory fault
+in the host too (docs/performance.md): that is the VM's cost, which a relay on real
+hardware or a VM without free page reporting does not pay. Both are printed.
 
     .venv/bin/python -m pytest benchmarks/bench_relay.py -s
     .venv/bin/python benchmarks/bench_relay.py [--quick] [--zero-loss-seconds 30]
@@ -98,6 +105,26 @@ def make_arms(scale: float = 1.0) -> list[Arm]:
         Arm("80 B records", d10, rec80, max(200, int(250_000 * scale))),
         Arm("mixed 80-5120 B", d10, mixed, max(200, int(80_000 * scale))),
     ]
+
+
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+
+
+@contextlib.contextmanager
+def page_reporting_paused():
+    """Stop the guest's free page reporting for the block (an order above any free
+    block's is never reported); yields whether it could. Restored after."""
+    try:
+        old = PAGE_REPORTING.read_text().strip()
+        PAGE_REPORTING.write_text("11")  # MAX_PAGE_ORDER + 1: no free block is that large
+    except OSError:
+        yield False  # not a VM with free page reporting, or not root
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            PAGE_REPORTING.write_text(old)
 
 
 @contextlib.contextmanager
@@ -254,6 +281,15 @@ def best(fn, repeat: int):
     return max(fn() for _ in range(repeat))
 
 
+def best_paired(fn_a, fn_b, repeat: int) -> tuple[float, float]:
+    """Best of ``repeat`` runs of each, alternated (a, b, a, b, ...)."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(fn_a())
+        b.append(fn_b())
+    return max(a), max(b)
+
+
 def run_zero_loss(arm: Arm, rate: float, seconds: float, cache: bool = True) -> dict:
     """Paced sender at ``rate`` datagrams/s for ``seconds`` while the relay runs."""
     mc = groups()
@@ -314,8 +350,19 @@ def run_all(
         for arm in make_arms(scale):
             bare = best(lambda a=arm: run_bare(a), repeat)
             bare_ts = best(lambda a=arm: run_bare(a, timestamps=True), repeat)
-            relay = best(lambda a=arm: run_relay(a)["rate"], repeat)
-            no_cache = best(lambda a=arm: run_relay(a, cache=False)["rate"], repeat)
+            relay, no_cache = best_paired(
+                lambda a=arm: run_relay(a)["rate"],
+                lambda a=arm: run_relay(a, cache=False)["rate"],
+                repeat,
+            )
+            with page_reporting_paused() as paused:
+                if paused:
+                    bare_w = best(lambda a=arm: run_bare(a), repeat)
+                    relay_w, no_cache_w = best_paired(
+                        lambda a=arm: run_relay(a)["rate"],
+                        lambda a=arm: run_relay(a, cache=False)["rate"],
+                        repeat,
+                    )
             pwritev = best(lambda a=arm: run_relay(a, use_map=False)["rate"], repeat)
             no_gso = best(lambda a=arm: run_relay(a, gso=False)["rate"], repeat)
             walk = best(lambda a=arm: run_relay(a, fixed_fast=False)["rate"], repeat)
@@ -340,6 +387,14 @@ def run_all(
                 "python": py,
                 "py_ratio": relay / py,
             }
+            if paused:
+                row.update(
+                    bare_warm=bare_w,
+                    relay_warm=relay_w,
+                    no_cache_warm=no_cache_w,
+                    ratio_warm=relay_w / bare_w,
+                    cache_ratio_warm=relay_w / no_cache_w,
+                )
             if zero_loss_seconds > 0:
                 z = run_zero_loss(arm, zero_loss_fraction * relay, zero_loss_seconds)
                 z["fraction"] = zero_loss_fraction
@@ -356,7 +411,7 @@ def print_table(rows: list[dict]) -> None:
         f"{'bare ts/s':>11}{'R1 ts':>7}"
         f"{'nocache/s':>11}{'R3':>7}{'pwritev/s':>11}{'R3 pwv':>7}"
         f"{'noGSO/s':>11}{'GSO x':>7}{'walk R1':>9}"
-        f"{'python/s':>10}{'x py':>7}"
+        f"{'python/s':>10}{'x py':>7}{'R1 warm':>9}{'R3 warm':>9}"
     )
     for r in rows:
         print(
@@ -366,6 +421,8 @@ def print_table(rows: list[dict]) -> None:
             f"{r['pwritev']:>11,.0f}{r['pwritev_ratio']:>7.2f}"
             f"{r['no_gso']:>11,.0f}{r['gso_ratio']:>7.2f}{r['walk_ratio']:>9.2f}"
             f"{r['python']:>10,.0f}{r['py_ratio']:>7.1f}"
+            f"{r.get('ratio_warm', float('nan')):>9.2f}"
+            f"{r.get('cache_ratio_warm', float('nan')):>9.2f}"
         )
     for r in rows:
         z = r.get("zero_loss")

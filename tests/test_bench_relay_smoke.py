@@ -4,6 +4,7 @@ counts (the arms assert them: relayed, stored, multicast, no loss), never speed.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -70,3 +71,37 @@ def test_table_prints(bench, capsys):
     bench.print_table([row])
     out = capsys.readouterr().out
     assert "R1" in out and "zero loss x" in out and "OK" in out
+    assert "nan" in out  # no warm columns measured for this row
+    row.update(ratio_warm=0.47, cache_ratio_warm=0.93)
+    bench.print_table([row])
+    assert "0.47" in capsys.readouterr().out
+
+
+def test_run_all_smoke(bench, capsys):
+    """The whole table on a few hundred datagrams (both memory conditions where the
+    guest has free page reporting), every run checking its counts."""
+    rows = bench.run_all(scale=0.001, repeat=1, zero_loss_seconds=0)
+    assert [r["arm"] for r in rows] == [a.name for a in bench.make_arms(0.001)]
+    for r in rows:
+        assert r["cache_ratio"] > 0 and r["ratio"] > 0
+        if bench.PAGE_REPORTING.exists():
+            assert r["cache_ratio_warm"] > 0
+    assert "R3 warm" in capsys.readouterr().out
+
+
+def test_page_reporting_paused_and_restored(bench):
+    knob = bench.PAGE_REPORTING
+    before = knob.read_text() if knob.exists() else None
+    with bench.page_reporting_paused() as paused:
+        assert paused == (before is not None and os.access(knob, os.W_OK))
+        if paused:
+            assert knob.read_text().strip() == "11"
+    assert (knob.read_text() if knob.exists() else None) == before
+
+
+def test_best_paired_alternates(bench):
+    calls = []
+    a, b = bench.best_paired(lambda: calls.append("a") or len(calls),
+                             lambda: calls.append("b") or -len(calls), 3)
+    assert calls == ["a", "b"] * 3
+    assert (a, b) == (5, -2)

@@ -190,6 +190,7 @@ cdef class Engine:
     cdef bint pop_init
     cdef object _pop_thread
     cdef public bint _use_map           # write blocks through the populated mapping
+    cdef public bint _huge_map          # segment maps on 2 MiB folios (MADV_HUGEPAGE)
     cdef readonly uint64_t _map_blocks  # blocks copied into the mapping (the rest: pwritev)
 
     cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1

@@ -545,6 +545,7 @@ cdef class Engine:
         self._gso = True  # UDP GSO for runs of equal-size datagrams; off by itself if refused
         self._fixed_fast = True
         self._use_map = True
+        self._huge_map = False
         if (
             pthread_mutex_init(&self.pop.lock, NULL) != 0
             or pthread_cond_init(&self.pop.work, NULL) != 0
@@ -1520,10 +1521,15 @@ cdef class Engine:
         if addr == MAP_FAILED:
             return
         seg.map = <uint8_t*>addr
-        # 2 MiB page-cache folios where the kernel can (ext4 and tmpfs on Linux 6.x): the
-        # populate thread fills a map 2-3x faster, unmapping it takes half the time, the
-        # loop's copies and every later reader's map of the segment need fewer TLB entries
-        madvise(addr, seg.capacity, MADV_HUGEPAGE)
+        # 4 KiB page-cache pages, not 2 MiB folios (MADV_HUGEPAGE, ``_huge_map``). With
+        # memory at hand both are populated far faster than the loop writes (5.5 and 9
+        # GB/s here); but a VM whose balloon hands free 2 MiB blocks back to the host at
+        # once (free page reporting) makes every new folio fault in the host too (0.5-0.7
+        # GB/s, behind the loop: blocks went to pwritev), while 4 KiB pages mostly come
+        # from memory it kept (0.7-5.5 GB/s). Same relay rate when memory is at hand
+        # (docs/performance.md, "Relay", session 4).
+        if self._huge_map:
+            madvise(addr, seg.capacity, MADV_HUGEPAGE)
         seg.pop_done = 0
         seg.pop_target = 0
         seg.pop_asked = 0
