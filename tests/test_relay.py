@@ -32,7 +32,9 @@ from relay_helpers import (
     engine_record,
     read_all_cleanly,
     read_channel,
+    single_object,
     status_record,
+    vibration_record,
     wait_for,
     write_config,
 )
@@ -461,6 +463,49 @@ def test_workers_spread_channels(relay, sender):
     assert proc.terminate() == 0
     assert len(read_channel(proc.info["cache"], "engine")) == 10
     assert len(read_channel(proc.info["cache"], "status")) == 10
+
+
+def test_workers_shared_port_steered_by_fingerprint(relay, sender):
+    """With two engines, the kernel steers each single-object datagram to the socket of the
+    engine that serves its channel (steering.py): channels in both engines, and a shared-
+    port-only channel added at run time, all get theirs; an unknown fingerprint is
+    rejected once."""
+    proc = relay()
+    proc.info["path"].write_text(
+        proc.info["path"].read_text().replace("[relay]\n", "[relay]\nworkers = 2\n")
+    )
+    proc.start()
+    engine = Schema(SCHEMAS / "engine.avsc")
+    status = Schema(SCHEMAS / "status.avsc")
+    vib_schema = {"type": "record", "name": "vib", "fields": [
+        {"name": n, "type": "double"} for n in ("x", "y", "z")] + [
+        {"name": "ok", "type": "boolean"}]}
+    reply = proc.request({"cmd": "add", "channel": {"name": "vib", "port": None,
+                                                    "schema": vib_schema}})
+    st = proc.status()
+    engines = {c["name"]: c["engine"] for c in st["channels"]}
+    assert sorted(engines.values()) == [0, 0, 1] or sorted(engines.values()) == [0, 1, 1]
+    assert engines["engine"] != engines["status"]
+    vibration = Schema(vib_schema)
+    assert reply["port"] is None
+    shared = proc.info["shared_port"]
+    want = {"engine": (engine, engine_record), "status": (status, status_record),
+            "vib": (vibration, vibration_record)}
+    for i in range(0, 30, 10):
+        for schema, make in want.values():
+            for k in range(i, i + 10):
+                sender.send(shared, single_object(schema, [make(k)]))
+        for name in want:
+            wait_for(lambda n=name, t=i + 10: proc.counter(n, "datagrams") >= t)
+    sender.send(shared, single_object(engine, [engine_record(0)], fingerprint=b"\x01" * 8))
+    wait_for(lambda: proc.status()["shared"]["counters"].get("rejected") == 1)
+    st = proc.status()
+    assert {c["name"]: c["counters"]["datagrams"] for c in st["channels"]} == {
+        "engine": 30, "status": 30, "vib": 30}
+    assert st["shared"]["counters"]["rejected"] == 1
+    assert proc.terminate() == 0
+    for name in want:
+        assert len(read_channel(proc.info["cache"], name)) == 30
 
 
 def test_status_watch_until_ctrl_c(relay):

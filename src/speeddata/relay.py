@@ -37,6 +37,7 @@ from pathlib import Path
 import zmq
 
 from . import cache as cachelib
+from . import steering
 from .config import ChannelConfig, Config, load_config
 from .control import ControlError, format_status, request
 from .errors import SpeedDataError
@@ -156,6 +157,8 @@ class Relay:
         self.engines: list = []
         self.channels: dict[str, _Served] = {}
         self.shared_sock: socket.socket | None = None
+        self.shared_socks: list[socket.socket] = []  # one per engine when steered
+        self.steered = False  # the kernel steers shared-port datagrams to their engine
         self.shared_rcvbuf: int | None = None
         self.removed: set[str] = set()
         self._lock = threading.RLock()
@@ -184,18 +187,10 @@ class Relay:
             self._bind_control()
             self.engines = [self._make_engine() for _ in range(self.workers)]
             if self.config.relay.shared_port:
-                self.shared_sock, self.shared_rcvbuf = self._bind(
-                    self.config.relay.shared_port, "the shared port (relay.shared_port)"
-                )
-                self.engines[0].set_shared_socket(self.shared_sock)
-                if self.workers > 1:
-                    log.warning(
-                        "with --workers %d the shared port routes only to the channels of "
-                        "worker 0; channels without a port are all put there",
-                        self.workers,
-                    )
+                self._bind_shared()
             for ch, runtime in channels:
                 self._serve(ch, runtime)
+            self._steer()
         except BaseException:
             self._close_sockets()
             raise
@@ -217,6 +212,50 @@ class Relay:
             self.config.relay.control,
             self.config.relay.stats,
         )
+
+    def _bind_shared(self) -> None:
+        """The shared port: one socket on engine 0, or with ``--workers N`` one socket per
+        engine in a reuseport group that the kernel steers by fingerprint (steering.py).
+        Where the kernel cannot steer, one socket on engine 0, which serves every
+        channel without a port."""
+        port, what = self.config.relay.shared_port, "the shared port (relay.shared_port)"
+        if self.workers > 1:
+            try:
+                for _ in self.engines:
+                    sock, rcvbuf = self._bind(port, what, reuseport=True)
+                    self.shared_socks.append(sock)
+                    self.shared_rcvbuf = self.shared_rcvbuf or rcvbuf
+                steering.attach(self.shared_socks[0], {})  # all to engine 0 until _steer
+                self.steered = True
+            except (RelayError, OSError) as exc:
+                for sock in self.shared_socks:
+                    sock.close()
+                self.shared_socks = []
+                self.shared_rcvbuf = None
+                log.warning(
+                    "with --workers %d the shared port routes only to the channels of "
+                    "worker 0 (channels without a port are all put there): %s",
+                    self.workers,
+                    exc,
+                )
+        if not self.steered:
+            sock, self.shared_rcvbuf = self._bind(port, what)
+            self.shared_socks = [sock]
+        self.shared_sock = self.shared_socks[0]
+        for engine, sock in zip(self.engines, self.shared_socks, strict=False):
+            engine.set_shared_socket(sock)
+
+    def _steer(self) -> None:
+        """Point every served fingerprint at its engine (the lowest channel id wins a
+        fingerprint that two channels share, as inside an engine)."""
+        if not self.steered:
+            return
+        routes: dict[bytes, tuple[int, int]] = {}
+        for s in self.channels.values():
+            fp, cid = s.config.schema.fingerprint, s.config.id
+            if fp not in routes or cid < routes[fp][0]:
+                routes[fp] = (cid, s.engine)
+        steering.attach(self.shared_socks[0], {fp: e for fp, (_, e) in routes.items()})
 
     def _recover(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -261,11 +300,15 @@ class Relay:
                     f"pick another endpoint in the config"
                 ) from exc
 
-    def _bind(self, port: int, what: str) -> tuple[socket.socket, int]:
+    def _bind(
+        self, port: int, what: str, reuseport: bool = False
+    ) -> tuple[socket.socket, int]:
         """A UDP socket on relay.listen:port with SO_RCVBUF = relay.rcvbuf -> (sock, effective)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         want = self.config.relay.rcvbuf
         try:
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
             # socket(7): the kernel doubles the value and caps it at net.core.rmem_max.
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2 < want:
@@ -350,7 +393,7 @@ class Relay:
         sock = rcvbuf = None
         if ch.port:
             sock, rcvbuf = self._bind(ch.port, f"channel {ch.name!r}")
-        if ch.port is None or self.workers == 1:
+        if self.workers == 1 or (ch.port is None and not self.steered):
             index = 0
         else:  # the engine with the fewest channels
             load = [0] * self.workers
@@ -387,6 +430,7 @@ class Relay:
                     if s.config.port == ch.port:
                         raise RelayError(f"port {ch.port} is used by channel {s.config.name!r}")
             self._serve(ch, runtime=True)
+            self._steer()
             self._save_runtime_channels()
             log.info("added channel %r (id %d, port %s)", ch.name, ch.id, ch.port)
             return ch
@@ -401,6 +445,7 @@ class Relay:
             if served.sock is not None:
                 served.sock.close()
             del self.channels[name]
+            self._steer()
             if not served.runtime or any(c.name == name for c in self.config.channels):
                 self.removed.add(name)
             self._save_runtime_channels()
@@ -426,11 +471,14 @@ class Relay:
         """The status reply (docs/relay-internals.md, "Control plane")."""
         with self._lock:
             stats: dict[int, dict] = {}
-            shared_stats = None
-            for i, engine in enumerate(self.engines):
+            shared_stats: dict[str, int] | None = None
+            for engine in self.engines:
                 engine_stats = engine.stats()
-                if i == 0:
-                    shared_stats = engine_stats.pop(SHARED_CHANNEL_ID, None)
+                shared = engine_stats.pop(SHARED_CHANNEL_ID, None)
+                if shared is not None:  # summed over the engines' shared sockets
+                    shared_stats = shared_stats or dict.fromkeys(shared, 0)
+                    for key, value in shared.items():
+                        shared_stats[key] = shared_stats.get(key, 0) + value
                 stats.update(engine_stats)
             channels = []
             for s in sorted(self.channels.values(), key=lambda s: s.config.id):
@@ -627,8 +675,8 @@ class Relay:
         for s in self.channels.values():
             if s.sock is not None:
                 s.sock.close()
-        if self.shared_sock is not None:
-            self.shared_sock.close()
+        for sock in self.shared_socks:
+            sock.close()
         for sock in (self._rep, self._pub):
             if sock is not None:
                 sock.close(linger=0)
