@@ -325,6 +325,12 @@ def test_shared_port(rig, tmp_path):
     }
     assert read_channel(r.cache, "engine") == decode_all(eng, encode(eng, e_recs))
     assert read_channel(r.cache, "power") == decode_all(pwr, encode(pwr, p_recs))
+    # counted while stripped: each block's source-time range, as a channel port's would be
+    for name, sch, recs, cid in (("engine", eng, e_recs, 1), ("power", pwr, p_recs, 2)):
+        idx = np.concatenate([np.fromfile(s.idx, IDX_DTYPE) for s in list_segments(r.cache, name)])
+        times = [rec["time"] * sch.time_scale for rec in recs]
+        assert (idx["t_min"].min(), idx["t_max"].max()) == (min(times), max(times))
+        assert idx["n_records"].sum() == len(recs) and st[cid]["t_newest"] == max(times)
     assert (tmp_path / "rej" / "shared.rej").stat().st_size == sum(12 + len(b) for b in bad)
     assert e.port != port
 
@@ -374,17 +380,21 @@ def test_control_while_running(rig):
 # -- cache files -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("use_map", [True, False], ids=["map", "pwritev"])
-def test_byte_identical_with_segment_writer(tmp_path, use_map):
+@pytest.mark.parametrize(
+    "use_map,huge_map", [(True, False), (True, True), (False, False)],
+    ids=["map", "map-2MiB-folios", "pwritev"],
+)
+def test_byte_identical_with_segment_writer(tmp_path, use_map, huge_map):
     """Same datagrams, blocks and sync marker: the compiled writer's files are byte for
     byte those of ``cache.SegmentWriter``, whether blocks are copied into the populated
-    segment map or written with pwritev (the engine uses both: pwritev until the populate
-    thread is ahead)."""
+    segment map (on 4 KiB pages, the default, or 2 MiB folios) or written with pwritev
+    (the engine uses both: pwritev until the populate thread is ahead)."""
     r = Rig(Engine, tmp_path, segment_size=16 * 1024)
     sch = schema("engine")
     try:
         r.engine._sync = bytes(range(16))
         r.engine._use_map = use_map
+        r.engine._huge_map = huge_map
         ch = r.channel(sch, "engine", cid=4)
         r.start()
         records = [engine_record(i) for i in range(900)]

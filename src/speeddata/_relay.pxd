@@ -3,6 +3,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+from speeddata._validate cimport validation
 from speeddata.includes.system cimport (
     epoll_event,
     iovec,
@@ -196,7 +197,7 @@ cdef class Engine:
     cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1
     cdef chan_t* _find(self, uint32_t cid) noexcept
     cdef int _loop(self) noexcept nogil
-    cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io) noexcept nogil
+    cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io, validation* v) noexcept nogil
     cdef void _send_one_by_one(self, Py_ssize_t k, int fd) noexcept nogil
     cdef Py_ssize_t _messages(
         self, iovec* iov, Py_ssize_t* pos, Py_ssize_t n, sockaddr_in* addr, uint8_t kind,

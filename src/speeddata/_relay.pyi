@@ -13,6 +13,9 @@ class Engine:
     _fixed_fast: bool
     _stop_after: int
     _sync: bytes | None
+    _use_map: bool
+    _huge_map: bool
+    _map_blocks: int
     def __init__(
         self,
         cache_dir: Path | None,

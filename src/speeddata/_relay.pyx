@@ -1043,11 +1043,14 @@ cdef class Engine:
             ):
                 close_segment(self.chans[i])
 
-    cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io) noexcept nogil:
+    cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io, validation* v) noexcept nogil:
         """Shared port: check ``C3 01`` + fingerprint + record framing, strip it in place.
 
         Returns the channel, or NULL (nothing changed) when the datagram is not one
-        fingerprint of a channel of this engine followed by valid records only.
+        fingerprint of a channel of this engine followed by valid records only. The
+        records are walked twice: once to check (a rejected datagram is kept as it came),
+        once to strip the framing while counting them and their time range into ``v``,
+        which the per-channel validation would otherwise walk a third time for.
         """
         cdef uint32_t n = n_io[0]
         cdef const uint8_t* end = p + n
@@ -1056,6 +1059,7 @@ cdef class Engine:
         cdef uint8_t* w = p
         cdef chan_t* ch = NULL
         cdef Py_ssize_t i
+        cdef int64_t t = 0
         if n < 10 or p[0] != 0xC3 or p[1] != 0x01:
             return NULL
         for i in range(self.n_chans):
@@ -1073,9 +1077,19 @@ cdef class Engine:
             if q == NULL:
                 return NULL
         q = p
+        v.n_records = 0
+        v.bad_offset = -1
+        v.t_min = INT64_MAX
+        v.t_max = -INT64_MAX - 1
         while q < end:
             r = q + 10
-            q = walk_record(r, end, ch.program_p, ch.n_ops)
+            q = skip_record(r, end, ch.program_p, ch.n_ops, ch.time_op, &t)
+            v.n_records += 1
+            if ch.time_op >= 0:
+                if t < v.t_min:
+                    v.t_min = t
+                if t > v.t_max:
+                    v.t_max = t
             memmove(w, r, q - r)
             w += q - r
         n_io[0] = <uint32_t>(w - p)
@@ -1154,18 +1168,24 @@ cdef class Engine:
                 self._reject(sock_ch, p, SLOT if length > SLOT else length, recv_ns)
                 continue
             if sock_ch.id == 0:
-                ch = self._route(p, &length)
+                ch = self._route(p, &length, &v)  # checked, stripped and counted
                 if ch == NULL:
                     self._reject(sock_ch, p, length, recv_ns)
                     continue
-            else:
+                count = v.n_records
+                if ch.time_op >= 0:
+                    tmin = v.t_min * ch.time_scale
+                    tmax = v.t_max * ch.time_scale
+                else:
+                    tmin = tmax = recv_ns
+            elif sock_ch.fixed_size > 0 and self._fixed_fast:
                 ch = sock_ch
-            if ch.fixed_size > 0 and self._fixed_fast:
                 count = <Py_ssize_t>(length // ch.fixed_size)
                 if length == 0 or length % ch.fixed_size != 0:
                     count = -1
                 tmin = tmax = recv_ns
             else:
+                ch = sock_ch
                 count = validate_records(p, length, ch.program_p, ch.n_ops, ch.time_op, &v)
                 if v.bad_offset >= 0:
                     count = -1
