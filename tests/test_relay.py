@@ -508,6 +508,35 @@ def test_workers_shared_port_steered_by_fingerprint(relay, sender):
         assert len(read_channel(proc.info["cache"], name)) == 30
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_workers_shared_port_without_steering(tmp_path, ipc_dir, sender, monkeypatch, caplog,
+                                              engine):
+    """Where the kernel refuses the steering program, the relay says so and falls back to
+    one shared socket on engine 0, which serves every channel without a port."""
+    import speeddata.steering as steering
+
+    def refuse(sock, routes):
+        raise steering.SteeringError(22, "SO_ATTACH_REUSEPORT_CBPF: Invalid argument")
+
+    monkeypatch.setattr(steering, "attach", refuse)
+    info = write_config(tmp_path / "r.toml", ipc_dir)
+    info["path"].write_text(info["path"].read_text().replace("[relay]\n", "[relay]\nworkers = 2\n"))
+    relay = Relay(load_config(info["path"]), engine)
+    relay.start()
+    try:
+        assert not relay.steered and len(relay.shared_socks) == 1
+        assert "routes only to the channels of worker 0" in caplog.text
+        assert "Invalid argument" in caplog.text
+        power = Schema(SCHEMAS / "power.avsc")
+        relay.add_channel({"name": "power", "port": None, "schema": power.avsc})
+        assert relay.channels["power"].engine == 0
+        rec = {"time": 1, "voltage": 1.0, "current": 0.5, "noise": 0.25}
+        sender.send(info["shared_port"], single_object(power, [rec]))
+        wait_for(lambda: relay.status()["channels"][-1]["counters"].get("datagrams") == 1)
+    finally:
+        relay.close()
+
+
 def test_status_watch_until_ctrl_c(relay):
     proc = relay().start()
     watch = subprocess.Popen(
