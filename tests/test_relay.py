@@ -537,6 +537,42 @@ def test_workers_shared_port_without_steering(tmp_path, ipc_dir, sender, monkeyp
         relay.close()
 
 
+def test_replay_a_segment_into_the_relay(relay, sender):
+    """`speeddata source --replay` of a segment this relay wrote, into the same channel
+    with --now: the cache then holds the records twice, the replayed ones restamped."""
+    proc = relay().start()
+    engine = Schema(SCHEMAS / "engine.avsc")
+    sent = [engine_record(i) for i in range(50)]
+    send_paced(proc, sender, "engine", [encode(engine, sent[i : i + 5]) for i in range(0, 50, 5)])
+    proc.request({"cmd": "rotate"})
+    segments = [s.avro for s in list_segments(proc.info["cache"], "engine")]
+    before = time.time_ns()
+    r = subprocess.run(
+        [sys.executable, "-m", "speeddata.cli", "source", "--replay", *map(str, segments),
+         "-c", str(proc.info["path"]), "--now", "--speed", "0"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "replayed 50 records of 'engine'" in r.stdout
+    wait_for(lambda: proc.counter("engine", "records") == 100)
+    assert proc.terminate() == 0
+    got = read_channel(proc.info["cache"], "engine")
+    assert got[:50] == read_all_segments(segments)
+    replayed = got[50:]
+    assert all(g["time"] >= before for g in replayed)
+    assert [dict(g, time=0) for g in replayed] == [dict(g, time=0) for g in got[:50]]
+
+
+def read_all_segments(paths) -> list[dict]:
+    import fastavro
+
+    out = []
+    for p in paths:
+        with open(p, "rb") as f:
+            out.extend(fastavro.reader(f))
+    return out
+
+
 def test_status_watch_until_ctrl_c(relay):
     proc = relay().start()
     watch = subprocess.Popen(

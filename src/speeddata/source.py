@@ -682,8 +682,35 @@ class Source:
 
 def add_arguments(parser) -> None:
     """Arguments of ``speeddata source``."""
+    parser.add_argument("--demo", action="store_true", help="send the built-in demo signals")
     parser.add_argument(
-        "--demo", action="store_true", help="send the built-in demo signals (the only mode so far)"
+        "--replay",
+        nargs="+",
+        metavar="FILE",
+        help=(
+            "send the records of .avro files (cache segments, in order) to their channel, "
+            "paced by their time field (or a segment's receive times)"
+        ),
+    )
+    parser.add_argument(
+        "--channel",
+        metavar="NAME",
+        help="with --replay: the config channel to send to (default: the one the file names)",
+    )
+    parser.add_argument(
+        "--port", type=int, metavar="N", help="with --replay: send to this port, not the config's"
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="with --replay: 2 = twice as fast as recorded, 0 = as fast as possible (default 1)",
+    )
+    parser.add_argument(
+        "--now",
+        action="store_true",
+        help="with --replay: shift the time field so the first record is stamped now",
     )
     parser.add_argument(
         "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
@@ -741,8 +768,12 @@ def run(args) -> int:
     from .relay import die_with_parent
 
     die_with_parent()  # under `speeddata up`: stop when the supervisor dies
+    if args.demo and args.replay:
+        raise SourceError("--demo or --replay FILE..., not both")
+    if args.replay:
+        return run_replay(args)
     if not args.demo:
-        raise SourceError("nothing to send: use --demo (a replay of a file is not built yet)")
+        raise SourceError("nothing to send: use --demo, or --replay FILE... to send a recording")
     if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
         raise SourceError(f"--duration {args.duration}: must be a number of seconds >= 0")
     config = load_config(args.config)
@@ -762,6 +793,57 @@ def run(args) -> int:
     try:
         with runner:
             runner.run(duration=args.duration)  # returns on Ctrl-C or SIGTERM too
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return 0
+
+
+def run_replay(args) -> int:
+    """``speeddata source --replay FILE...``: send the files' records, then exit."""
+    from .config import load_config
+    from .replay import file_schema, replay
+
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise SourceError(f"--port {args.port}: must be 1..65535")
+    expect = None
+    channel = args.channel
+    if args.port is not None:
+        port = args.port
+    else:
+        config = load_config(args.config)
+        if channel is None:
+            _, meta = file_schema(args.replay[0])
+            channel = meta.get("speeddata.channel")
+        served = {c.name: c for c in config.channels}
+        where = args.config or "the built-in config"
+        if channel not in served:
+            raise SourceError(
+                f"channel {channel!r} is not in {where} (channels: {', '.join(sorted(served))}); "
+                "name one with --channel, or give --port"
+            )
+        expect = served[channel].schema
+        port = config.relay.shared_port if args.shared else served[channel].port
+        if port is None:
+            raise SourceError(
+                f"channel {channel!r} has no port in {where}: use --shared (single-object "
+                "encoding to relay.shared_port)"
+                if not args.shared
+                else f"relay.shared_port is off in {where}: send to the channel's port"
+            )
+    previous = _sigterm_as_interrupt()
+    try:
+        replay(
+            args.replay,
+            (args.host, port),
+            speed=args.speed,
+            now=args.now,
+            single_object=args.shared,
+            max_datagram=args.max_datagram,
+            channel=channel,
+            expect_schema=expect,
+            out=None if args.quiet else sys.stdout,
+        )
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
