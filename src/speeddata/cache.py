@@ -7,7 +7,9 @@ left open by a crash to its last complete block.
 
 from __future__ import annotations
 
+import argparse
 import errno
+import fcntl
 import json
 import mmap
 import os
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import SpeedDataError
 from .schema import Schema
 
 __all__ = [
@@ -41,6 +44,9 @@ __all__ = [
     "recover_cache",
     "budget_bytes",
     "channel_summary",
+    "CacheBusy",
+    "lock_cache",
+    "cache_writer_pid",
 ]
 
 MAGIC = b"Obj\x01"
@@ -562,3 +568,132 @@ def _index_entry(segment: Segment, which: int):
             return np.frombuffer(f.read(size), IDX_DTYPE)[0]
     except (FileNotFoundError, ValueError):
         return None
+
+
+# ---------------------------------------------------------------------------- the lock
+
+LOCK_FILE = "relay.lock"
+
+
+class CacheBusy(SpeedDataError, RuntimeError):
+    """Another relay writes this cache folder."""
+
+
+def lock_cache(cache_dir: Path) -> int:
+    """Take the cache folder's writer lock (``relay.lock``, flock(2)) for this process;
+    returns the fd that holds it (close it to let go; the kernel lets go when the process
+    dies, ``kill -9`` too). Raises CacheBusy, naming the holder's pid."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(cache_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _lock_pid(fd)
+        os.close(fd)
+        raise CacheBusy(
+            f"{cache_dir} is written by another relay (pid {pid or '?'}): one relay per "
+            "cache folder; stop it, or give this one another cache.dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def cache_writer_pid(cache_dir: Path) -> int | None:
+    """The pid of the relay writing ``cache_dir``, or None when none holds its lock."""
+    try:
+        fd = os.open(Path(cache_dir) / LOCK_FILE, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _lock_pid(fd) or -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lock_pid(fd: int) -> int | None:
+    try:
+        return int(os.pread(fd, 32, 0).split()[0])
+    except (ValueError, IndexError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``speeddata cache info|recover``."""
+    from .tags import add_cache_arguments
+
+    sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
+    p = sub.add_parser("info", help="per channel: segments, bytes, time range, open segments")
+    p.add_argument("--json", action="store_true", help="one JSON document")
+    add_cache_arguments(p)
+    p = sub.add_parser(
+        "recover",
+        help="trim segments a crash left open to their last complete block (no relay running)",
+    )
+    add_cache_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .tags import cache_dir_from_args
+
+    cache_dir = cache_dir_from_args(args)
+    if not cache_dir.is_dir():
+        raise SpeedDataError(f"{cache_dir}: no cache folder there; give --cache DIR or -c CONFIG")
+    if args.cache_command == "recover":
+        return _run_recover(cache_dir)
+    return _run_info(cache_dir, args.json)
+
+
+def _run_recover(cache_dir: Path) -> int:
+    from .relay import _validator_factory
+
+    fd = lock_cache(cache_dir)  # never under a running relay: it recovers on start itself
+    try:
+        recovered = recover_cache(cache_dir, _validator_factory())
+    finally:
+        os.close(fd)
+    if not recovered:
+        print(f"{cache_dir}: every segment is complete")
+    for seg, good, dropped in recovered:
+        print(f"recovered {seg.avro}: {good} complete block(s) kept, {dropped} index "
+              f"entr{'y' if dropped == 1 else 'ies'} dropped")
+    return 0
+
+
+def _run_info(cache_dir: Path, as_json: bool) -> int:
+    from .control import format_time
+
+    writer = cache_writer_pid(cache_dir)
+    channels = []
+    for folder in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
+        if folder.name in ("tags", "rejected") or not list_segments(cache_dir, folder.name):
+            continue
+        segments = list_segments(cache_dir, folder.name)
+        summary = channel_summary(cache_dir, folder.name)
+        open_ = sum(segment_needs_recovery(s) for s in segments)
+        pinned = sum(s.avro.stat().st_nlink > 1 for s in segments)
+        channels.append(dict(summary, name=folder.name, open=open_, pinned=pinned))
+    if as_json:
+        print(json.dumps({"cache": str(cache_dir), "relay_pid": writer, "channels": channels},
+                         indent=2))
+        return 0
+    who = f"written by relay pid {writer}" if writer else "no relay writing it"
+    print(f"{cache_dir} ({who})")
+    if not channels:
+        print("no segments")
+    for c in channels:
+        print(
+            f"{c['name']}\t{c['segments']} segments\t{c['bytes'] / 1e6:.1f} MB\t"
+            f"{format_time(c['oldest_ns'])} to {format_time(c['newest_ns'])}\t"
+            f"{c['open']} open\t{c['pinned']} pinned"
+        )
+    return 0

@@ -18,6 +18,7 @@ COMMANDS = {
     "source": ("speeddata.source", "send data: the demo source, or a replay of .avro files"),
     "pivot": ("speeddata.pivot", "turn a time range of the cache into an HDF5 file"),
     "tag": ("speeddata.tags", "keep a time range: add, list, remove tags"),
+    "cache": ("speeddata.cache", "what the cache holds; recover it after a crash"),
 }
 
 

@@ -171,6 +171,7 @@ class Relay:
         self._cache_total: dict = {}
         self._deleted_segments = 0
         self._ctx: zmq.Context | None = None
+        self._cache_lock: int | None = None  # fd holding the cache folder's relay.lock
         self._rep = self._pub = None
         self.started_ns = time.time_ns()
         self.exit_code = 0
@@ -180,10 +181,14 @@ class Relay:
     def start(self) -> None:
         """Recover the cache, bind every socket, start the threads. Raises RelayError."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        if self.cache_dir is not None:
-            self._recover()
-        channels = self._channels_to_serve()
         try:
+            self._cache_lock = cachelib.lock_cache(self.state_dir)  # one relay per folder
+        except cachelib.CacheBusy as exc:
+            raise RelayError(str(exc)) from None
+        try:
+            if self.cache_dir is not None:
+                self._recover()
+            channels = self._channels_to_serve()
             self._bind_control()
             self.engines = [self._make_engine() for _ in range(self.workers)]
             if self.config.relay.shared_port:
@@ -683,6 +688,9 @@ class Relay:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        if self._cache_lock is not None:
+            os.close(self._cache_lock)
+            self._cache_lock = None
 
 
 def _error(message: str) -> dict:
