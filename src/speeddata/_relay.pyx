@@ -561,7 +561,7 @@ cdef class Engine:
         segment_size=64 << 20,
         segment_age=3600.0,
         flush_interval=0.2,
-        batch=64,
+        batch=256,
         rejected_dir=None,
     ):
         cdef epoll_event ev

@@ -138,7 +138,7 @@ class PyEngine:
         segment_size: int = 64 << 20,
         segment_age: float = 3600.0,
         flush_interval: float = 0.2,
-        batch: int = 64,
+        batch: int = 256,
         rejected_dir: Path | None = None,
     ):
         if batch < 1:
