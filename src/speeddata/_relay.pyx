@@ -1173,31 +1173,26 @@ cdef class Engine:
                     self._reject(sock_ch, p, length, recv_ns)
                     continue
                 count = v.n_records
-                if ch.time_op >= 0:
-                    tmin = v.t_min * ch.time_scale
-                    tmax = v.t_max * ch.time_scale
-                else:
-                    tmin = tmax = recv_ns
             elif sock_ch.fixed_size > 0 and self._fixed_fast:
+                # a fixed layout has no long field, so no time field: v is not needed
                 ch = sock_ch
                 count = <Py_ssize_t>(length // ch.fixed_size)
                 if length == 0 or length % ch.fixed_size != 0:
                     count = -1
-                tmin = tmax = recv_ns
             else:
                 ch = sock_ch
                 count = validate_records(p, length, ch.program_p, ch.n_ops, ch.time_op, &v)
                 if v.bad_offset >= 0:
                     count = -1
-                if ch.time_op >= 0:
-                    tmin = v.t_min * ch.time_scale
-                    tmax = v.t_max * ch.time_scale
-                else:
-                    tmin = tmax = recv_ns
             if count < 0:
                 # shared-port datagrams were checked by _route: this is a per-channel one
                 self._reject(ch, p, length, recv_ns)
                 continue
+            if ch.time_op >= 0:  # v came from _route or validate_records
+                tmin = v.t_min * ch.time_scale
+                tmax = v.t_max * ch.time_scale
+            else:
+                tmin = tmax = recv_ns
             ch.c.datagrams += 1
             ch.c.records += <uint64_t>count
             ch.c.bytes += length

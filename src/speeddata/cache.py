@@ -675,9 +675,9 @@ def _run_info(cache_dir: Path, as_json: bool) -> int:
     writer = cache_writer_pid(cache_dir)
     channels = []
     for folder in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
-        if folder.name in ("tags", "rejected") or not list_segments(cache_dir, folder.name):
-            continue
         segments = list_segments(cache_dir, folder.name)
+        if folder.name in ("tags", "rejected") or not segments:
+            continue
         summary = channel_summary(cache_dir, folder.name)
         open_ = sum(segment_needs_recovery(s) for s in segments)
         pinned = sum(s.avro.stat().st_nlink > 1 for s in segments)

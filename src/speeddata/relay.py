@@ -156,8 +156,7 @@ class Relay:
         self.state_dir = config.cache.dir.resolve()
         self.engines: list = []
         self.channels: dict[str, _Served] = {}
-        self.shared_sock: socket.socket | None = None
-        self.shared_socks: list[socket.socket] = []  # one per engine when steered
+        self.shared_socks: list[socket.socket] = []  # one, or one per engine when steered
         self.steered = False  # the kernel steers shared-port datagrams to their engine
         self.shared_rcvbuf: int | None = None
         self.removed: set[str] = set()
@@ -246,7 +245,6 @@ class Relay:
         if not self.steered:
             sock, self.shared_rcvbuf = self._bind(port, what)
             self.shared_socks = [sock]
-        self.shared_sock = self.shared_socks[0]
         for engine, sock in zip(self.engines, self.shared_socks, strict=False):
             engine.set_shared_socket(sock)
 
@@ -525,7 +523,7 @@ class Relay:
                     deleted_segments=self._deleted_segments,
                 ),
                 "shared": None
-                if self.shared_sock is None
+                if not self.shared_socks
                 else {
                     "port": self.config.relay.shared_port,
                     "rcvbuf": self.shared_rcvbuf,

@@ -20,7 +20,6 @@ readers select by time, so keep ``now`` for data that should look new).
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import IO, Any
 import fastavro
 import numpy as np
 
-from .cache import IDX_DTYPE, RECV_DTYPE
+from .cache import Segment
 from .schema import Schema, SchemaError
 from .source import DEFAULT_MAX_DATAGRAM, Source, SourceError, _lookup, _with_time
 
@@ -72,12 +71,9 @@ def file_schema(path: str | Path) -> tuple[dict, dict[str, str]]:
         ) from None
 
 
-def _receive_times(path: Path) -> np.ndarray | None:
+def _receive_times(path: Path) -> np.ndarray:
     """Receive time (ns) of each record of a cache segment, from the ``.recv`` beside it."""
-    recv_path = path.with_suffix(".recv")
-    if not recv_path.exists():
-        return None
-    entries = np.fromfile(recv_path, RECV_DTYPE)
+    entries = Segment(path).read_recv()
     return np.repeat(entries["recv_ns"], entries["n_records"].astype(np.int64))
 
 
@@ -85,13 +81,8 @@ def _records(path: Path) -> Iterator[dict]:
     """The file's records; of a cache segment, those of the blocks its ``.idx`` lists, so
     that a segment the relay is still writing (pre-allocated: zeros after its last block)
     replays up to its last complete block."""
-    limit = None
-    idx_path = path.with_suffix(".idx")
-    if idx_path.exists():
-        raw = idx_path.read_bytes()
-        index = np.frombuffer(raw[: len(raw) // IDX_DTYPE.itemsize * IDX_DTYPE.itemsize],
-                              IDX_DTYPE)
-        limit = int(index["n_records"].sum())
+    segment = Segment(path)
+    limit = int(segment.read_index()["n_records"].sum()) if segment.idx.exists() else None
     with open(path, "rb") as f:
         try:
             yield from itertools.islice(fastavro.reader(f), limit)
@@ -207,6 +198,6 @@ def _flush(src: Source, pending: list[dict]) -> None:
 def _sleep_until(due: float) -> None:
     while True:
         left = due - time.monotonic()
-        if left <= 0 or math.isnan(left):
+        if left <= 0:
             return
         time.sleep(min(left, MAX_SLEEP))

@@ -90,9 +90,7 @@ def attach(sock: socket.socket, routes: dict[bytes, int]) -> None:
     ops = program(routes)
     filters = (_SockFilter * len(ops))(*[_SockFilter(*op) for op in ops])
     fprog = _SockFprog(len(ops), filters)
-    try:
+    try:  # fprog points into ``filters``; the kernel copies the program during the call
         sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
     except OSError as exc:
         raise SteeringError(exc.errno, f"SO_ATTACH_REUSEPORT_CBPF: {exc.strerror}") from exc
-    finally:
-        del filters  # the kernel copied the program during the call
