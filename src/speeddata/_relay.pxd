@@ -57,6 +57,7 @@ ctypedef struct segment_t:
 
 
 cdef enum:
+    FINGERPRINTS = 4                # fingerprints per channel at most (Schema.fingerprints)
     POP_QUEUE = 256                 # populate requests waiting at most (one per channel)
 
 
@@ -76,7 +77,8 @@ ctypedef struct chan_t:
     Py_ssize_t time_op              # pair index of the time field, or -1
     int64_t time_scale              # ns per unit of the time field
     Py_ssize_t fixed_size           # record size if any bytes of it are valid, else 0
-    uint8_t fingerprint[8]          # CRC-64-AVRO fingerprint (shared-port routing)
+    uint8_t fingerprints[FINGERPRINTS * 8]  # CRC-64-AVRO fingerprints (shared-port routing)
+    int n_fingerprints              # of them in use (Schema.fingerprints)
     char* dir_p                     # the channel's cache folder, or NULL (cache off)
     char* rej_path_p                # rejected/<name>.rej path, or NULL
     int rej_fd                      # that file once opened, else -1

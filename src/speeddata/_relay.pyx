@@ -885,7 +885,15 @@ cdef class Engine:
                 ch.time_op = channel.schema.time_op
                 ch.time_scale = channel.schema.time_scale
                 ch.fixed_size = fixed_size
-                memcpy(ch.fingerprint, <const char*>channel.schema.fingerprint, 8)
+                fingerprints = channel.schema.fingerprints
+                if not 1 <= len(fingerprints) <= FINGERPRINTS:
+                    raise ValueError(
+                        f"channel {channel.name!r}: {len(fingerprints)} schema fingerprints; "
+                        f"1 to {FINGERPRINTS} fit"
+                    )
+                for i, fingerprint in enumerate(fingerprints):
+                    memcpy(ch.fingerprints + 8 * i, <const char*>fingerprint, 8)
+                ch.n_fingerprints = len(fingerprints)
                 ch.header_len = len(header)
                 ch.header_p = <uint8_t*>c_strdup(header)
                 if self.cache_dir is not None:
@@ -1059,15 +1067,18 @@ cdef class Engine:
         cdef uint8_t* w = p
         cdef chan_t* ch = NULL
         cdef Py_ssize_t i
+        cdef int k
         cdef int64_t t = 0
         if n < 10 or p[0] != 0xC3 or p[1] != 0x01:
             return NULL
         for i in range(self.n_chans):
             # two channels with one schema share a fingerprint: the lowest id gets the data
-            if memcmp(self.chans[i].fingerprint, p + 2, 8) == 0 and (
-                ch == NULL or self.chans[i].id < ch.id
-            ):
-                ch = self.chans[i]
+            if ch != NULL and self.chans[i].id > ch.id:
+                continue
+            for k in range(self.chans[i].n_fingerprints):
+                if memcmp(self.chans[i].fingerprints + 8 * k, p + 2, 8) == 0:
+                    ch = self.chans[i]
+                    break
         if ch == NULL:
             return NULL
         while q < end:

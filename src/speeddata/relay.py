@@ -255,9 +255,10 @@ class Relay:
             return
         routes: dict[bytes, tuple[int, int]] = {}
         for s in self.channels.values():
-            fp, cid = s.config.schema.fingerprint, s.config.id
-            if fp not in routes or cid < routes[fp][0]:
-                routes[fp] = (cid, s.engine)
+            cid = s.config.id
+            for fp in s.config.schema.fingerprints:
+                if fp not in routes or cid < routes[fp][0]:
+                    routes[fp] = (cid, s.engine)
         steering.attach(self.shared_socks[0], {fp: e for fp, (_, e) in routes.items()})
 
     def _recover(self) -> None:

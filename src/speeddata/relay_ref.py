@@ -319,12 +319,13 @@ class PyEngine:
     def _route(self, data: bytes):
         """Strip the single-object framing -> ``(channel, records, check)`` or None.
 
-        Every record must be preceded by ``C3 01`` and the fingerprint of one and the same
-        channel, and be a valid record of that channel's schema.
+        Every record must be preceded by ``C3 01`` and one and the same fingerprint, one of
+        a channel's (``Schema.fingerprints``), and be a valid record of that channel's schema.
         """
         end = len(data)
         pos = 0
         ch = None
+        first = None
         records = []
         while pos < end:
             if end - pos < _SINGLE_OBJECT_PREFIX or data[pos : pos + 2] != _SINGLE_OBJECT_MARKER:
@@ -334,7 +335,8 @@ class PyEngine:
                 ch = self._channel_by_fingerprint(fingerprint)
                 if ch is None:
                     return None
-            elif fingerprint != ch.config.schema.fingerprint:
+                first = fingerprint
+            elif fingerprint != first:
                 return None
             pos += _SINGLE_OBJECT_PREFIX
             record_end = _record_end(ch.validator, data, pos)
@@ -353,7 +355,7 @@ class PyEngine:
     def _channel_by_fingerprint(self, fingerprint: bytes) -> _Channel | None:
         # Two channels with the same schema share a fingerprint: the lowest id gets the data.
         matches = [
-            ch for ch in self._channels.values() if ch.config.schema.fingerprint == fingerprint
+            ch for ch in self._channels.values() if fingerprint in ch.config.schema.fingerprints
         ]
         return min(matches, key=lambda ch: ch.id) if matches else None
 

@@ -33,6 +33,7 @@ __all__ = [
     "Schema",
     "SchemaError",
     "Signal",
+    "apache_python_canonical_form",
     "OP_NULL",
     "OP_BOOLEAN",
     "OP_INT",
@@ -322,8 +323,11 @@ class Schema:
             raise SchemaError(f"{where}every field is null: a record must encode to 1+ bytes")
         self.canonical: str = to_parsing_canonical_form(avsc)
         #: CRC-64-AVRO of the parsing canonical form, as the 8 bytes of single-object encoding.
-        self.fingerprint: bytes = bytes.fromhex(
-            _fastavro_fingerprint(self.canonical, "CRC-64-AVRO")
+        self.fingerprint: bytes = _crc64(self.canonical)
+        #: Every fingerprint the common Avro libraries compute for this schema, the spec's
+        #: first (docs/wire.md, "Fingerprints"): the relay routes each to the channel.
+        self.fingerprints: tuple[bytes, ...] = tuple(
+            dict.fromkeys((self.fingerprint, _crc64(apache_python_canonical_form(avsc))))
         )
         self.time_field: str | None = self._find_time(time, where)
         #: nanoseconds per unit of the time field
@@ -434,6 +438,79 @@ class Schema:
 
     def __hash__(self) -> int:
         return hash(self.canonical)
+
+
+def _crc64(canonical: str) -> bytes:
+    """CRC-64-AVRO of a canonical form: the 8 bytes single-object encoding carries."""
+    return bytes.fromhex(_fastavro_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+#: Attributes Apache ``avro`` for Python reads itself (``SCHEMA_RESERVED_PROPS``); any
+#: other attribute of a primitive type keeps it an object in that library's canonical form.
+_APACHE_PY_RESERVED = frozenset(
+    ("type", "name", "namespace", "fields", "items", "size", "symbols", "values", "doc")
+)
+
+
+def apache_python_canonical_form(avsc: Any) -> str:
+    """The "parsing canonical form" as Apache ``avro`` for Python (1.10 to 1.12) writes it.
+
+    ``avro.schema.Schema.fingerprint()`` hashes this text, and it differs from the spec's
+    (which fastavro and Apache Avro Java's ``SchemaNormalization.toParsingForm`` follow)
+    in two ways, so that library's single-object datagrams carry another fingerprint:
+
+    - a primitive type written as an object with an attribute beyond the reserved ones
+      (``logicalType``, ``unit``, ...) stays an object, ``{"type":"long"}``, where the
+      spec's [PRIMITIVES] rule writes ``"long"``;
+    - a ``fixed`` type is written out in full wherever it is used, where the spec writes
+      its full name after its first use.
+
+    Names resolve as in the spec ("Names"); the rest (attribute order, full names,
+    stripped attributes) is the spec's form.
+    """
+    written: set[str] = set()
+    fixed: dict[str, dict] = {}
+
+    def walk(t: Any, namespace: str) -> Any:
+        if isinstance(t, list):
+            return [walk(b, namespace) for b in t]
+        if isinstance(t, str):
+            if t in _PRIMITIVE_OPS:
+                return t
+            full = t if "." in t or not namespace else f"{namespace}.{t}"
+            if full not in written and full not in fixed:
+                full = t  # a name of the null namespace, used inside a namespace
+            return fixed.get(full, full)
+        if not isinstance(t, dict):
+            raise SchemaError(f"cannot read type {t!r}")
+        kind = t.get("type")
+        if isinstance(kind, (dict, list)):
+            return walk(kind, namespace)
+        if kind in _PRIMITIVE_OPS:
+            return {"type": kind} if set(t) - _APACHE_PY_RESERVED else kind
+        if kind == "array":
+            return {"type": "array", "items": walk(t.get("items"), namespace)}
+        if kind == "map":
+            return {"type": "map", "values": walk(t.get("values"), namespace)}
+        full = _fullname(t, namespace)
+        if kind == "fixed":
+            fixed[full] = {"name": full, "type": "fixed", "size": t.get("size")}
+            return fixed[full]
+        if full in written:
+            return full
+        written.add(full)
+        if kind == "enum":
+            return {"name": full, "type": "enum", "symbols": list(t.get("symbols") or ())}
+        inner = full.rpartition(".")[0]
+        return {
+            "name": full,
+            "type": kind,
+            "fields": [
+                {"name": f["name"], "type": walk(f["type"], inner)} for f in t.get("fields", [])
+            ],
+        }
+
+    return json.dumps(walk(avsc, ""), separators=(",", ":"))
 
 
 def _loads(text: str, where: str) -> Any:

@@ -35,7 +35,7 @@ BPF_MAXINSNS = 4096
 
 _HEAD = 4  # instructions before the first route
 _PER_ROUTE = 5
-MAX_ROUTES = (BPF_MAXINSNS - _HEAD - 1) // _PER_ROUTE  # 818 schemas
+MAX_ROUTES = (BPF_MAXINSNS - _HEAD - 1) // _PER_ROUTE  # 818 fingerprints
 
 
 class SteeringError(OSError):
@@ -62,7 +62,7 @@ def program(routes: dict[bytes, int]) -> list[tuple[int, int, int, int]]:
     """
     if len(routes) > MAX_ROUTES:
         raise SteeringError(
-            f"{len(routes)} schemas on the shared port: at most {MAX_ROUTES} can be steered"
+            f"{len(routes)} fingerprints on the shared port: at most {MAX_ROUTES} can be steered"
         )
     ops = [
         (BPF_LD_W_ABS, 0, 0, 2),  # fingerprint bytes 0-3 (after C3 01)
