@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fastavro
@@ -225,6 +226,33 @@ def test_runner_shared_port_single_object(tmp_path, sockets):
     assert [r["counter"] for r in e_recs] == list(range(len(e_recs)))
     assert np.all(np.diff([r["time"] for r in e_recs]) == 10_000_000)  # exactly 1/rate apart
     assert "engine" in out.getvalue() and "records in" in out.getvalue()
+
+
+def test_runner_send_sockets_bound_to_the_sending_address(tmp_path, sockets):
+    """Each demo channel's socket is bound to the address it sends from (127.0.0.1 towards
+    a relay on loopback), not to 0.0.0.0, before and after sending; datagrams come from it."""
+    receivers = {"engine": sockets(), "vib": sockets()}
+    cfg = load_config(
+        write_config(tmp_path, {n: s.getsockname()[1] for n, s in receivers.items()})
+    )
+    with demo.DemoRunner(cfg, rates={"vib": 100.0}) as runner:
+        bound = {c.name: c.source.local_address for c in runner.channels}
+        assert {n: a[0] for n, a in bound.items()} == {"engine": "127.0.0.1", "vib": "127.0.0.1"}
+        assert all(port > 0 for _, port in bound.values())
+        runner.run(duration=0.2)
+        for c in runner.channels:
+            assert c.source.local_address == bound[c.name]
+            assert c.source.n_datagrams > 0
+    for name, sock in receivers.items():
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                _, sender = sock.recvfrom(65536)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"nothing from {name}"
+                time.sleep(0.01)
+        assert sender == bound[name]
 
 
 def test_runner_refuses_unknown_channel_and_missing_port(tmp_path):

@@ -190,6 +190,26 @@ def _parse_relay(relay: tuple[str, int] | str) -> tuple[str, int]:
     return infos[0][4][0], port
 
 
+def _source_address(relay: tuple[str, int]) -> str:
+    """The local address datagrams to ``relay`` leave from (the route's source address).
+
+    A send socket left unbound is bound by the kernel to 0.0.0.0 on its first send,
+    listening on every interface; binding it to this address keeps it on the one it
+    uses. connect(2) on a UDP socket only looks the route up: nothing is sent.
+    """
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(relay)
+        return probe.getsockname()[0]
+    except OSError as exc:
+        host, port = relay
+        raise SourceError(
+            f"relay {host}:{port} cannot be reached from this host ({exc.strerror or exc})"
+        ) from None
+    finally:
+        probe.close()
+
+
 def _type_text(t: Any) -> str:
     """An Avro type as a short human phrase for error messages."""
     if isinstance(t, str):
@@ -325,6 +345,11 @@ class Source:
             self._plan.append((op, arg, sig))
         self._not_numeric = [s for s in self.schema.signals if s.type in ("string", "bytes")]
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            self._sock.bind((_source_address(self.relay), 0))
+        except BaseException:
+            self._sock.close()
+            raise
 
     # -- life cycle
 
@@ -335,6 +360,12 @@ class Source:
     @property
     def closed(self) -> bool:
         return self._sock.fileno() < 0
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """``(host, port)`` the datagrams leave from: the socket is bound to the address
+        of the route to the relay (not 0.0.0.0), on a port the kernel chose."""
+        return self._sock.getsockname()
 
     def __enter__(self) -> Source:
         return self
