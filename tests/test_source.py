@@ -563,7 +563,10 @@ def test_send_array_refuses_strings_clearly(receiver, schemas_dir):
 @pytest.mark.parametrize(
     "field, values, dtype, words",
     [
-        ("counter", [1.5, 2.0], "<f8", ["'counter'", "float64", "astype(np.int64)"]),
+        ("counter", [1.5, 2.0], "<f8", ["'counter'", "value 1.5 at row 0", "not a whole"]),
+        ("counter", [1.0, 2.0**63], "<f8", ["'counter'", "row 1", "out of range for long"]),
+        ("counter", [np.nan, 2.0], "<f4", ["'counter'", "nan at row 0", "not a whole"]),
+        ("counter", [1, 2], "<c8", ["'counter'", "complex64", "astype(np.int64)"]),
         ("state", [1, 3], "<i4", ["'state'", "value 3 at row 1", "out of range", "IDLE"]),
         ("state", [-1, 0], "<i8", ["'state'", "value -1 at row 0"]),
         ("state", ["RUN", "OFF"], "U5", ["'state'", "'OFF'", "not a symbol"]),

@@ -23,6 +23,16 @@ raised before anything of that call is sent.
   with an error pointing to ``send_many``. Nullable fields are null where the array is
   masked (``numpy.ma``) or, for float and double fields, where the value is NaN.
 
+Nothing the relay would refuse is sent, and no value is changed on the way: every value
+is checked before anything of a call is sent (integers within their type's range, whole
+numbers only for int and long fields, booleans True/False/0/1, enum symbols, UTF-8 text,
+nullable fields null or a value), and the encoded records go through the relay's own
+validator. A bad value raises ``SourceError`` naming the record (row), the field and the
+value. Each call is all or nothing: ``send_many`` and ``send_array`` send nothing when one
+record is bad, so good records are never lost in a datagram the relay would reject; the
+counters count only datagrams that were sent (a send that fails midway says how many of
+the call's records went).
+
 The time field (``Schema.time_field``) is filled with the current time when a record
 leaves it out (scaled to the field's unit); ``send_array(times=...)`` gives per-row times
 in ns since the epoch (or ``datetime64``) instead.
@@ -33,6 +43,7 @@ With ``single_object=True`` every record is preceded by the Avro single-object h
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 import signal
@@ -68,6 +79,10 @@ try:
     from ._encode import encode_columns
 except ImportError:  # pragma: no cover - only when the extension is not built
     encode_columns = None
+try:
+    from ._validate import Validator as _Validator
+except ImportError:  # pragma: no cover - only when the extension is not built
+    from .validate import PyValidator as _Validator
 
 __all__ = [
     "Source",
@@ -89,6 +104,8 @@ DEFAULT_MAX_DATAGRAM = 1400
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 
 _INT_RANGE = {OP_INT: (-(2**31), 2**31 - 1), OP_LONG: (-(2**63), 2**63 - 1)}
+_NOT_SENT = "nothing of this call was sent"
+_PRIMITIVE_OP = {"int": OP_INT, "long": OP_LONG, "boolean": OP_BOOLEAN}
 _COLUMN_DTYPE = {
     OP_BOOLEAN: np.dtype("?"),
     OP_INT: np.dtype("=i4"),
@@ -100,7 +117,20 @@ _COLUMN_DTYPE = {
 
 
 class SourceError(SpeedDataError, ValueError):
-    """A record, array or setting a Source cannot send; the message names field and fix."""
+    """A record, array or setting a Source cannot send; the message names field and fix.
+
+    For a bad value, ``record`` is its index in the call (the row of an array), ``field``
+    the signal and ``value`` the value; they are None otherwise.
+    """
+
+    def __init__(
+        self, message: str, *, record: int | None = None, field: str | None = None,
+        value: Any = None,
+    ):
+        super().__init__(message)
+        self.record = record
+        self.field = field
+        self.value = value
 
 
 # -- pure-Python reference of the compiled encoder --------------------------------------
@@ -208,6 +238,18 @@ def _source_address(relay: tuple[str, int]) -> str:
         ) from None
     finally:
         probe.close()
+
+
+def _nothing_sent(exc: SourceError) -> SourceError:
+    """``exc`` with "nothing of this call was sent" added, its attributes kept."""
+    return SourceError(
+        f"{exc}; {_NOT_SENT}", record=exc.record, field=exc.field, value=exc.value
+    )
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _type_text(t: Any) -> str:
@@ -344,6 +386,23 @@ class Source:
             sig = by_op.get(i + 1 if op == OP_UNION else i)
             self._plan.append((op, arg, sig))
         self._not_numeric = [s for s in self.schema.signals if s.type in ("string", "bytes")]
+        #: (signal, op, nullable, flat) of the fields whose values fastavro would change
+        #: without a word (3.7 -> 3 in an int, "no" -> true in a boolean) or encode so that
+        #: the relay refuses them (2**31 in an int): checked before encoding
+        self._guards: list[tuple[str, int, bool, bool]] = [
+            (sig.name, op, sig.nullable, "." not in sig.name)
+            for sig in self.schema.signals
+            if (op := _PRIMITIVE_OP.get(sig.type)) is not None
+        ]
+        # the same split for the loop of encode_records: (name, flat, lo, hi) per int or
+        # long field; (name, flat) per boolean
+        self._int_guards = [
+            (name, flat, *_INT_RANGE[op]) for name, op, _, flat in self._guards if op != OP_BOOLEAN
+        ]
+        self._bool_guards = [(name, flat) for name, op, _, flat in self._guards if op == OP_BOOLEAN]
+        self._guard_of = {g[0]: g for g in self._guards}
+        #: the relay's own validator: encoded records are checked with it before sending
+        self._validator = _Validator(self.schema)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._sock.bind((_source_address(self.relay), 0))
@@ -384,36 +443,64 @@ class Source:
     # -- dict records
 
     def encode(self, record: Mapping) -> bytes:
-        """One record (a dict) as the bytes ``send`` puts in its datagram."""
+        """One record (a dict) as the bytes ``send`` puts in its datagram.
+
+        Raises SourceError (naming the field and the value) for a record the relay would
+        refuse or that fastavro would change on the way (see ``encode_records``).
+        """
         buf = self._buf
         buf.seek(0)
         buf.truncate()
         self._write(buf, record, 0)
-        return buf.getvalue()
+        data = buf.getvalue()
+        self._check_encoded(data, [len(data)], [record])
+        return data
 
     def encode_records(self, records: Iterable[Mapping]) -> tuple[bytes, list[int]]:
-        """Dicts -> ``(data, ends)``: the records back to back and the end offset of each."""
+        """Dicts -> ``(data, ends)``: the records back to back and the end offset of each.
+
+        Every record is checked before it is encoded: an int or long field takes an
+        integer (or an integral float) within its range, a boolean True, False, 0 or 1;
+        fastavro's own checks cover the other types. The bytes are then checked with the
+        relay's validator. The first bad record raises SourceError naming the record,
+        the field and the value (``.record``, ``.field``, ``.value``).
+        """
         buf = self._buf
         buf.seek(0)
         buf.truncate()
         ends: list[int] = []
+        if not isinstance(records, (list, tuple)):
+            records = list(records)  # kept to name a record the validator refuses
         # The loop is _write inlined: a call per record costs ~8% of fastavro's own time.
         append, tell, bwrite = ends.append, buf.tell, buf.write
         parsed, prefix, tf = self.schema.parsed, self.prefix, self._time_field
         fill = tf is not None and "." not in tf
+        int_guards, bool_guards = self._int_guards, self._bool_guards
         for index, record in enumerate(records):
             try:  # zero-cost in CPython 3.11+ unless raised
                 if fill and tf not in record:
                     record = {**record, tf: time.time_ns() // self._time_scale}
                 elif tf is not None and not fill:
                     record = self._fill_nested_time(record)
+                for name, flat, lo, hi in int_guards:
+                    value = record.get(name) if flat else _lookup(record, name)
+                    if not (type(value) is int and lo <= value <= hi):
+                        self._check_field(index, record, name)
+                for name, flat in bool_guards:
+                    value = record.get(name) if flat else _lookup(record, name)
+                    if type(value) is not bool:
+                        self._check_field(index, record, name)
                 if prefix:
                     bwrite(prefix)
                 schemaless_writer(buf, parsed, record)
+            except SourceError:
+                raise
             except Exception as exc:  # fastavro raises many types; explain with its validator
                 raise self._record_error(index, record, exc) from None
             append(tell())
-        return buf.getvalue(), ends
+        data = buf.getvalue()
+        self._check_encoded(data, ends, records)
+        return data, ends
 
     def _write(self, buf: io.BytesIO, record: Mapping, index: int) -> None:
         tf = self._time_field
@@ -423,11 +510,81 @@ class Source:
                     record = self._fill_nested_time(record)
                 else:
                     record = {**record, tf: time.time_ns() // self._time_scale}
+            for name, _, _, _ in self._guards:
+                self._check_field(index, record, name)
             if self.prefix:
                 buf.write(self.prefix)
             schemaless_writer(buf, self.schema.parsed, record)
+        except SourceError:
+            raise
         except Exception as exc:  # fastavro raises many types; explain with its validator
             raise self._record_error(index, record, exc) from None
+
+    def _check_field(self, index: int, record: Mapping, name: str) -> None:
+        _, op, nullable, flat = self._guard_of[name]
+        value = record.get(name, _MISSING) if flat else _lookup(record, name)
+        self._check_value(index, name, op, nullable, value)
+
+    def _check_value(self, index: int, name: str, op: int, nullable: bool, value: Any) -> None:
+        """Raise SourceError if an int, long or boolean ``value`` would be refused by the
+        relay or changed by fastavro without a word; other types are fastavro's to check."""
+        if value is _MISSING or value is None and nullable:
+            return  # missing: fastavro says so; None in a union: null
+        sig_type = {OP_INT: "int", OP_LONG: "long", OP_BOOLEAN: "boolean"}[op]
+        if op == OP_BOOLEAN:
+            if isinstance(value, (bool, np.bool_)):
+                return
+            if isinstance(value, (int, np.integer)) and value in (0, 1):
+                return
+            why = "is not a boolean (True, False, 0 or 1)"
+        else:
+            if isinstance(value, (int, np.integer)):
+                number = int(value)
+            elif isinstance(value, (float, np.floating)):
+                if not (math.isfinite(value) and float(value).is_integer()):
+                    self._raise_value(index, name, value, f"is not an integer ({sig_type})")
+                number = int(value)
+            else:
+                return  # None, str, ...: fastavro refuses them and its validator explains
+            lo, hi = _INT_RANGE[op]
+            if lo <= number <= hi:
+                return
+            why = f"is out of range for {sig_type} ({lo}..{hi})"
+        self._raise_value(index, name, value, why)
+
+    def _raise_value(self, index: int, name: str, value: Any, why: str) -> None:
+        raise SourceError(
+            f"channel {self.channel!r}, record {index}: field {name!r}: {value!r} {why}",
+            record=index,
+            field=name,
+            value=value,
+        )
+
+    def _check_encoded(self, data: bytes, ends: list[int], records: Any) -> None:
+        """Run the relay's validator over encoded records (belt and braces: what the
+        checks before encoding let through must still be what the relay accepts)."""
+        if not ends:
+            return
+        index = None
+        if not self.prefix:
+            bad = self._validator.check(data)[1]
+            if bad >= 0:
+                index = bisect.bisect_right(ends, bad)
+        else:
+            view, start, skip = memoryview(data), 0, len(self.prefix)
+            for i, end in enumerate(ends):
+                if self._validator.count(view[start + skip : end]) != 1:
+                    index = i
+                    break
+                start = end
+        if index is None:
+            return
+        record = records[index]
+        raise SourceError(
+            f"channel {self.channel!r}, record {index}: the relay would refuse its encoding "
+            f"({_short(record)}); check its values against the schema",
+            record=index,
+        )
 
     def _fill_nested_time(self, record: Mapping) -> Mapping:
         if _lookup(record, self._time_field) is _MISSING:
@@ -454,13 +611,34 @@ class Source:
                 value = _lookup(record, path)
                 got = "missing" if value is _MISSING else f"got {datum!r} ({type(datum).__name__})"
                 problems.append(f"field {path!r}: {got}, expected {_type_text(types)}")
-            return SourceError(f"{where}: " + "; ".join(problems))
+            first, (datum, _) = next(iter(merged.items()))
+            return SourceError(
+                f"{where}: " + "; ".join(problems), record=index, field=first, value=datum
+            )
         except Exception:  # the validator itself failed: fall back to the writer's message
             pass
-        return SourceError(f"{where}: cannot encode ({type(exc).__name__}: {exc})")
+        for sig in self.schema.signals:
+            value = _lookup(record, sig.name)
+            if sig.type == "string" and isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as err:  # lone surrogates: not UTF-8
+                    return SourceError(
+                        f"{where}: field {sig.name!r}: {_short(value)} is not valid UTF-8 text "
+                        f"({err.reason} at position {err.start})",
+                        record=index,
+                        field=sig.name,
+                        value=value,
+                    )
+        return SourceError(
+            f"{where}: cannot encode ({type(exc).__name__}: {exc})", record=index
+        )
 
     def send(self, record: Mapping) -> int:
-        """Encode one record (a dict) and send it as one datagram; returns its size."""
+        """Encode one record (a dict) and send it as one datagram; returns its size.
+
+        A record the relay would refuse raises SourceError and is not sent.
+        """
         data = self.encode(record)
         if len(data) > MAX_UDP_PAYLOAD:
             raise SourceError(
@@ -472,9 +650,17 @@ class Source:
 
     def send_many(self, records: Iterable[Mapping]) -> int:
         """Encode dicts and send them packed into as few datagrams as ``max_datagram``
-        allows, never splitting a record. All records are encoded before anything is sent,
-        so a bad record raises with nothing of the call sent. Returns datagrams sent."""
-        data, ends = self.encode_records(records)
+        allows, never splitting a record. Returns datagrams sent.
+
+        All or nothing: every record is encoded and checked (``encode_records``) before
+        anything is sent, so one bad record raises SourceError naming it, its field and
+        its value, with nothing of the call sent; drop or fix it and call again. No good
+        record is ever lost in a datagram the relay would refuse.
+        """
+        try:
+            data, ends = self.encode_records(records)
+        except SourceError as exc:
+            raise _nothing_sent(exc) from None
         return self.send_encoded(data, ends)
 
     # -- numpy arrays
@@ -505,13 +691,16 @@ class Source:
         if fixed is not None:
             return self._encode_fixed(arr, mask, fixed, n)
         columns: list[np.ndarray | None] = []
+        null = None  # the null flags of the union just before a value op
         for op, arg, sig in self._plan:
             if op == OP_NULL:
                 columns.append(None)
             elif op == OP_UNION:
-                columns.append(self._null_flags(arr, mask, sig, n))
+                null = self._null_flags(arr, mask, sig, n)
+                columns.append(null)
             else:
-                columns.append(self._column(arr, mask, sig, op, arg, n, times))
+                columns.append(self._column(arr, mask, sig, op, arg, n, times, null))
+                null = None
         encoder = encode_columns if encode_columns is not None else encode_columns_py
         return encoder(self.schema.program, columns, self.prefix)
 
@@ -563,7 +752,12 @@ class Source:
         arg: int,
         n: int,
         times: Any,
+        null: np.ndarray | None = None,
     ) -> np.ndarray:
+        """The column of one signal, in the encoder's dtype, checked: a value the relay
+        would refuse, or one that the conversion would change, raises SourceError naming
+        the row and the value. ``null``: rows sent as null (their values are not sent,
+        nor checked)."""
         name = sig.name
         where = f"channel {self.channel!r}: field {name!r}"
         if name == self._time_field and (times is not None or _structured_field(arr, name) is None):
@@ -589,14 +783,20 @@ class Source:
                     f"not {col.dtype}"
                 )
             return col
+        sent = None if null is None or not null.any() else ~null  # rows whose value is sent
         if op == OP_BOOLEAN:
             if kind == "b":
                 return col
             if kind in "iu":
                 bad = (col != 0) & (col != 1)
+                if sent is not None:
+                    bad &= sent
                 if bad.any():
                     i = int(np.argmax(bad))
-                    raise SourceError(f"{where}: value {col[i]} at row {i} is not a boolean (0/1)")
+                    raise SourceError(
+                        f"{where}: value {col[i]} at row {i} is not a boolean (0/1)",
+                        record=i, field=name, value=col[i].item(),
+                    )
                 return col.astype("?")
             raise SourceError(f"{where} is a boolean: give it dtype bool, not {col.dtype}")
         target = _COLUMN_DTYPE[op]
@@ -611,22 +811,64 @@ class Source:
             return self._enum_indexes(col, sig, where)
         if kind == "M" and name == self._time_field:
             return self._time_column(col, n)
+        if kind == "f" and op != OP_ENUM:
+            return self._integral_column(col, sig, op, target, null, where)
         if kind not in "biu":
             raise SourceError(
-                f"{where} is {'an' if sig.type == 'int' else 'a'} {sig.type}: dtype {col.dtype} "
+                f"{where} is {'an' if sig.type in ('int', 'enum') else 'a'} {sig.type}: "
+                f"dtype {col.dtype} "
                 f"cannot be sent without losing data; convert it, e.g. "
                 f"arr[{name!r}].astype(np.int{64 if op == OP_LONG else 32})"
             )
         lo, hi = (0, arg - 1) if op == OP_ENUM else _INT_RANGE[op]
         if n and (op == OP_ENUM or not np.can_cast(col.dtype, target, "safe")):
-            if int(col.min()) < lo or int(col.max()) > hi:
+            checked = col if sent is None else col[sent]
+            if len(checked) and (int(checked.min()) < lo or int(checked.max()) > hi):
                 values = col.tolist()
-                i = next(k for k, v in enumerate(values) if not lo <= v <= hi)
+                i = next(
+                    k for k, v in enumerate(values)
+                    if not lo <= v <= hi and (sent is None or sent[k])
+                )
                 what = f"an index of {list(sig.symbols or ())}" if op == OP_ENUM else sig.type
                 raise SourceError(
-                    f"{where}: value {values[i]} at row {i} is out of range for {what} ({lo}..{hi})"
+                    f"{where}: value {values[i]} at row {i} is out of range for {what} "
+                    f"({lo}..{hi})",
+                    record=i, field=name, value=values[i],
                 )
+            if sent is not None:
+                col = np.where(sent, col, 0)  # null rows: any value in range (not sent)
         return np.asarray(col, dtype=target)
+
+    def _integral_column(
+        self,
+        col: np.ndarray,
+        sig: Signal,
+        op: int,
+        target: np.dtype,
+        null: np.ndarray | None,
+        where: str,
+    ) -> np.ndarray:
+        """A float column for an int or long field: every value sent must be a whole
+        number within the type's range (NaN is null in a nullable field, as for floats)."""
+        lo, hi = _INT_RANGE[op]
+        with np.errstate(invalid="ignore"):
+            # hi + 1 (2**31, 2**63) is exact in a float; hi itself is not for a long
+            bad = ~np.isfinite(col) | (col != np.floor(col)) | (col < lo) | (col >= hi + 1)
+        if null is not None:
+            bad &= ~null
+        if bad.any():
+            i = int(np.argmax(bad))
+            value = col[i].item()
+            if math.isfinite(value) and value == math.floor(value):
+                why = f"is out of range for {sig.type} ({lo}..{hi})"
+            else:
+                why = f"is not a whole number ({sig.type} takes integers)"
+            raise SourceError(
+                f"{where}: value {value!r} at row {i} {why}", record=i, field=sig.name, value=value
+            )
+        if null is not None and null.any():
+            col = np.where(null, 0, col)
+        return col.astype(target)
 
     def _enum_indexes(self, col: np.ndarray, sig: Signal, where: str) -> np.ndarray:
         symbols = list(sig.symbols or ())
@@ -646,8 +888,19 @@ class Source:
             return np.broadcast_to(np.int64(time.time_ns() // self._time_scale), (n,))
         t = np.asarray(times)
         if t.dtype.kind == "M":
+            nat = np.isnat(t)
+            if nat.any():
+                i = int(np.argmax(nat.reshape(-1)))
+                raise SourceError(f"{where}: NaT (not a time) at row {i}", record=i)
             ns = t.astype("datetime64[ns]").view(np.int64)
         elif t.dtype.kind in "iu":
+            if t.dtype.kind == "u" and t.size and int(t.max()) > _INT_RANGE[OP_LONG][1]:
+                i = int(np.argmax(t.reshape(-1) > _INT_RANGE[OP_LONG][1]))
+                raise SourceError(
+                    f"{where}: {int(t.reshape(-1)[i])} at row {i} is out of range for ns "
+                    "since the epoch (a long)",
+                    record=i,
+                )
             ns = t.astype(np.int64)
         else:
             raise SourceError(
@@ -665,8 +918,15 @@ class Source:
         ``times`` (ns since the epoch, or ``datetime64``; one per row or one for all) fills
         the time field, overriding an array column of that name; without it a missing time
         column is filled with the current time.
+
+        All or nothing, as ``send_many``: the columns are checked (vectorised) before
+        anything is sent, and a value the relay would refuse raises SourceError naming the
+        field, the row and the value, with nothing of the call sent.
         """
-        data, ends = self.encode_array(arr, times)
+        try:
+            data, ends = self.encode_array(arr, times)
+        except SourceError as exc:
+            raise _nothing_sent(exc) from None
         return self.send_encoded(data, ends)
 
     # -- datagrams
@@ -688,8 +948,16 @@ class Source:
             )
         view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
         bounds = datagram_bounds(ends, self.max_datagram)
+        sent = 0
         for start, stop, n_records in bounds:
-            self._sendto(view[start:stop], n_records)
+            try:
+                self._sendto(view[start:stop], n_records)
+            except SourceError as exc:  # say how much of the call went, never more
+                raise SourceError(
+                    f"{exc}; {sent} of the call's {n} records were sent before, the rest "
+                    "were not"
+                ) from exc.__cause__
+            sent += n_records
         return len(bounds)
 
     def _sendto(self, payload: bytes | memoryview, n_records: int) -> None:
