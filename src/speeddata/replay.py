@@ -11,10 +11,13 @@ into datagrams of at most ``max_datagram`` bytes), paced like the original:
   kernel timestamps, one per original datagram);
 - else unpaced.
 
-``now=True`` shifts the time field so that the first record is stamped with the time the
-replay starts (the others keep their spacing): live pages then show the replay as live
-data. Without it, records keep their times (a cache appends them in its own new segments;
-readers select by time, so keep ``now`` for data that should look new).
+``now=True`` restamps the time field on the replay's own clock: the first record with the
+time the replay starts, the others as far apart as they are sent (their recorded spacing
+divided by ``speed``; with ``speed=0``, the time each one is queued). No record is ever
+stamped ahead of the time it is sent: each is stamped after its pacing wait, with at most
+the current time. Live pages then show the replay as live data. Without it, records keep
+their times (a cache appends them in its own new segments; readers select by time, so
+keep ``now`` for data that should look new).
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def replay(
     elif speed > 0 and all(p.with_suffix(".recv").exists() for p in paths):
         paced_by = "receive times"
     start_wall = time.monotonic()
-    shift = None  # ns added to the time field with ``now``
+    start_ns = time.time_ns()  # ``now``: the first record's stamp
     first_ns = None
     with Source(name, schema, relay, single_object=single_object, max_datagram=max_datagram) as src:
         pending: list[dict] = []
@@ -146,17 +149,16 @@ def replay(
             recv_ns = _receive_times(path) if paced_by == "receive times" else None
             for k, record in enumerate(_records(path)):
                 t_ns = _record_ns(record, time_path, scale, recv_ns, k)
-                if now and time_path is not None:
-                    if shift is None:
-                        shift = time.time_ns() - t_ns
-                    record = _with_time(record, time_path, (t_ns + shift) // scale)
+                if first_ns is None and t_ns is not None:
+                    first_ns = t_ns
                 if paced_by != "nothing" and t_ns is not None:
-                    if first_ns is None:
-                        first_ns = t_ns
                     due = start_wall + (t_ns - first_ns) / 1e9 / speed
                     if due > time.monotonic():
                         _flush(src, pending)
                         _sleep_until(due)
+                if now and time_path is not None:  # after the wait: never ahead of sending
+                    stamp = _now_stamp(t_ns, first_ns, start_ns, speed)
+                    record = _with_time(record, time_path, stamp // scale)
                 pending.append(record)
                 if len(pending) >= 4096:
                     _flush(src, pending)
@@ -187,6 +189,17 @@ def _record_ns(
     if recv_ns is not None and k < len(recv_ns):
         return int(recv_ns[k])
     return None
+
+
+def _now_stamp(t_ns: int, first_ns: int, start_ns: int, speed: float) -> int:
+    """The ns a record is stamped with under ``now``: the replay's timeline (the first
+    record at ``start_ns``, the others their recorded distance divided by ``speed``
+    later), capped by the clock so that no stamp is ahead of when the record is sent
+    (it is queued right after, and sent at once or with the next ones)."""
+    wall = time.time_ns()
+    if speed == 0:
+        return wall  # as fast as possible: the recorded spacing has no meaning here
+    return min(start_ns + int((t_ns - first_ns) / speed), wall)
 
 
 def _flush(src: Source, pending: list[dict]) -> None:
