@@ -229,3 +229,51 @@ def test_replay_a_segment_still_being_written(tmp_path):
         got, _ = receive(sock, ENGINE, 30)
     assert got == written.records and stats.records == 30
     written.writer.close()
+
+
+@pytest.fixture(params=["compiled", "python"])
+def rig(request, tmp_path):
+    from relay_helpers import harness_factory
+    from speeddata._relay import Engine
+    from speeddata.relay_ref import PyEngine
+    from test_engine import Rig
+
+    engine = Engine if request.param == "compiled" else PyEngine
+    yield from harness_factory(Rig, engine, tmp_path)
+
+
+def test_replay_into_the_same_cache_leaves_a_tag_as_it_was(rig):
+    """The issue: a tag had 999 rows, 1,998 after its data was replayed into the same
+    cache. Through a relay (both engines): records, a tag over them, a replay of the
+    channel's segment (still being written) into the same relay; the tag reads the same
+    rows, a read by time finds both copies."""
+    import speeddata
+    from relay_helpers import wait_for
+    from speeddata.source import Source
+    from speeddata.tags import add_tag
+
+    r = rig()
+    port = r.channel(ENGINE, "engine", cid=1).port
+    r.start()
+    records = spaced(100, 10_000_000)
+    with Source("engine", ENGINE, ("127.0.0.1", port), max_datagram=500) as src:
+        src.send_many(records)
+
+    def stored():
+        try:
+            return speeddata.read(r.cache, "engine").n_rows
+        except speeddata.SpeedDataError:
+            return 0
+
+    wait_for(lambda: stored() == 100)
+    add_tag(r.cache, "run2", T0, T0 + 1_000_000_000, ["engine"])
+    before = speeddata.read(r.cache, "engine", tag="run2")
+    assert before.n_rows == 100
+    segments = [s.avro for s in list_segments(r.cache, "engine")]
+    replay(segments, ("127.0.0.1", port), speed=0)
+    wait_for(lambda: stored() == 200)
+    r.stop()
+    after = speeddata.read(r.cache, "engine", tag="run2")
+    assert after.n_rows == 100
+    assert after["counter"].tolist() == before["counter"].tolist() == list(range(100))
+    assert speeddata.read(r.cache, "engine", T0, T0 + 1_000_000_000).n_rows == 200

@@ -12,6 +12,7 @@ import pytest
 
 import speeddata
 from _cachedata import T0, write_channel
+from conftest import SCHEMAS
 from speeddata.cache import cache_segments, enforce_retention, segment_bytes
 from speeddata.schema import Schema
 from speeddata.tags import TagError, add_tag, get_tag, list_tags, remove_tag, validate_tag_name
@@ -166,3 +167,85 @@ def test_cli_add_list_rm(cache):
     r = _cli("tag", "rm", "cli-run", "--cache", str(cache))
     assert r.returncode == 0 and "removed tag cli-run" in r.stdout
     assert list_tags(cache) == []
+
+
+# -- a tag is what it kept ---------------------------------------------------------------
+
+
+def test_tag_reads_what_it_kept_after_a_replay(tmp_path, schemas_dir):
+    """The issue: `pivot --tag run2` gave 999 rows, 1,998 after old data was replayed into
+    the same cache. Here the replay lands both in new segments and as blocks appended to
+    the segment that was still being written when the tag was made; the tag (read and
+    pivot) returns the same rows, while a read by time sees everything stored."""
+    import io
+
+    import fastavro
+    import h5py
+
+    from speeddata.pivot import pivot
+
+    schema = Schema(schemas_dir / "engine.avsc")
+    first = write_channel(tmp_path, "engine", schema, engine_record, 300,
+                          records_per_datagram=5, datagrams_per_block=4,
+                          blocks_per_segment=5, leave_open=True)
+    assert first.writer is not None  # the newest segment is still being written
+    start, end = T0 + SECOND, T0 + 3 * SECOND
+    try:
+        tag = add_tag(tmp_path, "run2", start, end, ["engine"], now_ns=T0 + 100 * SECOND)
+        assert tag.segments == {"engine": {s.avro.name: 5 for s in first.segments[1:]}}
+        assert get_tag(tmp_path, "run2").segments == tag.segments
+        before = speeddata.read(tmp_path, "engine", tag="run2")
+        assert before.n_rows == 200
+
+        # replay: the same records again, appended to the open segment and in new segments
+        parsed = fastavro.parse_schema(schema.avsc)
+        buf = io.BytesIO()
+        for k in range(150, 170):
+            fastavro.schemaless_writer(buf, parsed, engine_record(k, None))
+        first.writer.append([buf.getvalue()], [T0 + 50 * SECOND], [999], [20],
+                            T0 + 150 * 10_000_000, T0 + 169 * 10_000_000)
+    finally:
+        if not first.writer.closed:
+            first.writer.close()
+    write_channel(tmp_path, "engine", schema, engine_record, 300, t_open_ns=T0 + 60 * SECOND,
+                  records_per_datagram=5, datagrams_per_block=4, blocks_per_segment=5)
+
+    assert speeddata.read(tmp_path, "engine", start, end).n_rows == 200 + 20 + 200
+    after = speeddata.read(tmp_path, "engine", tag="run2")
+    assert after.n_rows == 200
+    for name in ("time", "rpm", "counter"):
+        assert after[name].tolist() == before[name].tolist()
+    pivot(tmp_path, tmp_path / "run2.h5", tag="run2", compression="none")
+    with h5py.File(tmp_path / "run2.h5") as f:
+        assert f["engine/time"].shape == (200,)
+        assert f["engine/counter"][:].tolist() == list(range(100, 300))
+
+
+def test_tag_made_before_segments_were_kept_reads_its_links(cache):
+    """A tag.json without "segments" (older tags) reads its own links, not the channel
+    folder's newer segments."""
+    add_tag(cache, "old", T0 + 2 * SECOND, T0 + 4 * SECOND, ["engine"],
+            now_ns=T0 + 100 * SECOND)
+    meta_path = cache / "tags" / "old" / "tag.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["segments"]
+    meta_path.write_text(json.dumps(meta))
+    assert get_tag(cache, "old").segments is None
+    before = speeddata.read(cache, "engine", tag="old")["counter"].tolist()
+    assert before == list(range(200, 400))
+    write_channel(cache, "engine", Schema(SCHEMAS / "engine.avsc"), engine_record, 1000,
+                  t_open_ns=T0 + 60 * SECOND, records_per_datagram=5, datagrams_per_block=4,
+                  blocks_per_segment=5)
+    assert speeddata.read(cache, "engine", tag="old")["counter"].tolist() == before
+
+
+def test_tag_channel_without_kept_blocks_reads_no_rows(cache):
+    """A channel of the tag with no block in its range: zero rows, not another range."""
+    add_tag(cache, "half", T0 + 9 * SECOND, T0 + 10 * SECOND, now_ns=T0 + 100 * SECOND)
+    write_channel(cache, "power", Schema(SCHEMAS / "power.avsc"), power_record, 100,
+                  t_open_ns=T0 + 60 * SECOND)
+    folder = cache / "tags" / "half"
+    meta = json.loads((folder / "tag.json").read_text())
+    meta["segments"]["power"] = {}
+    (folder / "tag.json").write_text(json.dumps(meta))
+    assert speeddata.read(cache, "power", tag="half").n_rows == 0

@@ -359,9 +359,13 @@ class _Blocks:
 
 
 class _OpenedSegment:
-    """A segment opened for reading: header, verified blocks, receive times."""
+    """A segment opened for reading: header, verified blocks, receive times.
 
-    def __init__(self, paths: list[Path]):
+    ``max_blocks``: read only its first blocks (those a tag kept), not any appended since.
+    """
+
+    def __init__(self, paths: list[Path], max_blocks: int | None = None):
+        self.max_blocks = max_blocks
         last_error: OSError | None = None
         for path in paths:
             try:
@@ -404,6 +408,8 @@ class _OpenedSegment:
         last_end = int(index["offset"][-1]) + int(index["size"][-1]) if len(index) else 0
         self.closed = file_size == max(last_end, self.header_size)
         self.file_size = file_size
+        if self.max_blocks is not None:
+            index = index[: self.max_blocks]
         self.raw_index = index
         self.index = None  # verified lazily: only segments with blocks in range need it
 
@@ -542,6 +548,9 @@ class ChannelReader:
         self.cache_dir = resolve_cache_dir(cache_dir)
         self.channel = channel
         self.tag = tag
+        #: with a tag: segment file name -> blocks it kept (None: every block: a tag made
+        #: before tags counted them)
+        self._kept: dict[str, int | None] | None = None
         if tag is not None:
             from .tags import get_tag
 
@@ -550,6 +559,8 @@ class ChannelReader:
                 raise ReadError(f"tag {tag!r} holds channels {info.channels}, not {channel!r}")
             start = info.start_ns if start is None else start
             end = info.end_ns if end is None else end
+            if info.segments is not None:
+                self._kept = info.segments.get(channel, {})
         self.start_ns, self.end_ns = parse_range(start, end, now_ns)
         self.decoder = decoder
         self._segments: list[_OpenedSegment] = []
@@ -561,6 +572,17 @@ class ChannelReader:
 
     def _plan(self, time_field: str | None, signals: Any) -> None:
         candidates = _segment_candidates(self.cache_dir, self.channel, self.tag)
+        if self.tag is not None:
+            # A tag is what it kept: its segments, up to the blocks they held when it
+            # was made; not newer records in its range (a replay, later blocks).
+            if self._kept is None:  # a tag made before tags counted blocks: its links
+                own = self.cache_dir / "tags" / self.tag / self.channel
+                self._kept = {p[0].name: None for p in candidates if p[0].parent == own}
+            tagged = [paths for paths in candidates if paths[0].name in self._kept]
+            # none kept (no block of the channel in the range): no rows, with the schema
+            # of a segment of the channel
+            self._kept.update({p[0].name: 0 for p in candidates[:1] if not tagged})
+            candidates = tagged or candidates[:1]
         if not candidates:
             available = cache_channels(self.cache_dir)
             raise ReadError(
@@ -569,8 +591,9 @@ class ChannelReader:
             )
         schema_json = None
         for paths in candidates:
+            kept = None if self._kept is None else self._kept[paths[0].name]
             try:
-                seg = _OpenedSegment(paths)
+                seg = _OpenedSegment(paths, kept)
             except FileNotFoundError:
                 continue  # deleted by retention meanwhile
             if seg.schema_json is None:

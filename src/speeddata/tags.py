@@ -8,6 +8,12 @@ segments may go again. Because the links are names of the same files, the tag's 
 stays readable even when the channel folder's names are gone: ``speeddata.read`` and
 ``speeddata pivot --tag`` look there too.
 
+A tag is what it kept: ``tag.json`` lists, per channel, the segments it pinned and how
+many blocks each held when the tag was made, and reading the tag returns exactly the
+records of those blocks within its range. Records stored later with times in the range
+(a replay of old data, blocks the relay appends to a segment that was still open) are in
+the cache, and in reads by time, but not in the tag.
+
 Python::
 
     tag = speeddata.add_tag("data", "run42", start="-10min", end="now", note="new cam")
@@ -25,7 +31,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +82,16 @@ class Tag:
     #: segments pinned (links to .avro files), and the bytes they hold
     n_segments: int = 0
     n_bytes: int = 0
+    #: channel -> segment file name -> blocks it held when the tag was made: what the
+    #: tag reads (None: a tag made before tags kept this; it reads its links' blocks)
+    segments: dict[str, dict[str, int]] | None = field(default=None, compare=False)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
         del d["n_segments"], d["n_bytes"]
+        if d["segments"] is None:
+            del d["segments"]
         return d
 
 
@@ -180,16 +191,22 @@ def add_tag(
     work.mkdir()
     try:
         n_segments = n_bytes = 0
+        kept: dict[str, dict[str, int]] = {}
         for channel in chosen:
+            kept[channel] = {}
             for paths in _segment_candidates(cache, channel, None):
                 seg = Segment(paths[0])
-                if not _overlaps(seg, start_ns, end_ns):
+                # the blocks counted before linking: one appended meanwhile is not kept
+                index = _index(seg)
+                if not _overlaps(seg, start_ns, end_ns, index):
                     continue
                 linked = _link_segment(paths, work / channel)
                 if linked:
                     n_segments += 1
                     n_bytes += linked
-        tag = Tag(name, start_ns, end_ns, tuple(chosen), note or "", time.time_ns())
+                    kept[channel][seg.avro.name] = len(index)
+        tag = Tag(name, start_ns, end_ns, tuple(chosen), note or "", time.time_ns(),
+                  segments=kept)
         write_json_atomic(work / "tag.json", tag.to_json())
         try:
             os.rename(work, final)  # atomic: a concurrent add of the same name fails here
@@ -201,8 +218,7 @@ def add_tag(
     return Tag(**{**asdict(tag), "n_segments": n_segments, "n_bytes": n_bytes})
 
 
-def _overlaps(seg: Segment, start_ns: int, end_ns: int) -> bool:
-    index = _index(seg)
+def _overlaps(seg: Segment, start_ns: int, end_ns: int, index: np.ndarray) -> bool:
     if len(index):
         return bool(((index["t_max"] >= start_ns) & (index["t_min"] < end_ns)).any())
     try:  # no block yet (just opened): its open time decides
@@ -235,6 +251,7 @@ def _link_segment(paths: list[Path], dest: Path) -> int:
 def _load(folder: Path) -> Tag:
     try:
         d = json.loads((folder / "tag.json").read_text())
+        segments = d.get("segments")
         tag = Tag(
             name=str(d["name"]),
             start_ns=int(d["start_ns"]),
@@ -242,8 +259,12 @@ def _load(folder: Path) -> Tag:
             channels=tuple(d["channels"]),
             note=str(d.get("note") or ""),
             created_ns=int(d.get("created_ns") or 0),
+            segments=None if segments is None else {
+                str(ch): {str(seg): int(n) for seg, n in kept.items()}
+                for ch, kept in segments.items()
+            },
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TagError(f"{folder}: not a readable tag ({exc})") from None
     n_segments = n_bytes = 0
     for avro in folder.glob("*/*.avro"):
