@@ -32,6 +32,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/speeddata src/speeddata/includes
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf build dist src/*.egg-info src/speeddata/*.so src/speeddata/_*.c .pytest_cache .benchmarks

@@ -37,9 +37,9 @@ from speeddata.cache import (
     IDX_DTYPE,
     RECV_DTYPE,
     SegmentWriter,
-    _segment_time_ns,
     list_segments,
     recover_segment,
+    segment_time_ns,
 )
 from speeddata.relay_ref import PyEngine
 from speeddata.schema import Schema
@@ -421,7 +421,7 @@ def test_byte_identical_with_segment_writer(tmp_path, use_map, huge_map):
             "engine",
             4,
             16 * 1024,
-            t_open_ns=_segment_time_ns(seg),
+            t_open_ns=segment_time_ns(seg),
             sync=bytes(range(16)),
         )
         j = 0

@@ -173,7 +173,7 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
 
     # the status CLI talks to the relay and prints the table
     out = subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", "relay", "status", "-c", str(info["path"])],
+        [sys.executable, "-m", "speeddata.commands", "relay", "status", "-c", str(info["path"])],
         capture_output=True,
         text=True,
         timeout=30,
@@ -425,7 +425,7 @@ def test_status_without_relay_exits_2(ipc_dir):
         [
             sys.executable,
             "-m",
-            "speeddata.cli",
+            "speeddata.commands",
             "relay",
             "status",
             "--control",
@@ -548,7 +548,7 @@ def test_replay_a_segment_into_the_relay(relay, sender):
     segments = [s.avro for s in list_segments(proc.info["cache"], "engine")]
     before = time.time_ns()
     r = subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", "source", "--replay", *map(str, segments),
+        [sys.executable, "-m", "speeddata.commands", "source", "--replay", *map(str, segments),
          "-c", str(proc.info["path"]), "--now", "--speed", "0"],
         capture_output=True, text=True, timeout=60,
     )
@@ -576,7 +576,7 @@ def read_all_segments(paths) -> list[dict]:
 def test_status_watch_until_ctrl_c(relay):
     proc = relay().start()
     watch = subprocess.Popen(
-        [sys.executable, "-m", "speeddata.cli", "relay", "status", "--watch"]
+        [sys.executable, "-m", "speeddata.commands", "relay", "status", "--watch"]
         + ["--control", proc.info["control"]],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,7 +1,8 @@
 """The relay process: config, engines in threads, crash recovery, retention, control plane.
 
 ``speeddata relay -c FILE`` (also ``python -m speeddata.relay -c FILE``) runs it;
-``speeddata relay status`` asks a running relay for its counters and prints a table.
+``speeddata relay status`` asks a running relay for its counters and prints a table
+(both in speeddata.commands.relay).
 See docs/relay-internals.md for the engine contract and the control plane.
 
 Threads of a running relay:
@@ -21,7 +22,6 @@ The control plane uses only the engine API, so it works with either engine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -38,14 +38,13 @@ import zmq
 
 from . import cache as cachelib
 from . import steering
-from .config import ChannelConfig, Config, load_config
-from .control import ControlError, format_status, request
+from .config import ChannelConfig, Config
 from .errors import SpeedDataError
 from .relay_ref import SHARED_CHANNEL_ID, PyEngine
 from .schema import Schema, SchemaError
-from .validate import PyValidator
+from .validate import validator_factory
 
-__all__ = ["Relay", "RelayError", "engine_class", "add_arguments", "run", "main"]
+__all__ = ["Relay", "RelayError", "engine_class", "die_with_parent"]
 
 log = logging.getLogger("speeddata.relay")
 
@@ -110,15 +109,6 @@ def engine_class(choice: str | None) -> tuple[type, str]:
         log.warning("compiled engine not available (%s); using the pure-Python engine", exc)
         return PyEngine, "python"
     return Engine, "compiled"
-
-
-def _validator_factory():
-    """Validators for recovery: compiled when built, else the reference."""
-    try:
-        from ._validate import Validator
-    except ImportError:
-        Validator = PyValidator  # noqa: N806
-    return lambda schema_json: Validator(Schema(schema_json))
 
 
 @dataclass
@@ -262,7 +252,7 @@ class Relay:
 
     def _recover(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        recovered = cachelib.recover_cache(self.cache_dir, _validator_factory())
+        recovered = cachelib.recover_cache(self.cache_dir, validator_factory())
         for seg, good, dropped in recovered:
             log.info(
                 "recovered %s: %d complete block(s) kept, %d index entr%s dropped",
@@ -759,43 +749,7 @@ def _channel_to_json(ch: ChannelConfig) -> dict:
     }
 
 
-# -- command line ----------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``speeddata relay`` (and ``speeddata relay status``)."""
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
-    )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="engine threads (default: relay.workers)"
-    )
-    parser.add_argument(
-        "--engine",
-        choices=("compiled", "python"),
-        help="relay engine (default: compiled when built, else python)",
-    )
-    sub = parser.add_subparsers(dest="relay_command", metavar="{status}")
-    status = sub.add_parser(
-        "status",
-        help="print a running relay's per-channel counters",
-        description="Ask a running relay (over its ZeroMQ control socket) for its status.",
-    )
-    status.add_argument(
-        "-c",
-        "--config",
-        dest="status_config",
-        metavar="FILE",
-        help="config file whose relay.control to ask",
-    )
-    status.add_argument(
-        "--control", metavar="ENDPOINT", help="relay control endpoint (overrides the config)"
-    )
-    status.add_argument("--watch", action="store_true", help="refresh once a second until Ctrl-C")
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
-    status.add_argument(
-        "--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for a reply"
-    )
+# -- process ----------------------------------------------------------------------------
 
 
 def die_with_parent() -> None:
@@ -816,72 +770,7 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run(args: argparse.Namespace) -> int:
-    """``speeddata relay``: run until SIGINT/SIGTERM or a stop request; 0 when stopped."""
-    if getattr(args, "relay_command", None) == "status":
-        return run_status(args)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s speeddata relay: %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    config = load_config(args.config)
-    relay = Relay(config, engine=args.engine, workers=args.workers)
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, relay.stop_from_signal)
-    die_with_parent()
-    try:
-        relay.start()
-        relay.wait()
-    finally:
-        relay.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return relay.exit_code
+if __name__ == "__main__":  # python -m speeddata.relay: the command `speeddata relay`
+    from .commands.relay import main
 
-
-def run_status(args: argparse.Namespace) -> int:
-    """``speeddata relay status``: one table, or a refreshing one with ``--watch``."""
-    endpoint = args.control
-    if endpoint is None:
-        endpoint = load_config(args.status_config or args.config).relay.control
-    try:
-        while True:
-            status = request(endpoint, {"cmd": "status"}, timeout=args.timeout)
-            if args.json:
-                text = json.dumps(status, indent=2)
-            else:
-                text = format_status(status)
-            if args.watch:
-                sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
-                sys.stdout.flush()
-                time.sleep(1.0)
-            else:
-                print(text)
-                return 0
-    except KeyboardInterrupt:
-        return 0
-    except ControlError as exc:
-        raise RelayError(str(exc)) from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m speeddata.relay``: same as ``speeddata relay``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m speeddata.relay",
-        description="run the relay: UDP in, cache, multicast out",
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SpeedDataError as exc:
-        print(f"speeddata relay: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
     sys.exit(main())

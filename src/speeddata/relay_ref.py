@@ -36,7 +36,7 @@ from . import wire
 from .cache import SegmentWriter, ocf_header
 from .config import ChannelConfig, MulticastConfig
 from .schema import OP_UNION
-from .validate import PyValidator, _skip, read_varint
+from .validate import PyValidator, read_varint, skip_value
 
 __all__ = ["PyEngine", "COUNTERS", "SHARED_CHANNEL_ID"]
 
@@ -580,7 +580,7 @@ def _record_end(validator: PyValidator, data: bytes, pos: int) -> int | None:
             pos = r[1]
             i += 2 if r[0] == arg else 1  # the null branch skips the value's op
             continue
-        r = _skip(data, pos, op, arg)
+        r = skip_value(data, pos, op, arg)
         if r is None:
             return None
         pos = r[0]

@@ -31,7 +31,7 @@ import numpy as np
 
 from .cache import Segment
 from .schema import Schema, SchemaError
-from .source import DEFAULT_MAX_DATAGRAM, Source, SourceError, _lookup, _with_time
+from .source import DEFAULT_MAX_DATAGRAM, Source, SourceError, lookup_path, with_path
 
 __all__ = ["ReplayStats", "replay", "file_schema"]
 
@@ -149,7 +149,7 @@ def replay(
                 if now and time_path is not None:
                     if shift is None:
                         shift = time.time_ns() - t_ns
-                    record = _with_time(record, time_path, (t_ns + shift) // scale)
+                    record = with_path(record, time_path, (t_ns + shift) // scale)
                 if paced_by != "nothing" and t_ns is not None:
                     if first_ns is None:
                         first_ns = t_ns
@@ -180,7 +180,7 @@ def _record_ns(
     record: dict, time_path: str | None, scale: int, recv_ns: np.ndarray | None, k: int
 ) -> int | None:
     if time_path is not None:
-        value: Any = _lookup(record, time_path)
+        value: Any = lookup_path(record, time_path)
         if hasattr(value, "timestamp"):  # fastavro gives datetimes for -millis/-micros
             return round(value.timestamp() * 1e6) * 1000
         return int(value) * scale

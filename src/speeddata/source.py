@@ -1,4 +1,5 @@
-"""Send records to a relay over UDP: the library for custom sources, and ``speeddata source``.
+"""Send records to a relay over UDP: the library for custom sources (and for the demo
+source and replay of ``speeddata source``).
 
 >>> from speeddata import Source
 >>> with Source("engine", "engine.avsc", relay=("127.0.0.1", 26001)) as src:  # doctest: +SKIP
@@ -34,10 +35,7 @@ With ``single_object=True`` every record is preceded by the Avro single-object h
 from __future__ import annotations
 
 import io
-import math
-import signal
 import socket
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from os import PathLike
@@ -77,8 +75,9 @@ __all__ = [
     "SINGLE_OBJECT_MARKER",
     "datagram_bounds",
     "encode_columns_py",
-    "add_arguments",
-    "run",
+    "lookup_path",
+    "with_path",
+    "MISSING",
 ]
 
 #: Largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header).
@@ -232,24 +231,27 @@ def _fastavro_field_names(avsc: dict) -> dict[str, str]:
     return names
 
 
-_MISSING = object()
+#: what :func:`lookup_path` returns for a path the record does not have
+MISSING = object()
 
 
-def _lookup(record: Any, path: str) -> Any:
+def lookup_path(record: Any, path: str) -> Any:
+    """The value at ``path`` (dotted, into nested records) of a record dict, or
+    :data:`MISSING`."""
     for part in path.split("."):
         if not isinstance(record, Mapping) or part not in record:
-            return _MISSING
+            return MISSING
         record = record[part]
     return record
 
 
-def _with_time(record: Mapping, path: str, value: int) -> dict:
+def with_path(record: Mapping, path: str, value: int) -> dict:
     """A shallow copy of ``record`` with ``path`` (dotted) set; the caller's dict is kept."""
     head, _, rest = path.partition(".")
     out = dict(record)
     if rest:
         inner = record.get(head)
-        out[head] = _with_time(inner if isinstance(inner, Mapping) else {}, rest, value)
+        out[head] = with_path(inner if isinstance(inner, Mapping) else {}, rest, value)
     else:
         out[head] = value
     return out
@@ -399,8 +401,8 @@ class Source:
             raise self._record_error(index, record, exc) from None
 
     def _fill_nested_time(self, record: Mapping) -> Mapping:
-        if _lookup(record, self._time_field) is _MISSING:
-            return _with_time(record, self._time_field, time.time_ns() // self._time_scale)
+        if lookup_path(record, self._time_field) is MISSING:
+            return with_path(record, self._time_field, time.time_ns() // self._time_scale)
         return record
 
     def _record_error(self, index: int, record: Any, exc: Exception) -> SourceError:
@@ -420,8 +422,8 @@ class Source:
                 merged.setdefault(path, (err.datum, []))[1].append(err.schema)
             problems = []
             for path, (datum, types) in merged.items():
-                value = _lookup(record, path)
-                got = "missing" if value is _MISSING else f"got {datum!r} ({type(datum).__name__})"
+                value = lookup_path(record, path)
+                got = "missing" if value is MISSING else f"got {datum!r} ({type(datum).__name__})"
                 problems.append(f"field {path!r}: {got}, expected {_type_text(types)}")
             return SourceError(f"{where}: " + "; ".join(problems))
         except Exception:  # the validator itself failed: fall back to the writer's message
@@ -675,188 +677,3 @@ class Source:
         self.n_datagrams += 1
         self.n_records += n_records
         self.n_bytes += len(payload)
-
-
-# -- the command ------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    """Arguments of ``speeddata source``."""
-    parser.add_argument("--demo", action="store_true", help="send the built-in demo signals")
-    parser.add_argument(
-        "--replay",
-        nargs="+",
-        metavar="FILE",
-        help=(
-            "send the records of .avro files (cache segments, in order) to their channel, "
-            "paced by their time field (or a segment's receive times)"
-        ),
-    )
-    parser.add_argument(
-        "--channel",
-        metavar="NAME",
-        help="with --replay: the config channel to send to (default: the one the file names)",
-    )
-    parser.add_argument(
-        "--port", type=int, metavar="N", help="with --replay: send to this port, not the config's"
-    )
-    parser.add_argument(
-        "--speed",
-        type=float,
-        default=1.0,
-        metavar="X",
-        help="with --replay: 2 = twice as fast as recorded, 0 = as fast as possible (default 1)",
-    )
-    parser.add_argument(
-        "--now",
-        action="store_true",
-        help="with --replay: shift the time field so the first record is stamped now",
-    )
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
-    )
-    parser.add_argument(
-        "--rate",
-        action="append",
-        default=[],
-        metavar="X|CH=HZ",
-        help=(
-            "a number multiplies every channel's demo rate (2 = twice as fast); CH=HZ sets one "
-            "channel's rate in records/s; repeat or comma-separate, e.g. --rate 2 --rate "
-            "power=5000. Demo rates: engine 100, power 1000, status 1, others 10 records/s"
-        ),
-    )
-    parser.add_argument(
-        "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
-    )
-    parser.add_argument(
-        "--channels",
-        action="append",
-        default=[],
-        metavar="A,B",
-        help="send only these channels (comma-separated or repeated; default: all)",
-    )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help=(
-            "relay host (default 127.0.0.1). Anything is accepted; tests and benchmarks must "
-            "use loopback only"
-        ),
-    )
-    parser.add_argument(
-        "--shared",
-        action="store_true",
-        help="send every channel with single-object encoding to the relay's shared port",
-    )
-    parser.add_argument(
-        "--max-datagram",
-        type=int,
-        default=DEFAULT_MAX_DATAGRAM,
-        metavar="BYTES",
-        help=f"datagram payload limit (default {DEFAULT_MAX_DATAGRAM}, max {MAX_UDP_PAYLOAD})",
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="do not print the send rate every second"
-    )
-
-
-def run(args) -> int:
-    """``speeddata source``: run the demo source until Ctrl-C, SIGTERM or ``--duration``."""
-    from .config import load_config
-    from .demo import DemoRunner, parse_rates
-    from .relay import die_with_parent
-
-    die_with_parent()  # under `speeddata up`: stop when the supervisor dies
-    if args.demo and args.replay:
-        raise SourceError("--demo or --replay FILE..., not both")
-    if args.replay:
-        return run_replay(args)
-    if not args.demo:
-        raise SourceError("nothing to send: use --demo, or --replay FILE... to send a recording")
-    if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
-        raise SourceError(f"--duration {args.duration}: must be a number of seconds >= 0")
-    config = load_config(args.config)
-    names = [name.strip() for item in args.channels for name in item.split(",") if name.strip()]
-    multiplier, overrides = parse_rates(args.rate)
-    runner = DemoRunner(
-        config,
-        host=args.host,
-        channels=names or None,
-        multiplier=multiplier,
-        rates=overrides,
-        shared=args.shared,
-        max_datagram=args.max_datagram,
-        out=None if args.quiet else sys.stdout,
-    )
-    previous = _sigterm_as_interrupt()
-    try:
-        with runner:
-            runner.run(duration=args.duration)  # returns on Ctrl-C or SIGTERM too
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
-
-
-def run_replay(args) -> int:
-    """``speeddata source --replay FILE...``: send the files' records, then exit."""
-    from .config import load_config
-    from .replay import file_schema, replay
-
-    if args.port is not None and not 1 <= args.port <= 65535:
-        raise SourceError(f"--port {args.port}: must be 1..65535")
-    expect = None
-    channel = args.channel
-    if args.port is not None:
-        port = args.port
-    else:
-        config = load_config(args.config)
-        if channel is None:
-            _, meta = file_schema(args.replay[0])
-            channel = meta.get("speeddata.channel")
-        served = {c.name: c for c in config.channels}
-        where = args.config or "the built-in config"
-        if channel not in served:
-            raise SourceError(
-                f"channel {channel!r} is not in {where} (channels: {', '.join(sorted(served))}); "
-                "name one with --channel, or give --port"
-            )
-        expect = served[channel].schema
-        port = config.relay.shared_port if args.shared else served[channel].port
-        if port is None:
-            raise SourceError(
-                f"channel {channel!r} has no port in {where}: use --shared (single-object "
-                "encoding to relay.shared_port)"
-                if not args.shared
-                else f"relay.shared_port is off in {where}: send to the channel's port"
-            )
-    previous = _sigterm_as_interrupt()
-    try:
-        replay(
-            args.replay,
-            (args.host, port),
-            speed=args.speed,
-            now=args.now,
-            single_object=args.shared,
-            max_datagram=args.max_datagram,
-            channel=channel,
-            expect_schema=expect,
-            out=None if args.quiet else sys.stdout,
-        )
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
-
-
-def _sigterm_as_interrupt():
-    """Make SIGTERM stop the demo as Ctrl-C does (clean exit, totals printed)."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None

@@ -1,7 +1,8 @@
 """Pure-Python reference of the compiled record validator (``speeddata._validate``).
 
 Same behaviour, byte for byte: tests run both on the same inputs. Slow; use
-``speeddata.Validator(schema)`` (``speeddata._validate``) for the compiled one.
+``speeddata.Validator(schema)`` (``speeddata._validate``) for the compiled one, or
+``validator_factory()``, which picks the compiled one when it is built.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .schema import (
     Schema,
 )
 
-__all__ = ["PyValidator", "read_varint"]
+__all__ = ["PyValidator", "read_varint", "skip_value", "validator_factory"]
 
 
 def read_varint(data: bytes, pos: int, max_bytes: int) -> tuple[int, int] | None:
@@ -40,7 +41,7 @@ def read_varint(data: bytes, pos: int, max_bytes: int) -> tuple[int, int] | None
     return None
 
 
-def _skip(data: bytes, pos: int, op: int, arg: int) -> tuple[int, int | None] | None:
+def skip_value(data: bytes, pos: int, op: int, arg: int) -> tuple[int, int | None] | None:
     """-> (next_pos, integer value or None), or None when invalid."""
     end = len(data)
     if op == OP_NULL:
@@ -101,7 +102,7 @@ class PyValidator:
                     pos = r[1]
                     i += 2 if r[0] == arg else 1
                     continue
-                r = _skip(data, pos, op, arg)
+                r = skip_value(data, pos, op, arg)
                 if r is None:
                     return (-1, start, None, None)
                 pos, value = r
@@ -114,3 +115,13 @@ class PyValidator:
 
     def count(self, data: bytes) -> int:
         return self.check(data)[0]
+
+
+def validator_factory():
+    """Validators for recovery (``schema JSON -> validator``): compiled when built, else
+    the reference."""
+    try:
+        from ._validate import Validator
+    except ImportError:
+        Validator = PyValidator  # noqa: N806
+    return lambda schema_json: Validator(Schema(schema_json))
