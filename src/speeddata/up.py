@@ -3,7 +3,7 @@
 The relay (``python -m speeddata.relay``), the live server when this build has one, and
 with ``--demo`` the demo source, all on one config (the built-in default without ``-c``).
 While they run, the relay's status table (asked over its ZeroMQ control socket) refreshes
-once a second; the children's output goes to ``<cache dir>/up.log``.
+once a second (speeddata.commands.up); the children's output goes to ``<cache dir>/up.log``.
 
 A small :class:`Supervisor` starts each part with :mod:`subprocess` and stops them all
 (SIGTERM, then SIGKILL after a grace period) on Ctrl-C, SIGTERM, ``--duration`` or when
@@ -22,11 +22,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .control import ControlError, format_status, request
+from .control import ControlError, request
 from .errors import SpeedDataError
 
-__all__ = ["Supervisor", "Child", "StatusDisplay", "UpError", "children", "command_argv",
-           "wait_for_relay"]
+__all__ = ["Supervisor", "Child", "UpError", "children", "command_argv", "wait_for_relay"]
 
 #: seconds a child gets to exit after SIGTERM before SIGKILL
 STOP_GRACE = 5.0
@@ -185,30 +184,6 @@ def children(
             extra.append("--quiet")
         procs.append(("demo source", command_argv("source", "--demo", *config_args, *extra)))
     return procs
-
-
-class StatusDisplay:
-    """Shows the relay's status table (asked over ZeroMQ) on ``out``: redrawn in place on
-    a terminal, appended otherwise."""
-
-    def __init__(self, endpoint: str, header: str, out=None, tty: bool | None = None):
-        self.endpoint = endpoint
-        self.header = header
-        self.out = out if out is not None else sys.stdout
-        self.tty = self.out.isatty() if tty is None else tty
-        self.shown = 0
-
-    def refresh(self) -> None:
-        try:
-            text = format_status(request(self.endpoint, {"cmd": "status"}, timeout=0.5))
-        except ControlError as exc:
-            text = f"(no status: {exc})"
-        if self.tty:
-            self.out.write("\x1b[H\x1b[2J" + self.header + "\n" + text + "\n")
-        else:
-            self.out.write(text + "\n\n")
-        self.out.flush()
-        self.shown += 1
 
 
 def wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 from ..config import load_config
-from ..up import StatusDisplay, Supervisor, UpError, children, wait_for_relay
+from ..control import ControlError, format_status, request
+from ..up import Supervisor, UpError, children, wait_for_relay
 from .options import add_config_argument, add_duration_argument
 
 
@@ -74,6 +75,30 @@ def run(args: argparse.Namespace) -> int:
         if code != 0:
             sys.stderr.write(f"--- last lines of {log_path} ---\n{_tail(log_path)}\n")
     return code
+
+
+class StatusDisplay:
+    """Shows the relay's status table (asked over ZeroMQ) on ``out``: redrawn in place on
+    a terminal, appended otherwise."""
+
+    def __init__(self, endpoint: str, header: str, out=None, tty: bool | None = None):
+        self.endpoint = endpoint
+        self.header = header
+        self.out = out if out is not None else sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.shown = 0
+
+    def refresh(self) -> None:
+        try:
+            text = format_status(request(self.endpoint, {"cmd": "status"}, timeout=0.5))
+        except ControlError as exc:
+            text = f"(no status: {exc})"
+        if self.tty:
+            self.out.write("\x1b[H\x1b[2J" + self.header + "\n" + text + "\n")
+        else:
+            self.out.write(text + "\n\n")
+        self.out.flush()
+        self.shown += 1
 
 
 def _tail(path: Path, lines: int = 30) -> str:
