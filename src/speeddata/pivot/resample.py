@@ -1,6 +1,7 @@
 """Resampling: records grouped in time buckets of a fixed length (aligned on the epoch)
-and aggregated per bucket (``mean``, ``min``, ``max``, ``first``, ``last``, ``sum``);
-and the row selections the pivot makes of a batch of columns."""
+and aggregated per bucket (``mean``, ``min``, ``max``, ``first``, ``last``, ``sum``) by
+speeddata.downsample, the same operation as the live server's charts; and the row
+selections the pivot makes of a batch of columns."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..downsample import bucketize
 from ..reader import Columns
 from .plan import is_numeric
 
@@ -37,57 +39,58 @@ def take_rows(cols: Columns, sel: Any) -> Columns:
 
 def resample_columns(cols: Columns, period_ns: int, aggs: list[str]) -> dict[str, np.ndarray]:
     """Bucket ``cols`` by ``time // period_ns``; returns ``time`` (bucket start), ``count``
-    and ``<signal>.<agg>`` columns (see speeddata.pivot). Rows must be time-sorted."""
+    and ``<signal>.<agg>`` columns (see speeddata.pivot). Rows must be time-sorted.
+
+    Numeric signals are summarised by :func:`speeddata.downsample.bucketize` (buckets
+    aligned on the epoch: origin 0); enum, string, bytes and fixed signals take the first
+    or last row of each bucket."""
     t = cols["time"]
     out: dict[str, np.ndarray] = {}
     if len(t) == 0:
         return out
-    bucket = t // period_ns
-    starts = np.flatnonzero(np.concatenate([[True], bucket[1:] != bucket[:-1]]))
-    ends = np.concatenate([starts[1:], [len(t)]])
-    out["time"] = bucket[starts] * period_ns
-    out["count"] = (ends - starts).astype(np.int64)
-    for name, sig in cols.signals.items():
-        if name in ("time", "recv_time") or name not in cols:
-            continue  # the abscissa, or a signal not asked for
-        values = cols[name]
-        if is_numeric(sig):
-            x = values.astype(np.float64) if (sig.nullable or sig.type in ("float", "double")) \
-                else values
-            if name in cols.valid:
-                x = np.where(cols.valid[name], x, np.nan)
+    names = [n for n in cols.signals if n not in ("time", "recv_time") and n in cols]
+    summaries = {n: _summaries(cols, n, period_ns, aggs) for n in names
+                 if is_numeric(cols.signals[n])}
+    # every column of a batch shares its buckets (one time column)
+    base = next((b for pair in summaries.values() for b in pair if b is not None), None)
+    if base is None:
+        base = bucketize(t, t, period_ns)
+    out["time"] = base.start
+    out["count"] = base.count
+    ends = np.cumsum(base.count)
+    starts = ends - base.count
+    for name in names:
+        if name in summaries:
+            exact, as_float = summaries[name]
             for agg in aggs:
-                out[f"{name}.{agg}"] = _aggregate(x, starts, ends, agg)
+                b = as_float if (agg == "mean" and as_float is not None) else exact
+                out[f"{name}.{agg}"] = b.aggregate(agg)
         else:
+            values = cols[name]
             wanted = [a for a in aggs if a in ("first", "last")] or ["last"]
             for agg in wanted:
                 out[f"{name}.{agg}"] = values[starts if agg == "first" else ends - 1]
     return out
 
 
-def _aggregate(x: np.ndarray, starts: np.ndarray, ends: np.ndarray, agg: str) -> np.ndarray:
-    if agg == "first":
-        return x[starts]
-    if agg == "last":
-        return x[ends - 1]
-    if x.dtype.kind == "f":
-        nan = np.isnan(x)
-        if agg in ("mean", "sum"):
-            total = np.add.reduceat(np.where(nan, 0.0, x), starts)
-            if agg == "sum":
-                return total
-            n = np.add.reduceat((~nan).astype(np.int64), starts)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                return np.where(n > 0, total / np.maximum(n, 1), np.nan)
-        # fmin/fmax ignore NaN unless a whole bucket is NaN
-        return (np.fmin if agg == "min" else np.fmax).reduceat(x, starts)
-    if x.dtype == np.bool_:
-        x = x.astype(np.int64)
-    if agg == "mean":
-        return np.add.reduceat(x.astype(np.float64), starts) / (ends - starts)
-    if agg == "sum":
-        return np.add.reduceat(x.astype(np.int64 if x.dtype.kind in "iub" else x.dtype), starts)
-    return (np.minimum if agg == "min" else np.maximum).reduceat(x, starts)
+def _summaries(cols: Columns, name: str, period_ns: int, aggs: list[str]) -> tuple:
+    """(buckets of a numeric signal's values, buckets of them as float64 for the mean of
+    integers), each None when no aggregate asked for needs it. Nullable and floating
+    signals are summarised as float64 (null: NaN, skipped); the mean of integers comes
+    from a float64 sum, as the pivot has always written it (an int64 sum of large values
+    may wrap around)."""
+    t = cols["time"]
+    sig = cols.signals[name]
+    floating = sig.nullable or sig.type in ("float", "double")
+    x = cols[name].astype(np.float64) if floating else cols[name]
+    valid = cols.valid.get(name)
+    mean_as_float = not floating and "mean" in aggs
+    exact = as_float = None
+    if not mean_as_float or any(a != "mean" for a in aggs):
+        exact = bucketize(t, x, period_ns, valid=valid)
+    if mean_as_float:
+        as_float = bucketize(t, x.astype(np.float64), period_ns, valid=valid)
+    return exact, as_float
 
 
 def is_sorted(t: np.ndarray) -> bool:
