@@ -62,19 +62,26 @@ one already written; that memory and the chunk buffers are kept for the next piv
 the process (``POOL_BYTES``; ``speeddata.release_memory()`` frees them). Attributes are
 written once the rows are on their way, and the metadata is flushed while the last rows
 are written. docs/pivot.md describes the file and the order of the work.
-"""
 
+The package, by concern: ``setfile`` (``pivot()``: the file, channel by channel),
+``plan`` (channels, signals, datasets), ``resample`` (time buckets, through
+``speeddata.downsample``), ``writer`` (HDF5 datasets and attributes), ``compression``
+(specs, shuffle + deflate), ``fileio`` (the guarded output file, background writes, the
+decode thread), ``memory`` (buffers and the pool kept between pivots), ``errors``. The
+tuning constants are re-exported here to be read; to change one, set it on the module
+that uses it (``speeddata.pivot.writer.CHUNK_BYTES``, ``pivot.fileio.WRITEBACK_BYTES``...).
+"""
 
 from __future__ import annotations
 
 from .compression import COMPRESSIONS
 from .errors import PivotError
 from .fileio import BACKGROUND_BYTES, WRITEBACK_BYTES
-from .memory import POOL_BYTES, release_memory
+from .memory import BATCH_BUFFERS, POOL_BYTES, release_memory
 from .resample import AGGREGATES, resample_columns
-from .setfile import BATCH_BYTES, FORMAT, TIME_UNITS, PivotResult, pivot
+from .setfile import BATCH_BYTES, FIRST_DATASETS, FORMAT, TIME_UNITS, PivotResult, pivot
 from .writer import CHUNK_BYTES
 
 __all__ = ["pivot", "PivotError", "PivotResult", "COMPRESSIONS", "AGGREGATES", "release_memory",
            "resample_columns", "FORMAT", "TIME_UNITS", "CHUNK_BYTES", "BATCH_BYTES",
-           "WRITEBACK_BYTES", "BACKGROUND_BYTES", "POOL_BYTES"]
+           "WRITEBACK_BYTES", "BACKGROUND_BYTES", "POOL_BYTES", "BATCH_BUFFERS", "FIRST_DATASETS"]
