@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 import signal
 import sys
@@ -15,7 +16,7 @@ from ..source import DEFAULT_MAX_DATAGRAM, MAX_UDP_PAYLOAD, SourceError
 from .options import add_config_argument, add_duration_argument
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``speeddata source``."""
     parser.add_argument("--demo", action="store_true", help="send the built-in demo signals")
     parser.add_argument(
@@ -92,7 +93,7 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     """``speeddata source``: run the demo source until Ctrl-C, SIGTERM or ``--duration``."""
     die_with_parent()  # under `speeddata up`: stop when the supervisor dies
     if args.demo and args.replay:
@@ -126,7 +127,7 @@ def run(args) -> int:
     return 0
 
 
-def run_replay(args) -> int:
+def run_replay(args: argparse.Namespace) -> int:
     """``speeddata source --replay FILE...``: send the files' records, then exit."""
     if args.port is not None and not 1 <= args.port <= 65535:
         raise SourceError(f"--port {args.port}: must be 1..65535")
