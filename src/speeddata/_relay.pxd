@@ -29,6 +29,8 @@ ctypedef struct counters_t:
     uint64_t blocks                 # blocks written
     uint64_t segments               # segments opened
     int64_t t_newest                # newest source time seen, ns (0 if none)
+    uint64_t time_backwards         # datagrams with a source time before the previous one's
+    uint64_t time_future            # datagrams with a source time > FUTURE_NS after receipt
 
 
 # The segment being written (docs/cache.md); fd < 0 when none is open.
@@ -70,6 +72,7 @@ ctypedef struct chan_t:
     int fd                          # its UDP socket, or -1
     uint32_t decimation             # every Nth datagram also goes to the decimated group
     uint64_t seq                    # sequence number of the next accepted datagram
+    int64_t t_last                  # largest source time of the previous accepted datagram
     uint32_t ovfl                   # last cumulative SO_RXQ_OVFL value of the socket
     const int32_t* program_p        # validator program (pairs), owned by a numpy array
     Py_ssize_t n_ops                # pairs in the program

@@ -203,6 +203,9 @@ cdef long XFS_MAGIC = 0x58465342
 cdef long TMPFS_MAGIC = 0x01021994
 
 cdef int64_t NS = 1_000_000_000
+# A source time more than this ahead of its receive time counts as time_future (the same
+# as relay_ref.FUTURE_NS; docs/relay-internals.md, "Source clocks").
+cdef int64_t FUTURE_NS = 600 * NS
 cdef uint32_t WIRE_MAGIC = 0x61447053  # b"SpDa" read as a little-endian u32
 
 
@@ -1191,6 +1194,12 @@ cdef class Engine:
             if ch.time_op >= 0:  # v came from _route or validate_records
                 tmin = v.t_min * ch.time_scale
                 tmax = v.t_max * ch.time_scale
+                # source clocks: flagged, stored as sent (docs/relay-internals.md)
+                if ch.c.datagrams and tmin < ch.t_last:
+                    ch.c.time_backwards += 1
+                if tmax > recv_ns + FUTURE_NS:
+                    ch.c.time_future += 1
+                ch.t_last = tmax
             else:
                 tmin = tmax = recv_ns
             ch.c.datagrams += 1
@@ -1732,6 +1741,8 @@ cdef dict _counters(counters_t* c):
         "blocks": c.blocks,
         "segments": c.segments,
         "t_newest": c.t_newest,
+        "time_backwards": c.time_backwards,
+        "time_future": c.time_future,
     }
 
 

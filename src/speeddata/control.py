@@ -156,7 +156,24 @@ def format_status(status: dict) -> str:
     out.extend(line(r) for r in rows)
     if not rows:
         out.append("(no channels)")
+    out.extend(_clock_notes(status))
     return "\n".join(out)
+
+
+def _clock_notes(status: dict) -> list[str]:
+    """One line per channel whose source clock was flagged (time_backwards, time_future:
+    docs/relay-internals.md, "Source clocks"); none when all is well."""
+    notes = []
+    for ch in status.get("channels", []):
+        c = ch.get("counters", {})
+        back, future = c.get("time_backwards", 0), c.get("time_future", 0)
+        if back or future:
+            notes.append(
+                f"clock {ch['name']}: {format_count(back)} datagram(s) went back in time, "
+                f"{format_count(future)} stamped more than 10 min ahead of their arrival "
+                "(stored as sent)"
+            )
+    return notes
 
 
 def wait_for_relay(endpoint: str, timeout: float = 10.0) -> dict:

@@ -38,7 +38,7 @@ from .config import ChannelConfig, MulticastConfig
 from .schema import OP_UNION
 from .validate import PyValidator, _skip, read_varint
 
-__all__ = ["PyEngine", "COUNTERS", "SHARED_CHANNEL_ID"]
+__all__ = ["PyEngine", "COUNTERS", "FUTURE_NS", "SHARED_CHANNEL_ID"]
 
 log = logging.getLogger("speeddata.relay")
 
@@ -57,7 +57,14 @@ COUNTERS = (
     "blocks",
     "segments",
     "t_newest",
+    "time_backwards",
+    "time_future",
 )
+
+#: A source time more than this far ahead of its datagram's receive time counts as
+#: ``time_future`` (docs/relay-internals.md, "Source clocks"): well above clock skew and
+#: batching, below every time-zone offset (30 min and more) stamped as UTC.
+FUTURE_NS = 600 * 1_000_000_000
 
 #: ``stats()`` key of the shared port's pseudo channel.
 SHARED_CHANNEL_ID = 0
@@ -106,6 +113,7 @@ class _Channel:
     validator: PyValidator
     counters: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     seq: int = 0
+    t_last: int = 0  # largest source time of the previous accepted datagram
     announce_seq: int = 0
     next_announce: float = 0.0  # time.monotonic() of its next announce
     writer: SegmentWriter | None = None
@@ -375,6 +383,12 @@ class PyEngine:
         else:
             scale = ch.config.schema.time_scale
             t_min, t_max = t_min * scale, t_max * scale
+            # Source clocks (docs/relay-internals.md): flagged, stored as sent.
+            if c["datagrams"] and t_min < ch.t_last:
+                c["time_backwards"] += 1
+            if t_max > recv_ns + FUTURE_NS:
+                c["time_future"] += 1
+            ch.t_last = t_max
         c["datagrams"] += 1
         c["records"] += n_records
         c["bytes"] += len(payload)
