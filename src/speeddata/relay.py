@@ -913,8 +913,9 @@ class ProblemLog:
                     reason,
                     extra,
                 )
-                self.reject_due.setdefault(name, now + self.interval)
-                self.rejects.setdefault(name, {})
+                if name not in self.rejects:  # the summaries count from here
+                    self.rejects[name] = dict(reasons)
+                    self.reject_due[name] = now + self.interval
         last = self.rejects.get(name)
         if last is None or now < self.reject_due.get(name, now):
             return
