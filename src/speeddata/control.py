@@ -156,8 +156,32 @@ def format_status(status: dict) -> str:
     out.extend(line(r) for r in rows)
     if not rows:
         out.append("(no channels)")
+    out.extend(_why_lines(status))
     out.extend(_clock_notes(status))
     return "\n".join(out)
+
+
+def _why_lines(status: dict) -> list[str]:
+    """Why records are missing: rejects by reason, unknown fingerprints, storing errors."""
+    out = []
+    rows = [(ch.get("name"), ch) for ch in status.get("channels", [])]
+    if status.get("shared"):
+        rows.append((f"shared :{status['shared'].get('port')}", status["shared"]))
+    for name, row in rows:
+        reasons = row.get("rejects") or {}
+        if reasons:
+            text = ", ".join(f"{r} {format_count(n)}" for r, n in sorted(reasons.items()))
+            fps = row.get("unknown_fingerprints") or {}
+            if fps:
+                text += " (" + ", ".join(
+                    f"{fp}: {format_count(n)}" for fp, n in sorted(fps.items())
+                ) + ")"
+            out.append(f"rejected {name}: {text}")
+        failed = (row.get("counters") or {}).get("store_failed")
+        if failed:
+            why = row.get("store_error") or "unknown error"
+            out.append(f"not stored {name}: {format_count(failed)} datagram(s) ({why})")
+    return out
 
 
 def _clock_notes(status: dict) -> list[str]:
