@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.speeddata-installed
 SOURCES := $(wildcard pyproject.toml setup.py src/speeddata/*.pyx src/speeddata/*.pxd)
 
-.PHONY: up test bench lint clean install
+.PHONY: up test bench lint fuzz clean install
 
 install: $(STAMP)
 
@@ -25,6 +25,15 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The fault suite (tests/faults, docs/reliability.md) in its long mode: more kills, rounds
+# and datagrams; FUZZ_RUNS=N repeats it with a new seed each time (SPEEDDATA_FUZZ_SEED=S
+# replays one).
+FUZZ_RUNS ?= 1
+fuzz: $(STAMP)
+	for i in $$(seq $(FUZZ_RUNS)); do \
+		SPEEDDATA_FUZZ=1 $(PY) -m pytest tests/faults -o timeout=3600 || exit 1; \
+	done
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-columns=min,mean,ops,rounds

@@ -1,7 +1,8 @@
 // Reads Avro object container files with Apache Avro Java (DataFileReader), for the fault
-// suite (tests/faults/readers.py). One path per line on stdin; for each, one line out:
-// "OK <records> <first counter> <last counter>" (-1 when the records have no "counter"
-// field), or "ERR <exception>" when the file does not read to its end.
+// suite (tests/faults/faultlib.py runs `java -cp JARS AvroCount.java`). One path per line
+// on stdin; for each, one line out: "OK <records> <first counter> <last counter>" (-1 when
+// the records have no "counter" field), or "ERR <exception>" when the file does not read
+// to its end.
 import java.io.BufferedReader;
 import java.io.File;
 import java.io.InputStreamReader;

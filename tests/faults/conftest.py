@@ -43,9 +43,9 @@ def relays(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def java_reader(tmp_path_factory):
+def java_reader():
     """Apache Avro Java (Debian's libavro-java), one JVM for the session."""
-    reader = JavaAvroReader(tmp_path_factory.mktemp("java"))
+    reader = JavaAvroReader()
     yield reader
     reader.close()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import socket
 import time
 
+import fastavro
 import pytest
 
 from conftest import SCHEMAS
@@ -79,7 +80,7 @@ def test_kill9_under_load(engine, relays, tmp_path, ipc_dir, java_reader):
     stored_before: list[int] = []  # per earlier run: records found after its restart
     next_counter = 0
     try:
-        for kill in range(KILLS):
+        for _ in range(KILLS):
             start = next_counter
 
             def make(i, start=start):
@@ -126,3 +127,30 @@ def test_kill9_under_load(engine, relays, tmp_path, ipc_dir, java_reader):
         sock.close()
     assert relay.stop() == 0
     TALLY["crash_records_stored"] += len(counters)
+
+
+def test_the_readers_catch_a_broken_segment(tmp_path, java_reader):
+    """The oracle can fail: a segment left pre-allocated (zeros after its last block) or
+    cut inside its last block is refused by at least one of the three readers, or they
+    disagree, and check_cache fails on it."""
+    schema = Schema(SCHEMAS / "engine.avsc")
+    good = tmp_path / "good.avro"
+    with open(good, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema.avsc), map(engine_record, range(10)))
+    data = good.read_bytes()
+    folder = tmp_path / "cache" / "engine"
+    folder.mkdir(parents=True)
+    seg = folder / "20261206T000000.000000000Z.avro"
+    seg.write_bytes(data)
+    assert [r["counter"] for r in check_cache(tmp_path / "cache", java_reader)] == list(
+        range(10)
+    )
+    for broken in (data + bytes(4096), data[:-5]):
+        seg.write_bytes(broken)
+        with pytest.raises(Exception):  # noqa: B017 - any reader's error, or a mismatch
+            check_cache(tmp_path / "cache", java_reader)
+    seg.write_bytes(data + bytes(4096))  # untrimmed: Java refuses it
+    with pytest.raises(AssertionError, match="Apache Avro Java cannot read"):
+        java_reader.read(seg)
+    seg.write_bytes(data[:-5])  # cut in the last block: Java reads fewer records
+    assert java_reader.read(seg)[0] < 10
