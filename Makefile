@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.speeddata-installed
 SOURCES := $(wildcard pyproject.toml setup.py src/speeddata/*.pyx src/speeddata/*.pxd)
 
-.PHONY: up test bench lint clean install
+.PHONY: up test bench lint fuzz clean install
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# the fault suite's hypothesis cases at length (make test runs them briefly)
+fuzz: $(STAMP)
+	SPEEDDATA_FUZZ_EXAMPLES=$${SPEEDDATA_FUZZ_EXAMPLES:-3000} $(PY) -m pytest tests/faults -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-columns=min,mean,ops,rounds
