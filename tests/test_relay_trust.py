@@ -233,3 +233,38 @@ def test_status_table_says_why():
     assert "rejected engine: bad_utf8 1, truncated 2" in text
     assert "rejected shared :26000: unknown_fingerprint 4 (00112233: 4)" in text
     assert "not stored engine: 2 datagram(s) (ENOSPC: No space left on device)" in text
+
+
+def test_a_reply_that_cannot_be_sent_reopens_the_control_socket(relay_obj, caplog):
+    """A REP socket that failed to send is stuck (its state machine wants a send): the
+    relay replaces it and serves the next request."""
+    import zmq
+
+    relay_obj._bind_control()
+    ctx = zmq.Context.instance()
+    try:
+        first = ctx.socket(zmq.REQ)
+        first.setsockopt(zmq.LINGER, 0)
+        first.connect(relay_obj.config.relay.control)
+        first.send(b'{"cmd": "status"}')
+        assert relay_obj._rep.poll(5000)
+
+        def refuse(*args, **kwargs):
+            raise zmq.ZMQError(zmq.EFSM)
+
+        relay_obj._rep.send = refuse
+        with caplog.at_level(logging.ERROR, logger="speeddata.relay"):
+            assert relay_obj._serve_request() is False
+        assert "cannot send a control reply" in caplog.text
+        first.close()
+        second = ctx.socket(zmq.REQ)
+        second.setsockopt(zmq.LINGER, 0)
+        second.connect(relay_obj.config.relay.control)
+        second.send(b'{"cmd": "status"}')
+        assert relay_obj._rep.poll(5000)
+        assert relay_obj._serve_request() is True
+        assert second.poll(5000)
+        assert json.loads(second.recv())["ok"]
+        second.close()
+    finally:
+        relay_obj._close_sockets()
