@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -268,3 +269,20 @@ def test_a_reply_that_cannot_be_sent_reopens_the_control_socket(relay_obj, caplo
         second.close()
     finally:
         relay_obj._close_sockets()
+
+
+def test_deeply_nested_schema_answered(relay_obj):
+    inner: dict = {"type": "record", "name": "r0", "fields": [{"name": "x", "type": "int"}]}
+    for i in range(1, 3000):
+        inner = {"type": "record", "name": f"r{i}", "fields": [{"name": "f", "type": inner}]}
+    reply = relay_obj.handle({"cmd": "add", "channel": {"name": "deep", "schema": inner}})
+    assert reply["ok"] is False and "nested too deeply" in reply["error"], reply
+
+
+def test_config_schema_that_is_not_a_file(tmp_path):
+    fifo = tmp_path / "s.fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "c.toml"
+    path.write_text(f'[[channels]]\nname = "x"\nschema = "{fifo}"\n')
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(path)

@@ -170,6 +170,9 @@ def test_malformed_datagrams(engine_cls, batch):
             assert s[1]["datagrams"] == len(accepted), expected
             assert s[1]["rejected"] == sum(1 for t, x in expected if t == "port" and x is None)
             assert s[0]["rejected"] == sum(1 for t, x in expected if t == "shared" and x is None)
+            reasons = r.engine.rejects()  # every reject has its reason
+            assert sum(reasons[1].values()) == s[1]["rejected"]
+            assert sum(reasons[0].values()) == s[0]["rejected"]
             stored = []
             n_fastavro = 0
             for seg in list_segments(r.cache, "fuzz"):
