@@ -26,13 +26,14 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
-# The fault suite (tests/faults, docs/reliability.md) in its long mode: more kills, rounds
-# and datagrams; FUZZ_RUNS=N repeats it with a new seed each time (SPEEDDATA_FUZZ_SEED=S
-# replays one).
+# The fault suite (tests/faults, docs/reliability.md) in its long mode: more kills, rounds,
+# datagrams and hypothesis examples; FUZZ_RUNS=N repeats it with a new seed each time
+# (SPEEDDATA_FUZZ_SEED=S replays one run's random choices).
 FUZZ_RUNS ?= 1
 fuzz: $(STAMP)
 	for i in $$(seq $(FUZZ_RUNS)); do \
-		SPEEDDATA_FUZZ=1 $(PY) -m pytest tests/faults -o timeout=3600 || exit 1; \
+		SPEEDDATA_FUZZ=1 SPEEDDATA_FUZZ_EXAMPLES=$${SPEEDDATA_FUZZ_EXAMPLES:-3000} \
+		$(PY) -m pytest tests/faults -p no:cacheprovider -o timeout=3600 || exit 1; \
 	done
 
 bench: $(STAMP)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -233,3 +234,55 @@ def test_status_table_says_why():
     assert "rejected engine: bad_utf8 1, truncated 2" in text
     assert "rejected shared :26000: unknown_fingerprint 4 (00112233: 4)" in text
     assert "not stored engine: 2 datagram(s) (ENOSPC: No space left on device)" in text
+
+
+def test_a_reply_that_cannot_be_sent_reopens_the_control_socket(relay_obj, caplog):
+    """A REP socket that failed to send is stuck (its state machine wants a send): the
+    relay replaces it and serves the next request."""
+    import zmq
+
+    relay_obj._bind_control()
+    ctx = zmq.Context.instance()
+    try:
+        first = ctx.socket(zmq.REQ)
+        first.setsockopt(zmq.LINGER, 0)
+        first.connect(relay_obj.config.relay.control)
+        first.send(b'{"cmd": "status"}')
+        assert relay_obj._rep.poll(5000)
+
+        def refuse(*args, **kwargs):
+            raise zmq.ZMQError(zmq.EFSM)
+
+        relay_obj._rep.send = refuse
+        with caplog.at_level(logging.ERROR, logger="speeddata.relay"):
+            assert relay_obj._serve_request() is False
+        assert "cannot send a control reply" in caplog.text
+        first.close()
+        second = ctx.socket(zmq.REQ)
+        second.setsockopt(zmq.LINGER, 0)
+        second.connect(relay_obj.config.relay.control)
+        second.send(b'{"cmd": "status"}')
+        assert relay_obj._rep.poll(5000)
+        assert relay_obj._serve_request() is True
+        assert second.poll(5000)
+        assert json.loads(second.recv())["ok"]
+        second.close()
+    finally:
+        relay_obj._close_sockets()
+
+
+def test_deeply_nested_schema_answered(relay_obj):
+    inner: dict = {"type": "record", "name": "r0", "fields": [{"name": "x", "type": "int"}]}
+    for i in range(1, 3000):
+        inner = {"type": "record", "name": f"r{i}", "fields": [{"name": "f", "type": inner}]}
+    reply = relay_obj.handle({"cmd": "add", "channel": {"name": "deep", "schema": inner}})
+    assert reply["ok"] is False and "nested too deeply" in reply["error"], reply
+
+
+def test_config_schema_that_is_not_a_file(tmp_path):
+    fifo = tmp_path / "s.fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "c.toml"
+    path.write_text(f'[[channels]]\nname = "x"\nschema = "{fifo}"\n')
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(path)

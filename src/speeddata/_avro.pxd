@@ -31,8 +31,7 @@ cdef enum:
     REJECT_EMPTY = 1                # a datagram of 0 bytes
     REJECT_TRUNCATED = 2            # the first record runs past the end of the datagram
     REJECT_TRAILING = 3             # whole records, then bytes that are not a whole record
-    REJECT_VARINT = 4               # an int longer than 5 bytes or beyond int32, a long
-                                    # longer than 10 bytes or beyond int64
+    REJECT_VARINT = 4               # an int > 5 bytes or beyond int32, a long > 10 or int64
     REJECT_LENGTH = 5               # a negative bytes/string length
     REJECT_BOOLEAN = 6              # a boolean byte other than 0 or 1
     REJECT_ENUM = 7                 # an enum index outside the symbols

@@ -447,8 +447,10 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         schema_path = Path(ch.get("schema", None, types=(str,)))
         if not schema_path.is_absolute():
             schema_path = base / schema_path
-        if not schema_path.is_file():
+        if not schema_path.exists():
             ch.fail(f"{key}.schema", f"file {str(schema_path)!r} does not exist")
+        if not schema_path.is_file():
+            ch.fail(f"{key}.schema", f"{str(schema_path)!r} is not a regular file (an .avsc)")
         time_field = ch.get("time", None, types=(str,))
         try:
             schema = Schema(schema_path)
