@@ -5,9 +5,12 @@ datagram, every datagram sent is accounted for, exactly:
     sent = accepted (cached) + rejected + kernel drops
 
 over the channel port and the shared port together, three times in a row on the same
-relay (the counters are cumulative). The kernel drops must be exact at the status read
-itself: counted from SO_RXQ_OVFL alone, the drops after the last datagram received would
-show up only with the next datagram, which never comes (issue 10, item 6).
+relay (the counters are cumulative), each engine. A round in which the kernel dropped
+packets before any socket (its backlog, /proc/net/softnet_stat: nobody's count, and
+machine wide) is not counted and is blasted again, at most three times. The kernel drops
+must be exact at the status read itself: counted from SO_RXQ_OVFL alone, the drops after
+the last datagram received would show up only with the next datagram, which never comes
+(issue 10, item 6).
 Then the relay stops and fastavro reads every record it counted as stored.
 """
 
@@ -75,8 +78,9 @@ def test_overload_every_datagram_accounted_for(engine, relays, tmp_path, ipc_dir
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sent = 0
+    rounds = retries = 0
     try:
-        for _ in range(ROUNDS):
+        while rounds < ROUNDS:
             before = totals(relay.status())
             softnet_before = softnet_drops()
             n, t0 = 0, time.monotonic()
@@ -92,16 +96,25 @@ def test_overload_every_datagram_accounted_for(engine, relays, tmp_path, ipc_dir
                     break
                 time.sleep(0.05)
             lost = softnet_drops() - softnet_before
+            if 0 < sent - accounted(t) <= lost and retries < 3:
+                # the kernel dropped packets before any socket (its backlog, machine
+                # wide: /proc/net/softnet_stat), which no socket can count: this round
+                # proves nothing either way; count from here and blast again
+                retries += 1
+                sent = accounted(t)
+                continue
             assert accounted(t) == sent, (
                 f"sent {sent}, accounted {accounted(t)}: {t}; "
                 f"softnet (backlog) drops meanwhile: {lost}"
             )
             assert t["kernel_drops"] > before["kernel_drops"], f"no overload: {t}"
             assert t["rejected"] > before["rejected"]
+            rounds += 1
             TALLY["overload_rounds"] += 1
             TALLY["overload_datagrams_sent"] += n
             TALLY["overload_kernel_drops"] += t["kernel_drops"] - before["kernel_drops"]
             TALLY["overload_rejected"] += t["rejected"] - before["rejected"]
+        TALLY["overload_rounds_redone_for_backlog_drops"] += retries
     finally:
         sock.close()
     # cached: every record of an accepted datagram is in the files, and reads back
