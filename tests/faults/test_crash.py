@@ -45,8 +45,9 @@ KILLS = scaled(5, 25)
 PER_DATAGRAM = 4  # records
 
 
-def check_cache(cache, java_reader) -> list[dict]:
-    """Read every segment file with the three readers; every record, oldest first."""
+def check_cache(cache, java_reader) -> tuple[list[dict], int]:
+    """Read every segment file with the three readers -> (every record, oldest first;
+    the number of files)."""
     records = []
     files = [seg.avro for seg in list_segments(cache, "engine")]
     for path in files:
@@ -60,11 +61,7 @@ def check_cache(cache, java_reader) -> list[dict]:
         if fa:
             assert (first, last) == (counters[0], counters[-1]), path
         records += fa
-    TALLY["crash_files_fastavro"] += len(files)
-    TALLY["crash_files_avro_python"] += len(files)
-    TALLY["crash_files_avro_java"] += len(files)
-    TALLY["crash_records_read"] += len(records)
-    return records
+    return records, len(files)
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
@@ -106,7 +103,10 @@ def test_kill9_under_load(engine, relays, tmp_path, ipc_dir, java_reader):
             relay.start()  # recovers what the kill left open, before it answers
             assert relay.log_text().count("recovered ") > recovered_before, "nothing recovered"
 
-            records = check_cache(info["cache"], java_reader)
+            records, n_files = check_cache(info["cache"], java_reader)
+            for reader in ("fastavro", "avro_python", "avro_java"):
+                TALLY[f"crash_files_{reader}"] += n_files
+            TALLY["crash_records_read"] += len(records)
             counters = [rec["counter"] for rec in records]
             assert counters == sorted(set(counters)), "records out of order or repeated"
             for rec in records:
@@ -142,9 +142,8 @@ def test_the_readers_catch_a_broken_segment(tmp_path, java_reader):
     folder.mkdir(parents=True)
     seg = folder / "20261206T000000.000000000Z.avro"
     seg.write_bytes(data)
-    assert [r["counter"] for r in check_cache(tmp_path / "cache", java_reader)] == list(
-        range(10)
-    )
+    records, _ = check_cache(tmp_path / "cache", java_reader)
+    assert [r["counter"] for r in records] == list(range(10))
     for broken in (data + bytes(4096), data[:-5]):
         seg.write_bytes(broken)
         with pytest.raises(Exception):  # noqa: B017 - any reader's error, or a mismatch
