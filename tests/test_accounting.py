@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from relay_helpers import LOOPBACK, Harness, encode, read_all_cleanly, wait_for
+from relay_helpers import LOOPBACK, Harness, encode, read_channel, wait_for
 from speeddata._relay import Engine, blast
 from speeddata.relay_ref import PyEngine
 from speeddata.schema import Schema
@@ -104,38 +104,48 @@ def test_kernel_drops_exact_without_a_next_datagram(harness, engine_cls):
     assert r.engine.stats()[1]["kernel_drops"] == dropped  # close() keeps the count
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("engine_cls", ENGINES)
 def test_overload_sent_equals_stored_rejected_dropped(harness, engine_cls):
     """`make bench`'s "zero loss mixed" lost 75,816 datagrams from its accounting: the
     drops of the burst's end, which SO_RXQ_OVFL reports only with a next datagram that
     never came. Blast valid and invalid datagrams of mixed sizes above capacity; right
     after the sender stops, with no further datagram, sent = stored + rejected + kernel
-    drops, exactly, and the cache holds exactly the stored records."""
-    r = harness(engine_cls, segment_size=1 << 20)
-    ch = r.channel(TEN_DOUBLES, "overload", rcvbuf=64 * 1024)
-    sock = r.sockets[-1]
+    drops, exactly, and the cache holds exactly the stored records.
+
+    A datagram the kernel drops from its backlog (/proc/net/softnet_stat) never reaches
+    the socket, so no socket can count it: a run during which that happened (a loaded
+    machine) says nothing about the relay and is run again, at most three times."""
     record = bytes(80)
     datagrams = [record * k for k in (1, 3, 8, 20)] + [record + b"\x00"]  # last: trailing
-    r.start()
-    backlog_before = softnet_drops()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
-        sent = blast(tx, (LOOPBACK, ch.port), datagrams, 60_000, duration=4.0, gso=False)
-    backlog = softnet_drops() - backlog_before
+    for attempt in range(3):
+        r = harness(engine_cls, segment_size=1 << 20)
+        ch = r.channel(TEN_DOUBLES, f"overload{attempt}", rcvbuf=64 * 1024)
+        sock = r.sockets[-1]
+        r.start()
+        backlog = softnet_drops()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+            sent = blast(tx, (LOOPBACK, ch.port), datagrams, 60_000, duration=4.0, gso=False)
 
-    def settled():
+        def settled(sent=sent, r=r):
+            s = r.engine.stats()[1]
+            return s["datagrams"] + s["rejected"] + s["kernel_drops"] >= sent
+
+        wait_for(settled, timeout=30)
         s = r.engine.stats()[1]
-        return s["datagrams"] + s["rejected"] + s["kernel_drops"] >= sent
-
-    wait_for(settled, timeout=30)
-    s = r.engine.stats()[1]
-    assert s["datagrams"] + s["rejected"] + s["kernel_drops"] == sent, (s, sent, backlog)
-    assert s["kernel_drops"] == proc_udp_drops(sock)
-    r.stop()
-    s = r.engine.stats()[1]
-    assert s["store_failed"] == 0 and s["stored_records"] == s["records"]
-    assert s["rejected"] == r.engine.rejects()[1].get("trailing_bytes", 0) > 0
-    assert read_all_cleanly(r.cache) == s["stored_records"]
+        backlog = softnet_drops() - backlog
+        if backlog:
+            r.close()
+            continue
+        assert s["datagrams"] + s["rejected"] + s["kernel_drops"] == sent, (s, sent)
+        assert s["kernel_drops"] == proc_udp_drops(sock)
+        r.stop()
+        s = r.engine.stats()[1]
+        assert s["store_failed"] == 0 and s["stored_records"] == s["records"]
+        assert s["rejected"] == r.engine.rejects()[1].get("trailing_bytes", 0) > 0
+        assert len(read_channel(r.cache, ch.name)) == s["stored_records"]  # fastavro
+        return
+    raise AssertionError("the kernel dropped datagrams from its backlog in every run")
 
 
 def mixed_record(**changes) -> dict:

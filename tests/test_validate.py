@@ -655,16 +655,18 @@ def test_int_like_values_against_the_spec(data):
 
 @SETTINGS
 @given(data=varint_bytes(), tail=st.binary(max_size=12))
+@example(data=b"", tail=b"\x00")
+@example(data=zigzag(-1), tail=b"")
+@example(data=b"\x86\x80\x80\x80\x80\x80\x80\x80\x80\x00", tail=b"abc")  # 3 in 10 bytes
 def test_lengths_against_the_spec(data, tail):
     """bytes/string lengths are longs (<= 10 bytes) and never negative, for both."""
-    strict = strict_varint(data, 10, 64)
     payload = data + tail
+    strict = strict_varint(payload, 10, 64)  # the length, then exactly that many bytes
     for kind in ("bytes", "string"):
         ok = (
             strict is not None
-            and strict[1] == len(data)
-            and strict[0] == len(tail)
-            and (kind == "bytes" or _utf8(tail))
+            and strict[0] == len(payload) - strict[1]
+            and (kind == "bytes" or _utf8(payload[strict[1] :]))
         )
         for cls in IMPLS:
             assert cls(record(("b", kind))).count(payload) == (1 if ok else -1)

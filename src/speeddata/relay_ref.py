@@ -149,7 +149,7 @@ class _Channel:
     pending: list = field(default_factory=list)
     rejected_file: object = None
     rejects: dict = field(default_factory=dict)  # reason -> datagrams
-    drops: _Drops = field(default_factory=lambda: _Drops())
+    drops: _Drops = field(default_factory=_Drops)
 
     @property
     def id(self) -> int:
