@@ -192,10 +192,9 @@ def _clock_notes(status: dict) -> list[str]:
         c = ch.get("counters", {})
         back, future = c.get("time_backwards", 0), c.get("time_future", 0)
         if back or future:
-            notes.append(
-                f"clock {ch['name']}: {format_count(back)} datagram(s) went back in time, "
-                f"{format_count(future)} stamped more than 10 min ahead of their arrival "
-                "(stored as sent)"
+            notes.append(  # within 80 columns for names up to 16 characters
+                f"clock {ch['name']}: {format_count(back)} datagram(s) back in time, "
+                f"{format_count(future)} over 10 min ahead (stored as sent)"
             )
     return notes
 
