@@ -5,6 +5,7 @@ docs/wire.md). fastavro is the oracle for the cache; ``speeddata.wire`` for mult
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -564,6 +565,7 @@ def test_disk_full(tmpfs_2m, tmp_path, engine_cls):
                 break
         s = r.stats(1)
         assert s["store_failed"] > 0, "the file system never filled up"
+        assert s["store_errno"] == errno.ENOSPC  # what the relay logs and the status shows
         assert s["multicast_sent"] == sent
         # free space: a stored segment goes away, storing resumes within about a second
         stored_before = s["stored_records"]

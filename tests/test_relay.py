@@ -43,6 +43,7 @@ from speeddata.config import load_config
 from speeddata.control import ControlError, request, wait_for_relay
 from speeddata.relay import Relay
 from speeddata.schema import Schema
+from speeddata.validate import PyValidator
 
 
 class RelayProcess:
@@ -184,6 +185,11 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
     row = next(line.split() for line in lines if line.startswith("engine "))
     # datagrams, records, bytes (number and unit), rejected
     assert row[1:3] == ["20", "60"] and row[4] == "kB" and row[5] == "1"
+    # ... and says why: rejects by reason under the table, the first one in the log
+    reason = PyValidator(engine).reason(b"not avro at all")
+    assert proc.channel("engine")["rejects"] == {reason: 1}
+    assert f"rejected engine: {reason} 1" in out.stdout
+    wait_for(lambda: f"channel engine: rejected a datagram: {reason}" in proc.log.read_text())
 
     # the stats PUB socket publishes the status once a second
     ctx = zmq.Context.instance()
