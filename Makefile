@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.speeddata-installed
 SOURCES := $(wildcard pyproject.toml setup.py src/speeddata/*.pyx src/speeddata/*.pxd)
 
-.PHONY: up test bench lint clean install
+.PHONY: up test bench lint fuzz clean install
 
 install: $(STAMP)
 
@@ -26,12 +26,23 @@ up: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests
 
+# The fault suite (tests/faults, docs/reliability.md) in its long mode: more kills, rounds,
+# datagrams and hypothesis examples; FUZZ_RUNS=N repeats it with a new seed each time
+# (SPEEDDATA_FUZZ_SEED=S replays one run's random choices).
+FUZZ_RUNS ?= 1
+fuzz: $(STAMP)
+	for i in $$(seq $(FUZZ_RUNS)); do \
+		SPEEDDATA_FUZZ=1 SPEEDDATA_FUZZ_EXAMPLES=$${SPEEDDATA_FUZZ_EXAMPLES:-3000} \
+		$(PY) -m pytest tests/faults -p no:cacheprovider -o timeout=3600 || exit 1; \
+	done
+
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-columns=min,mean,ops,rounds
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/cython-lint src/speeddata src/speeddata/includes
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:
 	rm -rf build dist src/*.egg-info src/speeddata/*.so src/speeddata/_*.c .pytest_cache .benchmarks

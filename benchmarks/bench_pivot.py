@@ -33,7 +33,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_read  # noqa: E402
 import speeddata  # noqa: E402
-import speeddata.pivot as pivot_module  # noqa: E402
+import speeddata.pivot.compression as pivot_compression  # noqa: E402
 from speeddata._pivot import start_writeback  # noqa: E402
 from speeddata.pivot import WRITEBACK_BYTES, pivot  # noqa: E402
 
@@ -46,11 +46,11 @@ def pivot_arm(cache: Path, output: Path, comp: str):
     """One pivot; ``gzip-zlib`` is the default gzip with ISA-L hidden (zlib deflates)."""
     if comp != "gzip-zlib":
         return pivot(cache, output, compression=comp, force=True, progress=False)
-    isal, pivot_module._isal_zlib = pivot_module._isal_zlib, None
+    isal, pivot_compression._isal_zlib = pivot_compression._isal_zlib, None
     try:
         return pivot(cache, output, compression="gzip", force=True, progress=False)
     finally:
-        pivot_module._isal_zlib = isal
+        pivot_compression._isal_zlib = isal
 
 
 def column_bytes(cache: Path, name: str) -> bytes:

@@ -115,7 +115,7 @@ def _record_offsets(schema: Schema, data: bytes) -> list[int]:
     """Byte offset of each record in ``data`` (and its end), via the reference validator."""
     if schema.fixed_size:
         return list(range(0, len(data) + 1, schema.fixed_size))
-    from speeddata.validate import _skip, read_varint
+    from speeddata.validate import read_varint, skip_value
 
     offsets, pos = [0], 0
     program = schema.program.tolist()
@@ -127,7 +127,7 @@ def _record_offsets(schema: Schema, data: bytes) -> list[int]:
                 value, pos = read_varint(data, pos, 10)
                 i += 2 if value == arg else 1
                 continue
-            pos = _skip(data, pos, op, arg)[0]
+            pos = skip_value(data, pos, op, arg)[0]
             i += 1
         offsets.append(pos)
     return offsets

@@ -12,7 +12,12 @@ R3  cache on / cache off, same drain; and with blocks written by pwritev only (n
     count (walk R1), and the simplest possible Python relay (recv / sendto / write).
 Z   zero loss: a paced sender at 80 % of the measured capacity for 30 s while the relay
     runs (its loop at the relay's default priority, ``relay.nice``); kernel drops, the
-    cache and the sender's count must agree.
+    cache and the sender's count must agree: sent = relayed + rejected + kernel drops,
+    exactly. Kernel drops are the socket's own count read when the status is (SO_MEMINFO):
+    a run once missed 75,816 datagrams, the drops at the end of a burst, which SO_RXQ_OVFL
+    reports only with a next datagram that never came. The kernel's backlog drops
+    (/proc/net/softnet_stat: loss before any socket, which no socket can count) are
+    printed beside them.
 
 Filling the buffer before the relay starts means the sender's cost never overlaps the
 relay's: on 2 cores the relay alone is measured. Everything goes to 127.0.0.1 and to
@@ -300,6 +305,16 @@ def best_paired(fn_a, fn_b, repeat: int) -> tuple[float, float]:
     return max(a), max(b)
 
 
+def softnet_drops() -> int:
+    """Datagrams the kernel dropped from its per-CPU backlogs (netdev_max_backlog), all
+    CPUs: loss on the way to any socket."""
+    try:
+        with open("/proc/net/softnet_stat") as f:
+            return sum(int(line.split()[1], 16) for line in f)
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
 def run_zero_loss(arm: Arm, rate: float, seconds: float, cache: bool = True) -> dict:
     """Paced sender at ``rate`` datagrams/s for ``seconds`` while the relay runs."""
     mc = groups()
@@ -316,11 +331,13 @@ def run_zero_loss(arm: Arm, rate: float, seconds: float, cache: bool = True) -> 
             thread = threading.Thread(target=run_engine)
             thread.start()
             try:
+                backlog = softnet_drops()
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
                     n = int(rate * seconds)
                     t0 = time.perf_counter()
                     sent = blast(tx, sock.getsockname(), arm.datagrams, n, rate=rate)
                     dt = time.perf_counter() - t0
+                backlog = softnet_drops() - backlog
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline:
                     s = engine.stats()[1]
@@ -339,7 +356,10 @@ def run_zero_loss(arm: Arm, rate: float, seconds: float, cache: bool = True) -> 
             "sent": sent,
             "rate": sent / dt,
             "datagrams": s["datagrams"],
+            "rejected": s["rejected"],
             "kernel_drops": s["kernel_drops"],
+            "backlog_drops": backlog,
+            "unaccounted": sent - s["datagrams"] - s["rejected"] - s["kernel_drops"],
             "records_sent": n_records,
             "records_in_cache": cached,
             "ok": s["datagrams"] == sent and s["kernel_drops"] == 0 and cached == n_records,
@@ -440,7 +460,9 @@ def print_table(rows: list[dict]) -> None:
             print(
                 f"zero loss {r['arm']}: {z['sent']:,} sent at {z['rate']:,.0f}/s "
                 f"({z.get('fraction', 0):.0%} of R1), "
-                f"{z['datagrams']:,} relayed, {z['kernel_drops']} kernel drops, "
+                f"{z['datagrams']:,} relayed, {z['rejected']} rejected, "
+                f"{z['kernel_drops']} kernel drops ({z['backlog_drops']} backlog drops, "
+                f"{z['unaccounted']} unaccounted), "
                 f"{z['records_in_cache']:,}/{z['records_sent']:,} records cached: "
                 f"{'OK' if z['ok'] else 'LOSS'}"
             )
@@ -457,7 +479,7 @@ def test_relay_throughput():
     rows = run_all(zero_loss_fraction=fraction)
     for r in rows:
         z = r["zero_loss"]
-        assert r["ratio"] > 0 and z["datagrams"] + z["kernel_drops"] == z["sent"]
+        assert r["ratio"] > 0 and z["unaccounted"] == 0, z
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ def test_every_arm_counts(bench):
             assert result["subscriber"] == arm.n + (arm.n + 9) // 10 + 2
         assert bench.run_python_relay(arm) > 0
         z = bench.run_zero_loss(arm, rate=2000, seconds=0.2)
-        assert z["ok"], z
+        assert z["ok"] and z["unaccounted"] == 0, z
         assert z["sent"] == 400
 
 
@@ -62,7 +62,10 @@ def test_table_prints(bench, capsys):
             "sent": 1,
             "rate": 1.0,
             "datagrams": 1,
+            "rejected": 0,
             "kernel_drops": 0,
+            "backlog_drops": 0,
+            "unaccounted": 0,
             "records_sent": 1,
             "records_in_cache": 1,
             "ok": True,

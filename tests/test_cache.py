@@ -223,4 +223,4 @@ def test_budget_bytes(tmp_path):
 def test_stem_sorts_by_time():
     stems = [segment_stem(T0 + d) for d in (0, 1, 999_999_999, 10**9, 86400 * 10**9)]
     assert stems == sorted(stems) and len(set(stems)) == len(stems)
-    assert cache._segment_time_ns(Segment(cache.Path(f"/x/{stems[2]}.avro"))) == T0 + 999_999_999
+    assert cache.segment_time_ns(Segment(cache.Path(f"/x/{stems[2]}.avro"))) == T0 + 999_999_999

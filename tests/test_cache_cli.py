@@ -40,7 +40,7 @@ def ipc_dirs():
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", "cache", *args],
+        [sys.executable, "-m", "speeddata.commands", "cache", *args],
         capture_output=True, text=True, timeout=60,
     )
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import speeddata
-from speeddata import cli
+from speeddata import commands as cli
 from speeddata.errors import SpeedDataError
 
 SPEEDDATA = Path(sys.executable).parent / "speeddata"  # the venv's console script

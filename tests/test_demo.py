@@ -21,7 +21,7 @@ from fastavro.validation import validate
 
 from conftest import SCHEMAS, free_tcp_port, free_udp_port, random_group
 from speeddata import demo
-from speeddata.cli import main as cli_main
+from speeddata.commands import main as cli_main
 from speeddata.config import load_config
 from speeddata.schema import Schema
 from speeddata.source import SINGLE_OBJECT_MARKER, Source, SourceError
@@ -270,7 +270,7 @@ def test_runner_refuses_unknown_channel_and_missing_port(tmp_path):
 
 def run_cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", *args],
+        [sys.executable, "-m", "speeddata.commands", *args],
         capture_output=True,
         text=True,
         timeout=timeout,

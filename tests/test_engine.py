@@ -5,6 +5,7 @@ docs/wire.md). fastavro is the oracle for the cache; ``speeddata.wire`` for mult
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -37,9 +38,9 @@ from speeddata.cache import (
     IDX_DTYPE,
     RECV_DTYPE,
     SegmentWriter,
-    _segment_time_ns,
     list_segments,
     recover_segment,
+    segment_time_ns,
 )
 from speeddata.relay_ref import PyEngine
 from speeddata.schema import Schema
@@ -421,7 +422,7 @@ def test_byte_identical_with_segment_writer(tmp_path, use_map, huge_map):
             "engine",
             4,
             16 * 1024,
-            t_open_ns=_segment_time_ns(seg),
+            t_open_ns=segment_time_ns(seg),
             sync=bytes(range(16)),
         )
         j = 0
@@ -564,6 +565,7 @@ def test_disk_full(tmpfs_2m, tmp_path, engine_cls):
                 break
         s = r.stats(1)
         assert s["store_failed"] > 0, "the file system never filled up"
+        assert s["store_errno"] == errno.ENOSPC  # what the relay logs and the status shows
         assert s["multicast_sent"] == sent
         # free space: a stored segment goes away, storing resumes within about a second
         stored_before = s["stored_records"]

@@ -1,4 +1,5 @@
-"""The code stays lint-clean: ruff for Python, cython-lint for .pyx/.pxd (STYLE.md)."""
+"""The code stays lint-clean: ruff for Python, cython-lint for .pyx/.pxd (STYLE.md), and the
+imports keep the architecture (import-linter: pyproject.toml, docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -23,4 +24,10 @@ def test_ruff_clean():
 
 def test_cython_lint_clean():
     r = _run(str(BIN / "cython-lint"), "src/speeddata", "src/speeddata/includes")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_imports_keep_the_architecture():
+    """Layers, no circles, compiled modules imported only by their owners."""
+    r = _run(str(BIN / "lint-imports"), "--no-cache")
     assert r.returncode == 0, r.stdout + r.stderr

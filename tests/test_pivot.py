@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import speeddata
-import speeddata.pivot as pivot_module
+import speeddata.pivot.compression as pivot_compression
+import speeddata.pivot.writer as pivot_writer
 from _cachedata import (
     ALL_TYPES,
     T0,
@@ -151,9 +152,9 @@ def deflate_engine(request, monkeypatch):
     """The default gzip's deflate by ISA-L (when installed) and by the zlib fallback."""
     if request.param == "isal":
         pytest.importorskip("isal")
-        assert pivot_module._isal_zlib is not None
+        assert pivot_compression._isal_zlib is not None
     else:
-        monkeypatch.setattr(pivot_module, "_isal_zlib", None)
+        monkeypatch.setattr(pivot_compression, "_isal_zlib", None)
     return request.param
 
 
@@ -163,8 +164,8 @@ def test_incompressible_chunks_stored_unfiltered(deflate_engine, threads, tmp_pa
     deflated chunks; h5py and h5dump read both back exactly."""
     import concurrent.futures
 
-    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 8192)  # 1024 doubles a chunk
-    comp = pivot_module._compression("gzip")
+    monkeypatch.setattr(pivot_writer, "CHUNK_BYTES", 8192)  # 1024 doubles a chunk
+    comp = pivot_compression.parse_compression("gzip")
     assert comp.name == "gzip:1" and comp.engine == deflate_engine
     rng = np.random.default_rng(7)
     n = 3000  # chunks of 1024 doubles: smooth | random | smooth, partial (padded, shrunk)
@@ -183,14 +184,14 @@ def test_incompressible_chunks_stored_unfiltered(deflate_engine, threads, tmp_pa
         with h5py.File(out, "w") as f:
             for name, values in columns.items():
                 n_max = 3 * 8192 // values.dtype.itemsize  # 3 chunks of 8 KiB
-                w = pivot_module._DatasetWriter(f, name, values.dtype, values.dtype,
+                w = pivot_writer.DatasetWriter(f, name, values.dtype, values.dtype,
                                                 n_max, comp, pool, {})
                 for part in np.array_split(values, 7):  # appends across chunk edges
                     w.append(part)
                 assert w.close() == len(values)
             # random int64s to the end: the last chunk, raw, is read back by the shrink
             # from 2048 rows to 2040 in close() (and the raw chunk before it, too)
-            w = pivot_module._DatasetWriter(f, "r", np.int64, np.int64, 2048, comp, pool, {})
+            w = pivot_writer.DatasetWriter(f, "r", np.int64, np.int64, 2048, comp, pool, {})
             w.append(random_ints)
             assert w.close() == 2040 and f["r"].shape == (2040,)
             assert f["r"].id.read_direct_chunk((0,))[0] == 3
@@ -235,7 +236,7 @@ def test_deflate_engines_write_the_same_values(demo_cache, tmp_path, monkeypatch
     """The default gzip with ISA-L and with zlib: the same values, read by load()."""
     pytest.importorskip("isal")
     pivot(demo_cache, tmp_path / "isal.h5", threads=2)
-    monkeypatch.setattr(pivot_module, "_isal_zlib", None)
+    monkeypatch.setattr(pivot_compression, "_isal_zlib", None)
     pivot(demo_cache, tmp_path / "zlib.h5", threads=2)
     for channel in ("engine", "status"):
         a, b = load(tmp_path / "isal.h5", channel), load(tmp_path / "zlib.h5", channel)
@@ -384,7 +385,7 @@ def test_bad_inputs_leave_no_file(demo_cache, tmp_path):
 
 
 def _cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "speeddata.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "speeddata.commands", *args], capture_output=True,
                           text=True, timeout=120, **kwargs)
 
 
@@ -396,7 +397,7 @@ def test_disk_full_leaves_no_file(demo_cache, tmp_path):
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
-        "from speeddata.cli import main\n"
+        "from speeddata.commands import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     out = tmp_path / "full.h5"

@@ -18,6 +18,11 @@ import pytest
 
 import speeddata
 import speeddata.pivot as pivot_module
+import speeddata.pivot.compression as pivot_compression
+import speeddata.pivot.fileio as pivot_fileio
+import speeddata.pivot.memory as pivot_memory
+import speeddata.pivot.setfile as pivot_setfile
+import speeddata.pivot.writer as pivot_writer
 from _cachedata import T0, write_demo_channels
 from speeddata import _pivot
 from speeddata.pivot import pivot
@@ -50,7 +55,8 @@ def cache(tmp_path_factory):
 def impl(request, monkeypatch):
     """The compiled helpers, and the pure-Python references (``_native`` hidden)."""
     if request.param == "python":
-        monkeypatch.setattr(pivot_module, "_native", None)
+        monkeypatch.setattr(pivot_fileio, "_native", None)
+        monkeypatch.setattr(pivot_compression, "_native", None)
     return request.param
 
 
@@ -180,7 +186,7 @@ def test_guarded_file_background_writes(limit, tmp_path):
     written); other writes stay in this thread; reads, sync and close wait for the
     pending writes; ``limit``: bytes pending at most (1: every write waited for)."""
     path = tmp_path / "bg.bin"
-    g = pivot_module._GuardedFile(path, writeback_bytes=8192, background_bytes=limit)
+    g = pivot_fileio.GuardedFile(path, writeback_bytes=8192, background_bytes=limit)
     rng = np.random.default_rng(4)
     chunks = [rng.random(3000) for _ in range(20)]
     futures = []
@@ -219,7 +225,7 @@ def test_background_write_error_is_reported(cache, tmp_path, monkeypatch):
         calls.append(len(buffers))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pivot_module._native, "pwrite_many", full)
+    monkeypatch.setattr(pivot_fileio._native, "pwrite_many", full)
     before = {t.name for t in threading.enumerate()}
     with pytest.raises(pivot_module.PivotError, match="disk is full"):
         pivot(cache, tmp_path / "full.h5", compression="none", channels=["engine"])
@@ -231,7 +237,7 @@ def test_background_write_error_is_reported(cache, tmp_path, monkeypatch):
 def test_guarded_file_writes(impl, writeback, tmp_path):
     """Writes in any order land where asked, with writeback on or off."""
     path = tmp_path / "g.bin"
-    g = pivot_module._GuardedFile(path, writeback_bytes=writeback)
+    g = pivot_fileio.GuardedFile(path, writeback_bytes=writeback)
     rng = np.random.default_rng(2)
     expect = bytearray(300_000)
     try:
@@ -280,10 +286,10 @@ def test_pivot_columns_with_small_chunks(impl, compression, background, cache, t
     written here or by the background writer (``none``; 2048: at most that many bytes
     pending), batch memory decoded into again; h5py reads back exactly the columns the
     reader decodes."""
-    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 512)
-    monkeypatch.setattr(pivot_module, "WRITEBACK_BYTES", 4096)
+    monkeypatch.setattr(pivot_writer, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(pivot_fileio, "WRITEBACK_BYTES", 4096)
     if background is not None:
-        monkeypatch.setattr(pivot_module, "BACKGROUND_BYTES", background)
+        monkeypatch.setattr(pivot_fileio, "BACKGROUND_BYTES", background)
     out = tmp_path / "small.h5"
     for batch_bytes in (700, 40_000):
         pivot(cache, out, compression=compression, force=True, batch_bytes=batch_bytes,
@@ -301,7 +307,8 @@ def test_pivot_columns_with_small_chunks(impl, compression, background, cache, t
 def test_pivot_same_file_compiled_and_python(cache, tmp_path, monkeypatch):
     """The compiled helpers and the pure-Python references write the same datasets."""
     pivot(cache, tmp_path / "c.h5")
-    monkeypatch.setattr(pivot_module, "_native", None)
+    monkeypatch.setattr(pivot_fileio, "_native", None)
+    monkeypatch.setattr(pivot_compression, "_native", None)
     pivot(cache, tmp_path / "p.h5")
     a, b = _h5_values(tmp_path / "c.h5"), _h5_values(tmp_path / "p.h5")
     assert sorted(a) == sorted(b) and len(a) > 10
@@ -360,8 +367,8 @@ def test_low_level_creation_matches_h5py(compression, cache, tmp_path, monkeypat
     """Datasets made from a template and attributes written by the low-level path are
     what h5py's create_dataset and attrs[k] = v make (types, dataspaces, properties)."""
     pivot(cache, tmp_path / "fast.h5", compression=compression, recv_time=True)
-    monkeypatch.setattr(pivot_module, "_create_dataset", _slow_create)
-    monkeypatch.setattr(pivot_module, "_attr_array", lambda value: None)
+    monkeypatch.setattr(pivot_writer, "_create_dataset", _slow_create)
+    monkeypatch.setattr(pivot_writer, "_attr_array", lambda value: None)
     pivot(cache, tmp_path / "h5py.h5", compression=compression, recv_time=True)
     fast, ref = _describe(tmp_path / "fast.h5"), _describe(tmp_path / "h5py.h5")
     assert sorted(fast) == sorted(ref)
@@ -382,16 +389,16 @@ def test_attr_fallback_for_other_values(tmp_path):
     with h5py.File(tmp_path / "a.h5", "w") as f:
         values = {"s": "x", "b": True, "i": 3, "f": 2.5, "l": ["a", "bc"],
                   "arr": np.arange(3, dtype=np.int16), "empty": [], "none": None}
-        pivot_module._write_attrs(f, values)
+        pivot_writer._write_attrs(f, values)
         assert "none" not in f.attrs
         assert f.attrs["s"] == "x" and f.attrs["b"] is np.True_ and f.attrs["i"] == 3
         assert f.attrs["f"] == 2.5 and list(f.attrs["l"]) == ["a", "bc"]
         assert f.attrs["arr"].dtype == np.int16  # through h5py: its own dtype kept
         np.testing.assert_array_equal(f.attrs["arr"], np.arange(3))
         assert f.attrs["empty"].shape == (0,)
-    assert pivot_module._attr_array(np.arange(3)) is None
-    assert pivot_module._attr_array(np.int32(3)) is None  # h5py keeps int32
-    assert pivot_module._attr_array(2**70) is None and pivot_module._attr_array([]) is None
+    assert pivot_writer._attr_array(np.arange(3)) is None
+    assert pivot_writer._attr_array(np.int32(3)) is None  # h5py keeps int32
+    assert pivot_writer._attr_array(2**70) is None and pivot_writer._attr_array([]) is None
 
 
 # ---------------------------------------------------------------------------- decode thread
@@ -403,7 +410,7 @@ def test_prefetch_passes_errors_and_stops():
         yield 2
         raise RuntimeError("bad block")
 
-    p = pivot_module._Prefetch(batches())
+    p = pivot_fileio.Prefetch(batches())
     got = []
     with pytest.raises(RuntimeError, match="bad block"):
         for b in p:
@@ -417,7 +424,7 @@ def test_prefetch_passes_errors_and_stops():
             i += 1
             yield i
 
-    p = pivot_module._Prefetch(endless(), depth=2)
+    p = pivot_fileio.Prefetch(endless(), depth=2)
     it = iter(p)
     assert next(it) == 1
     p.close()  # the producer is blocked on a full queue: it stops
@@ -430,7 +437,7 @@ def test_failed_channel_stops_the_decode_thread(cache, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("no datasets today")
 
-    monkeypatch.setattr(pivot_module, "_create_dataset", broken)
+    monkeypatch.setattr(pivot_writer, "_create_dataset", broken)
     before = {t.ident for t in threading.enumerate()}
     with pytest.raises(RuntimeError, match="no datasets today"):
         pivot(cache, tmp_path / "x.h5")
@@ -467,7 +474,7 @@ def test_guarded_file_staged_writes(limit, tmp_path):
     land at their offsets, and reads, drain and sync wait for them; staged writes not
     yet flushed are flushed by a read."""
     path = tmp_path / "staged.bin"
-    g = pivot_module._GuardedFile(path, writeback_bytes=8192, background_bytes=limit)
+    g = pivot_fileio.GuardedFile(path, writeback_bytes=8192, background_bytes=limit)
     rng = np.random.default_rng(5)
     expect = bytearray(100_000)
     try:
@@ -497,8 +504,8 @@ def test_guarded_file_staged_writes(limit, tmp_path):
 def test_batch_buffers_wait_for_a_written_one(monkeypatch):
     """``_Buffers(limit)``: past ``limit`` buffers made, ``take`` waits for the oldest held
     one to be written and returns it; if that takes too long, the decoder makes one."""
-    monkeypatch.setattr(pivot_module, "_POOL", pivot_module._MemoryPool(0))  # none kept
-    bufs = pivot_module._Buffers(2)
+    monkeypatch.setattr(pivot_memory, "POOL", pivot_memory.MemoryPool(0))  # none kept
+    bufs = pivot_memory.Buffers(2)
     assert bufs.take() is None and bufs.take() is None  # the decoder makes two
     a, b = np.zeros(16, np.uint8), np.ones(16, np.uint8)
     fa, fb = concurrent.futures.Future(), concurrent.futures.Future()
@@ -512,11 +519,11 @@ def test_batch_buffers_wait_for_a_written_one(monkeypatch):
     fa.set_result(None)
     t.join(5)
     assert got and got[0] is a
-    monkeypatch.setattr(pivot_module._Buffers, "WAIT_SECONDS", 0.05)
+    monkeypatch.setattr(pivot_memory.Buffers, "WAIT_SECONDS", 0.05)
     assert bufs.take() is None  # b still held: waited, then a new one after all
     fb.set_result(None)
     assert bufs.take() is b
-    unlimited = pivot_module._Buffers()
+    unlimited = pivot_memory.Buffers()
     unlimited.give(a, [concurrent.futures.Future()])
     assert unlimited.take() is None  # no limit: never waits
 
@@ -527,9 +534,9 @@ def test_background_writes_in_file_order_unless_they_overlap():
     so that the later write wins as it would have."""
     a, b, c = np.zeros(10, np.uint8), np.ones(10, np.uint8), np.full(10, 2, np.uint8)
     disjoint = [(a, 20, None), (b, 0, None), (c, 10, None)]
-    assert [off for _, off, _ in pivot_module._in_file_order(disjoint)] == [0, 10, 20]
+    assert [off for _, off, _ in pivot_fileio._in_file_order(disjoint)] == [0, 10, 20]
     overlapping = [(a, 20, None), (b, 0, None), (c, 15, None)]  # c overlaps a
-    assert pivot_module._in_file_order(overlapping) == overlapping
+    assert pivot_fileio._in_file_order(overlapping) == overlapping
 
 
 def test_pwrite_many_adjacent_buffers(tmp_path):
@@ -555,10 +562,10 @@ def test_pwrite_many_adjacent_buffers(tmp_path):
 def test_datasets_made_with_the_first_batch(compression, cache, tmp_path, monkeypatch):
     """Datasets made after the first batch arrived (given its rows at once) hold what
     they hold when all are made first, in both channels (numbers, strings, validity)."""
-    monkeypatch.setattr(pivot_module, "FIRST_DATASETS", 10**6)
+    monkeypatch.setattr(pivot_setfile, "FIRST_DATASETS", 10**6)
     pivot(cache, tmp_path / "first.h5", compression=compression, recv_time=True,
           batch_bytes=64 * 1024)
-    monkeypatch.setattr(pivot_module, "FIRST_DATASETS", 1)
+    monkeypatch.setattr(pivot_setfile, "FIRST_DATASETS", 1)
     pivot(cache, tmp_path / "later.h5", compression=compression, recv_time=True,
           batch_bytes=64 * 1024)
     with h5py.File(tmp_path / "first.h5") as a, h5py.File(tmp_path / "later.h5") as b:
@@ -579,8 +586,8 @@ def test_datasets_made_with_the_first_batch(compression, cache, tmp_path, monkey
 def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
     """The batch memory of a pivot goes to the process's pool (up to its limit), the next
     pivot decodes into it instead of new memory, and ``release_memory`` empties it."""
-    pool = pivot_module._MemoryPool(pivot_module.POOL_BYTES)
-    monkeypatch.setattr(pivot_module, "_POOL", pool)
+    pool = pivot_memory.MemoryPool(pivot_memory.POOL_BYTES)
+    monkeypatch.setattr(pivot_memory, "POOL", pool)
     given = []
     take = pool.take
     monkeypatch.setattr(pool, "take", lambda: given.append(take()) or given[-1])
@@ -611,7 +618,7 @@ def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
     assert {id(m) for m in taken if m is not None} & kept
     got = speeddata.load(tmp_path / "4.h5", "engine")
     assert all(np.array_equal(got[k], expect[k]) for k in expect if got[k].dtype.kind in "biuf")
-    full = pivot_module._MemoryPool(100)
+    full = pivot_memory.MemoryPool(100)
     full.give(np.zeros(60, np.uint8))
     full.give(np.zeros(60, np.uint8))  # over the limit: let go
     assert full.nbytes == 60 and full.take().nbytes == 60 and full.take() is None
@@ -620,7 +627,7 @@ def test_batch_memory_is_kept_for_the_next_pivot(monkeypatch, cache, tmp_path):
 def _streamed_spy(monkeypatch):
     """Count the chunk writes through HDF5 and the streamed flushes of a pivot."""
     calls = {"submit": 0, "flush": 0}
-    submit, flush = pivot_module._DatasetWriter._submit, pivot_module._GuardedFile.flush_staged
+    submit, flush = pivot_writer.DatasetWriter._submit, pivot_fileio.GuardedFile.flush_staged
 
     def spy_submit(self, *args):
         calls["submit"] += 1
@@ -631,8 +638,8 @@ def _streamed_spy(monkeypatch):
         calls["flush"] += future is not None
         return future
 
-    monkeypatch.setattr(pivot_module._DatasetWriter, "_submit", spy_submit)
-    monkeypatch.setattr(pivot_module._GuardedFile, "flush_staged", spy_flush)
+    monkeypatch.setattr(pivot_writer.DatasetWriter, "_submit", spy_submit)
+    monkeypatch.setattr(pivot_fileio.GuardedFile, "flush_staged", spy_flush)
     return calls
 
 
@@ -641,7 +648,7 @@ def test_none_streams_rows_to_early_allocated_chunks(cache, tmp_path, monkeypatc
     (early, never), their rows written straight to the chunks (no chunk through HDF5);
     strings keep HDF5's writes; the file reads back right after reopening, also by
     h5dump; ``gzip`` keeps the chunk path."""
-    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 512)
+    monkeypatch.setattr(pivot_writer, "CHUNK_BYTES", 512)
     calls = _streamed_spy(monkeypatch)
     out = tmp_path / "streamed.h5"
     for batch_bytes in (700, 40_000):
@@ -687,7 +694,7 @@ def test_streamed_range_cut_mid_block(every, cache, tmp_path, monkeypatch):
     """A range that starts and ends inside blocks has fewer rows than the datasets are
     made with (whole blocks): the streamed rows read back right after the shrink, the
     chunks past the end are gone and the edge chunk's unwritten rows are never read."""
-    monkeypatch.setattr(pivot_module, "CHUNK_BYTES", 128)  # 16 rows of int64
+    monkeypatch.setattr(pivot_writer, "CHUNK_BYTES", 128)  # 16 rows of int64
     start, end = T0 + 1234 * MS + 1, T0 + 3777 * MS + 1  # rows 1235 .. 3777
     with ChannelReader(cache, "engine", start, end) as r:
         n_max = r.n_rows_max

@@ -43,6 +43,7 @@ from speeddata.config import load_config
 from speeddata.control import ControlError, request, wait_for_relay
 from speeddata.relay import Relay
 from speeddata.schema import Schema
+from speeddata.validate import PyValidator
 
 
 class RelayProcess:
@@ -173,7 +174,7 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
 
     # the status CLI talks to the relay and prints the table
     out = subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", "relay", "status", "-c", str(info["path"])],
+        [sys.executable, "-m", "speeddata.commands", "relay", "status", "-c", str(info["path"])],
         capture_output=True,
         text=True,
         timeout=30,
@@ -184,6 +185,11 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
     row = next(line.split() for line in lines if line.startswith("engine "))
     # datagrams, records, bytes (number and unit), rejected
     assert row[1:3] == ["20", "60"] and row[4] == "kB" and row[5] == "1"
+    # ... and says why: rejects by reason under the table, the first one in the log
+    reason = PyValidator(engine).reason(b"not avro at all")
+    assert proc.channel("engine")["rejects"] == {reason: 1}
+    assert f"rejected engine: {reason} 1" in out.stdout
+    wait_for(lambda: f"channel engine: rejected a datagram: {reason}" in proc.log.read_text())
 
     # the stats PUB socket publishes the status once a second
     ctx = zmq.Context.instance()
@@ -425,7 +431,7 @@ def test_status_without_relay_exits_2(ipc_dir):
         [
             sys.executable,
             "-m",
-            "speeddata.cli",
+            "speeddata.commands",
             "relay",
             "status",
             "--control",
@@ -555,7 +561,7 @@ def test_replay_a_segment_into_the_relay(relay, sender):
     segments = [s.avro for s in list_segments(proc.info["cache"], "engine")]
     before = time.time_ns()
     r = subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", "source", "--replay", *map(str, segments),
+        [sys.executable, "-m", "speeddata.commands", "source", "--replay", *map(str, segments),
          "-c", str(proc.info["path"]), "--now", "--speed", "0"],
         capture_output=True, text=True, timeout=60,
     )
@@ -583,7 +589,7 @@ def read_all_segments(paths) -> list[dict]:
 def test_status_watch_until_ctrl_c(relay):
     proc = relay().start()
     watch = subprocess.Popen(
-        [sys.executable, "-m", "speeddata.cli", "relay", "status", "--watch"]
+        [sys.executable, "-m", "speeddata.commands", "relay", "status", "--watch"]
         + ["--control", proc.info["control"]],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

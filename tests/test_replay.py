@@ -172,7 +172,7 @@ def test_replay_errors(tmp_path):
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "speeddata.cli", "source", *args],
+        [sys.executable, "-m", "speeddata.commands", "source", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

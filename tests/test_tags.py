@@ -143,7 +143,7 @@ def test_tag_read_after_channel_folder_names_are_gone(cache):
 
 
 def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "speeddata.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "speeddata.commands", *args], capture_output=True,
                           text=True, timeout=60, cwd=cwd)
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import free_tcp_port
 from relay_helpers import ENGINE_NAMES, read_all_cleanly, read_channel, wait_for, write_config
 from speeddata.cache import cache_segments, segment_needs_recovery
-from speeddata.cli import main as cli_main
+from speeddata.commands import main as cli_main
 from speeddata.control import ControlError, request
 
 
@@ -39,7 +39,7 @@ def ipc_dir():
 
 
 def _up(info, *extra) -> list[str]:
-    return [sys.executable, "-m", "speeddata.cli", "up", "-c", str(info["path"]), *extra]
+    return [sys.executable, "-m", "speeddata.commands", "up", "-c", str(info["path"]), *extra]
 
 
 @pytest.mark.parametrize("engine", ENGINE_NAMES)

@@ -17,7 +17,7 @@ from pathlib import Path
 import fastavro
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from speeddata._validate import Validator
@@ -568,3 +568,151 @@ def test_non_buffers_are_refused(impl):
         v.check(np.zeros(32, np.uint8)[::2])
     with pytest.raises(ValueError):
         v.check(np.zeros(4, np.int32))
+
+
+# ------------------------------------------------ ints and longs against the spec (issue 10)
+
+
+def strict_varint(data: bytes, max_bytes: int, bits: int):
+    """Avro 1.11 "Binary Encoding", read strictly and independently of the code under test:
+    an int is at most 5 bytes and its zigzag value within 32 bits, a long at most 10 bytes
+    within 64 bits. -> (value, length) or None."""
+    acc = 0
+    for i, b in enumerate(data[:max_bytes]):
+        acc |= (b & 0x7F) << (7 * i)
+        if not b & 0x80:
+            if acc >= 1 << bits:
+                return None
+            return (acc >> 1) ^ -(acc & 1), i + 1
+    return None
+
+
+@st.composite
+def varint_bytes(draw, max_len: int = 11):
+    """Varint-like byte strings: canonical, overlong (zero-padded), too long, with high
+    bits in the last byte, or cut short."""
+    n = draw(st.integers(1, max_len))
+    # often zero padding (an overlong small value) and small last bytes: the edge cases
+    body = [draw(st.just(0x80) | st.integers(0x80, 0xFF)) for _ in range(n - 1)]
+    last = draw(st.integers(0, 2) | st.integers(0, 127))
+    tail = [] if draw(st.integers(0, 9)) == 0 else [last]  # sometimes unterminated
+    return bytes(body + tail)
+
+
+UNION_EXAMPLE = bytes.fromhex("828080808000")  # the issue's 6-byte branch index 1
+
+
+@pytest.mark.parametrize("null_first", [True, False])
+def test_union_branch_index_is_an_int(impl, null_first):
+    """A union branch index is an Avro int: 6 bytes is not one (Apache Avro Java: "Invalid
+    int encoding"), whatever its value."""
+    v = impl(record(("u", ["null", "int"] if null_first else ["int", "null"])))
+    value = b"" if not null_first else zigzag(7)  # branch 1 is "int" when null comes first
+    assert v.count(UNION_EXAMPLE + value) == -1
+    assert v.reason(UNION_EXAMPLE + value) == "bad_varint"
+    five = b"\x82\x80\x80\x80\x00"  # 1 in 5 bytes: an int still
+    assert v.count(five + value) == 1
+    assert v.count(b"\x82\x80\x80\x80\x10" + value) == -1  # 5 bytes beyond int32
+
+
+@SETTINGS
+@given(data=varint_bytes())
+@example(data=bytes.fromhex("808080808000"))  # 0 in 6 bytes: a long, not an int
+@example(data=bytes.fromhex("828080808000"))  # the issue's union index
+@example(data=bytes.fromhex("8080808010"))  # 5 bytes beyond int32
+@example(data=b"\x80" * 10 + b"\x00")  # 11 bytes
+@example(data=b"\xff" * 9 + b"\x02")  # 10 bytes beyond int64
+def test_int_like_values_against_the_spec(data):
+    """int, enum index and union branch index take exactly the varints a strict reading
+    of the spec takes (<= 5 bytes, int32); long takes <= 10 bytes in int64; and what is
+    taken is the value fastavro reads. Both implementations."""
+    as_int = strict_varint(data, 5, 32)
+    as_long = strict_varint(data, 10, 64)
+    cases = [
+        (record(("i", "int")), as_int, lambda x: True),
+        (record(("t", "long")), as_long, lambda x: True),
+        (
+            record(("e", {"type": "enum", "name": "E", "symbols": [f"S{i}" for i in range(70)]})),
+            as_int,
+            lambda x: 0 <= x < 70,
+        ),
+        (record(("u", ["null", "double"])), as_int, lambda x: x == 0),  # branch 1 needs a value
+    ]
+    for avsc, strict, in_range in cases:
+        ok = strict is not None and strict[1] == len(data) and in_range(strict[0])
+        for cls in IMPLS:
+            assert cls(avsc).count(data) == (1 if ok else -1), (avsc, data.hex(), cls)
+        if ok:
+            got = fastavro.schemaless_reader(io.BytesIO(data), fastavro.parse_schema(avsc), None)
+            field = avsc["fields"][0]["name"]
+            expect = strict[0]
+            if field == "e":
+                expect = f"S{strict[0]}"
+            elif field == "u":
+                expect = None
+            assert got[field] == expect
+
+
+@SETTINGS
+@given(data=varint_bytes(), tail=st.binary(max_size=12))
+@example(data=b"", tail=b"\x00")
+@example(data=zigzag(-1), tail=b"")
+@example(data=b"\x86\x80\x80\x80\x80\x80\x80\x80\x80\x00", tail=b"abc")  # 3 in 10 bytes
+def test_lengths_against_the_spec(data, tail):
+    """bytes/string lengths are longs (<= 10 bytes) and never negative, for both."""
+    payload = data + tail
+    strict = strict_varint(payload, 10, 64)  # the length, then exactly that many bytes
+    for kind in ("bytes", "string"):
+        ok = (
+            strict is not None
+            and strict[0] == len(payload) - strict[1]
+            and (kind == "bytes" or _utf8(payload[strict[1] :]))
+        )
+        for cls in IMPLS:
+            assert cls(record(("b", kind))).count(payload) == (1 if ok else -1)
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+REASON_CASES = {
+    "empty": (("i", "int"), b""),
+    "truncated": (("d", "double"), b"\x00" * 7),
+    "trailing_bytes": (("d", "double"), b"\x00" * 9),
+    "bad_varint": (("i", "int"), b"\x80\x80\x80\x80\x80\x00"),
+    "bad_length": (("s", "string"), zigzag(-1)),
+    "bad_boolean": (("b", "boolean"), b"\x02"),
+    "bad_enum": (("e", {"type": "enum", "name": "E", "symbols": ["A"]}), zigzag(1)),
+    "bad_union": (("u", ["null", "int"]), zigzag(2)),
+    "bad_utf8": (("s", "string"), zigzag(1) + b"\xff"),
+}
+
+
+@pytest.mark.parametrize("reason", sorted(REASON_CASES))
+def test_reject_reasons(impl, reason):
+    field, data = REASON_CASES[reason]
+    v = impl(record(field))
+    assert v.reason(data) == reason
+    assert v.count(data) == -1
+
+
+def test_reason_names_in_sync():
+    from speeddata.validate import REJECT_REASONS
+
+    assert REJECT_REASONS[0] == "none" and len(set(REJECT_REASONS)) == len(REJECT_REASONS)
+    assert set(REASON_CASES) < set(REJECT_REASONS)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_compiled_and_reference_agree_on_reasons(data):
+    avsc, time = data.draw(schemas())
+    payload = data.draw(st.binary(max_size=64))
+    compiled, reference = Validator(Schema(avsc, time)), PyValidator(Schema(avsc, time))
+    assert compiled.reason(payload) == reference.reason(payload)
+    assert (compiled.reason(payload) is None) == (compiled.count(payload) >= 0)

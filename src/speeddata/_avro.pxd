@@ -24,14 +24,35 @@ cdef enum:
     OP_FIXED = 9
     OP_UNION = 10
 
+# Why a datagram was rejected: keep in sync with speeddata/validate.py (REJECT_REASONS),
+# whose names the status reports (docs/relay-internals.md, "Counters").
+cdef enum:
+    REJECT_NONE = 0
+    REJECT_EMPTY = 1                # a datagram of 0 bytes
+    REJECT_TRUNCATED = 2            # the first record runs past the end of the datagram
+    REJECT_TRAILING = 3             # whole records, then bytes that are not a whole record
+    REJECT_VARINT = 4               # an int > 5 bytes or beyond int32, a long > 10 or int64
+    REJECT_LENGTH = 5               # a negative bytes/string length
+    REJECT_BOOLEAN = 6              # a boolean byte other than 0 or 1
+    REJECT_ENUM = 7                 # an enum index outside the symbols
+    REJECT_UNION = 8                # a union branch index outside the branches
+    REJECT_UTF8 = 9                 # a string that is not strict UTF-8
+    REJECT_OVERSIZE = 10            # larger than the receive slot (MSG_TRUNC)
+    REJECT_FRAMING = 11             # shared port: not C3 01 + fingerprint + record
+    REJECT_FINGERPRINT = 12         # shared port: a fingerprint no channel has
+    REJECT_MIXED = 13               # shared port: more than one fingerprint
+    N_REJECT_REASONS = 14
 
-cdef inline const uint8_t* read_varint(
-    const uint8_t* p, const uint8_t* end, int64_t* out, int max_bytes
+
+cdef inline const uint8_t* read_varint_why(
+    const uint8_t* p, const uint8_t* end, int64_t* out, int max_bytes, int* why
 ) noexcept nogil:
     """Decode a zigzag varint of at most ``max_bytes`` (5 for int, 10 for long).
 
-    Returns the pointer past it, or NULL if it is truncated, too long, or its last byte
-    carries bits beyond 32 (int) or 64 (long) bits: such a value has no Avro meaning.
+    Returns the pointer past it, or NULL if it is truncated (``why``: REJECT_TRUNCATED),
+    too long, or its last byte carries bits beyond 32 (int) or 64 (long) bits (``why``:
+    REJECT_VARINT): such a value has no Avro meaning (spec, "Binary Encoding": an int is
+    at most 5 bytes and in int32, a long at most 10 bytes and in int64).
     """
     cdef uint64_t acc = 0
     cdef uint64_t b
@@ -39,19 +60,28 @@ cdef inline const uint8_t* read_varint(
     cdef int i
     for i in range(max_bytes):
         if p >= end:
+            why[0] = REJECT_TRUNCATED
             return NULL
         b = p[0]
         p += 1
         acc |= (b & 0x7f) << shift
         if not (b & 0x80):
-            if i == 4 and max_bytes == 5 and b > 0x0f:
-                return NULL
-            if i == 9 and b > 0x01:
+            if (i == 4 and max_bytes == 5 and b > 0x0f) or (i == 9 and b > 0x01):
+                why[0] = REJECT_VARINT
                 return NULL
             out[0] = <int64_t>((acc >> 1) ^ (0 - (acc & 1)))
             return p
         shift += 7
+    why[0] = REJECT_VARINT
     return NULL
+
+
+cdef inline const uint8_t* read_varint(
+    const uint8_t* p, const uint8_t* end, int64_t* out, int max_bytes
+) noexcept nogil:
+    """``read_varint_why`` without the reason."""
+    cdef int why = 0
+    return read_varint_why(p, end, out, max_bytes, &why)
 
 
 cdef inline uint8_t* write_varint(uint8_t* p, int64_t v) noexcept nogil:
@@ -132,9 +162,15 @@ cdef inline bint utf8_valid(const uint8_t* p, Py_ssize_t n) noexcept nogil:
 
 
 cdef inline const uint8_t* skip_value(
-    const uint8_t* p, const uint8_t* end, int32_t op, int32_t arg, int64_t* value
+    const uint8_t* p,
+    const uint8_t* end,
+    int32_t op,
+    int32_t arg,
+    int64_t* value,
+    int* why,
 ) noexcept nogil:
-    """Check and step over one encoded value of ``op``; NULL if it is not valid there.
+    """Check and step over one encoded value of ``op``; NULL if it is not valid there, and
+    ``why`` (REJECT_*) says why.
 
     ``value`` receives the integer of int/long/enum ops (for the time field).
     """
@@ -142,31 +178,46 @@ cdef inline const uint8_t* skip_value(
     if op == OP_NULL:
         return p
     if op == OP_BOOLEAN:
-        if p >= end or p[0] > 1:
+        if p >= end:
+            why[0] = REJECT_TRUNCATED
+            return NULL
+        if p[0] > 1:
+            why[0] = REJECT_BOOLEAN
             return NULL
         return p + 1
     if op == OP_INT:
-        return read_varint(p, end, value, 5)
+        return read_varint_why(p, end, value, 5, why)
     if op == OP_LONG:
-        return read_varint(p, end, value, 10)
-    if op == OP_FLOAT:
-        return p + 4 if end - p >= 4 else NULL
-    if op == OP_DOUBLE:
-        return p + 8 if end - p >= 8 else NULL
-    if op == OP_FIXED:
-        return p + arg if end - p >= arg else NULL
+        return read_varint_why(p, end, value, 10, why)
+    if op == OP_FLOAT or op == OP_DOUBLE or op == OP_FIXED:
+        n = 4 if op == OP_FLOAT else (8 if op == OP_DOUBLE else arg)
+        if end - p < n:
+            why[0] = REJECT_TRUNCATED
+            return NULL
+        return p + n
     if op == OP_ENUM:
-        p = read_varint(p, end, value, 5)
-        if p == NULL or value[0] < 0 or value[0] >= arg:
+        p = read_varint_why(p, end, value, 5, why)  # the index is an int
+        if p == NULL:
+            return NULL
+        if value[0] < 0 or value[0] >= arg:
+            why[0] = REJECT_ENUM
             return NULL
         return p
     if op == OP_BYTES or op == OP_STRING:
-        p = read_varint(p, end, &n, 10)
-        if p == NULL or n < 0 or n > end - p:
+        p = read_varint_why(p, end, &n, 10, why)  # the length is a long
+        if p == NULL:
+            return NULL
+        if n < 0:
+            why[0] = REJECT_LENGTH
+            return NULL
+        if n > end - p:
+            why[0] = REJECT_TRUNCATED
             return NULL
         if op == OP_STRING and not utf8_valid(p, <Py_ssize_t>n):
+            why[0] = REJECT_UTF8
             return NULL
         return p + n
+    why[0] = REJECT_VARINT  # an op the schema compiler never emits
     return NULL
 
 
@@ -177,10 +228,12 @@ cdef inline const uint8_t* skip_record(
     Py_ssize_t n_ops,
     Py_ssize_t time_op,
     int64_t* time_value,
+    int* why,
 ) noexcept nogil:
     """Check and step over one record of ``program`` (``n_ops`` (op, arg) pairs); NULL if
-    it is not a valid record there. ``time_value`` receives the integer of pair
-    ``time_op`` (-1: none). The one walk of the program shared by every checker."""
+    it is not a valid record there, and ``why`` (REJECT_*) says why. ``time_value``
+    receives the integer of pair ``time_op`` (-1: none). The one walk of the program
+    shared by every checker."""
     cdef Py_ssize_t i = 0
     cdef int32_t op, arg
     cdef int64_t value = 0, branch = 0
@@ -188,14 +241,18 @@ cdef inline const uint8_t* skip_record(
         op = program[2 * i]
         arg = program[2 * i + 1]
         if op == OP_UNION:
-            p = read_varint(p, end, &branch, 10)  # the branch index is a long
-            if p == NULL or branch < 0 or branch > 1:
+            # spec, "Binary Encoding", unions: the branch index is an int (<= 5 bytes)
+            p = read_varint_why(p, end, &branch, 5, why)
+            if p == NULL:
+                return NULL
+            if branch < 0 or branch > 1:
+                why[0] = REJECT_UNION
                 return NULL
             i += 1
             if branch == arg:
                 i += 1  # the null branch: nothing encoded, skip the value op
             continue
-        p = skip_value(p, end, op, arg, &value)
+        p = skip_value(p, end, op, arg, &value, why)
         if p == NULL:
             return NULL
         if i == time_op:

@@ -314,7 +314,7 @@ cdef Py_ssize_t decode_records(
             op = program[2 * i]
             arg = program[2 * i + 1]
             if op == OP_UNION:
-                p = read_varint(p, end, &v, 10)
+                p = read_varint(p, end, &v, 5)  # the branch index is an int
                 if p == NULL or v < 0 or v > 1:
                     return r + 1
                 if v == arg:

@@ -3,6 +3,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+from speeddata._avro cimport N_REJECT_REASONS
 from speeddata._validate cimport validation
 from speeddata.includes.system cimport (
     epoll_event,
@@ -29,6 +30,8 @@ ctypedef struct counters_t:
     uint64_t blocks                 # blocks written
     uint64_t segments               # segments opened
     int64_t t_newest                # newest source time seen, ns (0 if none)
+    uint64_t time_backwards         # datagrams with a source time before the previous one's
+    uint64_t time_future            # datagrams with a source time > FUTURE_NS after receipt
 
 
 # The segment being written (docs/cache.md); fd < 0 when none is open.
@@ -59,6 +62,7 @@ ctypedef struct segment_t:
 cdef enum:
     FINGERPRINTS = 4                # fingerprints per channel at most (Schema.fingerprints)
     POP_QUEUE = 256                 # populate requests waiting at most (one per channel)
+    UNKNOWN_FP_SLOTS = 16           # distinct unknown fingerprints counted (shared port)
 
 
 cdef struct pop_s
@@ -71,6 +75,7 @@ ctypedef struct chan_t:
     int fd                          # its UDP socket, or -1
     uint32_t decimation             # every Nth datagram also goes to the decimated group
     uint64_t seq                    # sequence number of the next accepted datagram
+    int64_t t_last                  # largest source time of the previous accepted datagram
     uint32_t ovfl                   # last cumulative SO_RXQ_OVFL value of the socket
     const int32_t* program_p        # validator program (pairs), owned by a numpy array
     Py_ssize_t n_ops                # pairs in the program
@@ -89,6 +94,16 @@ ctypedef struct chan_t:
     segment_t seg                   # the segment being written
     counters_t c                    # counters
     pop_s* pop                      # the engine's populate state
+    uint64_t rejects[N_REJECT_REASONS]  # rejected datagrams by reason (_avro REJECT_*)
+    int store_errno                 # errno of the last failed store (0: none yet)
+    # SO_MEMINFO's drop count, read by stats() (with the GIL, under Engine._lock): the
+    # kernel's count of now, where SO_RXQ_OVFL tells only with the next datagram
+    uint32_t mem_drops              # SK_MEMINFO_DROPS at the last read
+    uint64_t drops_seen             # drops counted from those reads
+    # shared port: the unknown fingerprints seen, and how many datagrams carried each
+    uint32_t n_unknown_fp
+    uint8_t unknown_fp[UNKNOWN_FP_SLOTS][8]
+    uint64_t unknown_fp_n[UNKNOWN_FP_SLOTS]
 
 
 # The populate thread's shared state (one per engine).
@@ -219,5 +234,5 @@ cdef class Engine:
     ) noexcept nogil
     cdef void _sweep_ages(self) noexcept nogil
     cdef void _reject(
-        self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns
+        self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns, int reason
     ) noexcept nogil

@@ -34,10 +34,19 @@ from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memmove, memset, strlen
 
 from speeddata._avro cimport (
+    N_REJECT_REASONS,
     OP_DOUBLE,
     OP_FIXED,
     OP_FLOAT,
     OP_NULL,
+    REJECT_EMPTY,
+    REJECT_FINGERPRINT,
+    REJECT_FRAMING,
+    REJECT_MIXED,
+    REJECT_NONE,
+    REJECT_OVERSIZE,
+    REJECT_TRAILING,
+    REJECT_TRUNCATED,
     skip_record,
     varint_size,
     write_varint,
@@ -79,9 +88,13 @@ from speeddata.includes.system cimport (
     POLLIN,
     POLLOUT,
     SCM_TIMESTAMPNS,
+    SK_MEMINFO_DROPS,
+    SK_MEMINFO_VARS,
+    SO_MEMINFO,
     SO_RXQ_OVFL,
     SO_TIMESTAMPNS,
     SOL_SOCKET,
+    socklen_t,
     SOL_UDP,
     UDP_SEGMENT,
     clock_gettime,
@@ -100,6 +113,7 @@ from speeddata.includes.system cimport (
     eventfd,
     fstatfs,
     ftruncate,
+    getsockopt,
     madvise,
     mmap,
     munmap,
@@ -158,6 +172,7 @@ from pathlib import Path
 import numpy as np
 
 from speeddata.cache import ocf_header
+from speeddata.validate import REJECT_REASONS
 from speeddata.wire import announce_datagram
 
 if sys.byteorder != "little":  # pragma: no cover
@@ -203,6 +218,9 @@ cdef long XFS_MAGIC = 0x58465342
 cdef long TMPFS_MAGIC = 0x01021994
 
 cdef int64_t NS = 1_000_000_000
+# A source time more than this ahead of its receive time counts as time_future (the same
+# as relay_ref.FUTURE_NS; docs/relay-internals.md, "Source clocks").
+cdef int64_t FUTURE_NS = 600 * NS
 cdef uint32_t WIRE_MAGIC = 0x61447053  # b"SpDa" read as a little-endian u32
 
 
@@ -445,11 +463,42 @@ cdef void populate_loop(pop_t* pop) noexcept nogil:
 
 
 cdef inline const uint8_t* walk_record(
-    const uint8_t* p, const uint8_t* end, const int32_t* program, Py_ssize_t n_ops
+    const uint8_t* p, const uint8_t* end, const int32_t* program, Py_ssize_t n_ops, int* why
 ) noexcept nogil:
-    """Step over exactly one valid record (as validate_records does); NULL if invalid."""
+    """Step over exactly one valid record (as validate_records does); NULL if invalid,
+    and ``why`` says why (REJECT_*)."""
     cdef int64_t unused
-    return skip_record(p, end, program, n_ops, -1, &unused)
+    return skip_record(p, end, program, n_ops, -1, &unused, why)
+
+
+cdef void read_drops(chan_t* ch) noexcept nogil:
+    """Count the drops the kernel reports for the channel's socket now (SO_MEMINFO,
+    SK_MEMINFO_DROPS: sk_drops, the count SO_RXQ_OVFL hands out only with the next
+    datagram). Called with the engine's lock held; the loop never touches these fields."""
+    cdef uint32_t mem[SK_MEMINFO_VARS]
+    cdef socklen_t size = sizeof(mem)
+    if ch.fd < 0:
+        return
+    if getsockopt(ch.fd, SOL_SOCKET, SO_MEMINFO, mem, &size) != 0:
+        return  # kernels before 4.6: SO_RXQ_OVFL's count only
+    if size < sizeof(uint32_t) * (SK_MEMINFO_DROPS + 1):
+        return
+    ch.drops_seen += <uint32_t>(mem[SK_MEMINFO_DROPS] - ch.mem_drops)  # u32 wraps
+    ch.mem_drops = mem[SK_MEMINFO_DROPS]
+
+
+cdef void note_fingerprint(chan_t* ch, const uint8_t* fp) noexcept nogil:
+    """Count a datagram with the unknown fingerprint ``fp`` (the first UNKNOWN_FP_SLOTS
+    distinct ones; the rest count only as rejects)."""
+    cdef uint32_t i
+    for i in range(ch.n_unknown_fp):
+        if memcmp(ch.unknown_fp[i], fp, 8) == 0:
+            ch.unknown_fp_n[i] += 1
+            return
+    if ch.n_unknown_fp < UNKNOWN_FP_SLOTS:
+        memcpy(ch.unknown_fp[ch.n_unknown_fp], fp, 8)
+        ch.unknown_fp_n[ch.n_unknown_fp] = 1
+        ch.n_unknown_fp += 1
 
 
 cdef void release_channel(chan_t* ch) noexcept nogil:
@@ -855,8 +904,10 @@ cdef class Engine:
             ch = self.shared
             if ch.fd >= 0:
                 epoll_ctl(self.epfd, EPOLL_CTL_DEL, ch.fd, &ev)
+            read_drops(ch)  # what the old socket dropped stays counted
             ch.fd = sock.fileno()
             ch.ovfl = 0
+            ch.mem_drops = 0
             ev.events = EPOLLIN
             ev.data.ptr = ch
             if epoll_ctl(self.epfd, EPOLL_CTL_ADD, ch.fd, &ev) < 0:
@@ -1054,11 +1105,12 @@ cdef class Engine:
     cdef chan_t* _route(self, uint8_t* p, uint32_t* n_io, validation* v) noexcept nogil:
         """Shared port: check ``C3 01`` + fingerprint + record framing, strip it in place.
 
-        Returns the channel, or NULL (nothing changed) when the datagram is not one
-        fingerprint of a channel of this engine followed by valid records only. The
-        records are walked twice: once to check (a rejected datagram is kept as it came),
-        once to strip the framing while counting them and their time range into ``v``,
-        which the per-channel validation would otherwise walk a third time for.
+        Returns the channel, or NULL (nothing changed, ``v.reason`` says why) when the
+        datagram is not one fingerprint of a channel of this engine followed by valid
+        records only. The records are walked twice: once to check (a rejected datagram is
+        kept as it came), once to strip the framing while counting them and their time
+        range into ``v``, which the per-channel validation would otherwise walk a third
+        time for.
         """
         cdef uint32_t n = n_io[0]
         cdef const uint8_t* end = p + n
@@ -1069,7 +1121,12 @@ cdef class Engine:
         cdef Py_ssize_t i
         cdef int k
         cdef int64_t t = 0
+        cdef int why = REJECT_NONE
+        if n == 0:
+            v.reason = REJECT_EMPTY
+            return NULL
         if n < 10 or p[0] != 0xC3 or p[1] != 0x01:
+            v.reason = REJECT_FRAMING
             return NULL
         for i in range(self.n_chans):
             # two channels with one schema share a fingerprint: the lowest id gets the data
@@ -1080,21 +1137,32 @@ cdef class Engine:
                     ch = self.chans[i]
                     break
         if ch == NULL:
+            v.reason = REJECT_FINGERPRINT
             return NULL
         while q < end:
-            if end - q < 10 or q[0] != 0xC3 or q[1] != 0x01 or memcmp(q + 2, p + 2, 8) != 0:
+            if end - q < 10:
+                v.reason = REJECT_TRAILING  # after whole objects: q > p here
                 return NULL
-            q = walk_record(q + 10, end, ch.program_p, ch.n_ops)
-            if q == NULL:
+            if q[0] != 0xC3 or q[1] != 0x01:
+                v.reason = REJECT_FRAMING
                 return NULL
+            if memcmp(q + 2, p + 2, 8) != 0:
+                v.reason = REJECT_MIXED
+                return NULL
+            r = walk_record(q + 10, end, ch.program_p, ch.n_ops, &why)
+            if r == NULL:
+                v.reason = REJECT_TRAILING if why == REJECT_TRUNCATED and q > p else why
+                return NULL
+            q = r
         q = p
         v.n_records = 0
         v.bad_offset = -1
+        v.reason = REJECT_NONE
         v.t_min = INT64_MAX
         v.t_max = -INT64_MAX - 1
         while q < end:
             r = q + 10
-            q = skip_record(r, end, ch.program_p, ch.n_ops, ch.time_op, &t)
+            q = skip_record(r, end, ch.program_p, ch.n_ops, ch.time_op, &t, &why)
             v.n_records += 1
             if ch.time_op >= 0:
                 if t < v.t_min:
@@ -1107,12 +1175,15 @@ cdef class Engine:
         return ch
 
     cdef void _reject(
-        self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns
+        self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns, int reason
     ) noexcept nogil:
-        """Count a rejected datagram; keep it in rejected/<channel>.rej when configured."""
+        """Count a rejected datagram and why (REJECT_*); keep it in rejected/<channel>.rej
+        when configured."""
         cdef uint8_t head[REJ_HEADER]
         cdef iovec iov[2]
         ch.c.rejected += 1
+        if 0 < reason < N_REJECT_REASONS:
+            ch.rejects[reason] += 1
         if ch.rej_path_p == NULL:
             return
         if ch.rej_fd < 0:
@@ -1176,12 +1247,16 @@ cdef class Engine:
                 recv_ns = real_ns()
             self.dg_chan[i] = NULL
             if msg.msg_flags & MSG_TRUNC:
-                self._reject(sock_ch, p, SLOT if length > SLOT else length, recv_ns)
+                self._reject(
+                    sock_ch, p, SLOT if length > SLOT else length, recv_ns, REJECT_OVERSIZE
+                )
                 continue
             if sock_ch.id == 0:
                 ch = self._route(p, &length, &v)  # checked, stripped and counted
                 if ch == NULL:
-                    self._reject(sock_ch, p, length, recv_ns)
+                    if v.reason == REJECT_FINGERPRINT:
+                        note_fingerprint(sock_ch, p + 2)
+                    self._reject(sock_ch, p, length, recv_ns, v.reason)
                     continue
                 count = v.n_records
             elif sock_ch.fixed_size > 0 and self._fixed_fast:
@@ -1190,6 +1265,11 @@ cdef class Engine:
                 count = <Py_ssize_t>(length // ch.fixed_size)
                 if length == 0 or length % ch.fixed_size != 0:
                     count = -1
+                    v.reason = (
+                        REJECT_EMPTY if length == 0
+                        else REJECT_TRUNCATED if length < ch.fixed_size
+                        else REJECT_TRAILING
+                    )
             else:
                 ch = sock_ch
                 count = validate_records(p, length, ch.program_p, ch.n_ops, ch.time_op, &v)
@@ -1197,11 +1277,17 @@ cdef class Engine:
                     count = -1
             if count < 0:
                 # shared-port datagrams were checked by _route: this is a per-channel one
-                self._reject(ch, p, length, recv_ns)
+                self._reject(ch, p, length, recv_ns, v.reason)
                 continue
             if ch.time_op >= 0:  # v came from _route or validate_records
                 tmin = v.t_min * ch.time_scale
                 tmax = v.t_max * ch.time_scale
+                # source clocks: flagged, stored as sent (docs/relay-internals.md)
+                if ch.c.datagrams and tmin < ch.t_last:
+                    ch.c.time_backwards += 1
+                if tmax > recv_ns + FUTURE_NS:
+                    ch.c.time_future += 1
+                ch.t_last = tmax
             else:
                 tmin = tmax = recv_ns
             ch.c.datagrams += 1
@@ -1485,6 +1571,7 @@ cdef class Engine:
                 continue
             break
         if seg.fd < 0:
+            ch.store_errno = err
             ch.retry_mono_ns = now + NS
             return False
         # posix_fallocate(3): the blocks are reserved now, so a full disk shows here and
@@ -1518,6 +1605,7 @@ cdef class Engine:
         if err == 0:
             err = pwrite_all(seg.fd, seg.sync, SYNC_SIZE, ch.header_len)
         if err != 0:
+            ch.store_errno = err
             seg.n_blocks = 0
             close_segment(ch)  # removes the files: the segment has no block
             ch.retry_mono_ns = now + NS
@@ -1598,11 +1686,12 @@ cdef class Engine:
         entry.seq_first = <uint32_t>self.dg_seq[idx[0]]
         entry.t_min = t_min
         entry.t_max = t_max
-        if (
-            pwrite_all(seg.recv_fd, self.recv_buf_p, <size_t>m * RECV_ENTRY, seg.recv_size) != 0
-            or pwrite_all(seg.idx_fd, <uint8_t*>&entry, IDX_ENTRY, seg.idx_size) != 0
-        ):
+        err = pwrite_all(seg.recv_fd, self.recv_buf_p, <size_t>m * RECV_ENTRY, seg.recv_size)
+        if err == 0:
+            err = pwrite_all(seg.idx_fd, <uint8_t*>&entry, IDX_ENTRY, seg.idx_size)
+        if err != 0:
             # disk full: undo the partial entries, close the segment at its last block
+            ch.store_errno = err
             ftruncate(seg.recv_fd, <off_t>seg.recv_size)
             ftruncate(seg.idx_fd, <off_t>seg.idx_size)
             close_segment(ch)
@@ -1636,6 +1725,7 @@ cdef class Engine:
         self.wiov[1 + m].iov_len = SYNC_SIZE
         err = pwritev_all(seg.fd, self.wiov, m + 2, seg.end)
         if err != 0:
+            ch.store_errno = err
             # cannot happen in pre-allocated space; keep the segment consistent anyway
             ftruncate(seg.recv_fd, <off_t>(seg.recv_size - <uint64_t>m * RECV_ENTRY))
             ftruncate(seg.idx_fd, <off_t>(seg.idx_size - IDX_ENTRY))
@@ -1673,10 +1763,37 @@ cdef class Engine:
         with self._lock:
             out = {}
             for i in range(self.n_chans):
-                out[self.chans[i].id] = _counters(&self.chans[i].c)
+                read_drops(self.chans[i])
+                out[self.chans[i].id] = _counters(self.chans[i])
             if self.shared != NULL:
-                out[0] = _counters(&self.shared.c)
+                read_drops(self.shared)
+                out[0] = _counters(self.shared)
             return out
+
+    def rejects(self):
+        """``{channel_id: {reason: n}}``: rejected datagrams by reason (the names of
+        ``speeddata.validate.REJECT_REASONS``; reasons with none left out). The shared
+        port's pseudo channel is 0; any thread."""
+        cdef Py_ssize_t i
+        with self._lock:
+            out = {}
+            for i in range(self.n_chans):
+                out[self.chans[i].id] = _reasons(self.chans[i])
+            if self.shared != NULL:
+                out[0] = _reasons(self.shared)
+            return out
+
+    def unknown_fingerprints(self):
+        """``{fingerprint hex: datagrams}`` that came to the shared port with a fingerprint
+        no channel of this engine has (the first 16 distinct ones); any thread."""
+        cdef uint32_t i
+        with self._lock:
+            if self.shared == NULL:
+                return {}
+            return {
+                bytes(self.shared.unknown_fp[i][:8]).hex(): self.shared.unknown_fp_n[i]
+                for i in range(self.shared.n_unknown_fp)
+            }
 
     def open_segments(self):
         """Paths of the ``.avro`` segments being written."""
@@ -1708,8 +1825,10 @@ cdef class Engine:
             self._closed = True
             # the channel structs stay (stats() still answers); __dealloc__ frees them
             for i in range(self.n_chans):
+                read_drops(self.chans[i])  # the sockets' last word, before letting go
                 release_channel(self.chans[i])
             if self.shared != NULL:
+                read_drops(self.shared)
                 release_channel(self.shared)
             if self.epfd >= 0:
                 close(self.epfd)
@@ -1728,13 +1847,20 @@ cdef class Engine:
         self.close()
 
 
-cdef dict _counters(counters_t* c):
+cdef dict _reasons(chan_t* ch):
+    cdef int r
+    return {REJECT_REASONS[r]: ch.rejects[r] for r in range(1, N_REJECT_REASONS) if ch.rejects[r]}
+
+
+cdef dict _counters(chan_t* ch):
+    cdef counters_t* c = &ch.c
     return {
         "datagrams": c.datagrams,
         "records": c.records,
         "bytes": c.bytes,
         "rejected": c.rejected,
-        "kernel_drops": c.kernel_drops,
+        # the larger of SO_RXQ_OVFL's count (with each datagram) and SO_MEMINFO's (now)
+        "kernel_drops": c.kernel_drops if c.kernel_drops > ch.drops_seen else ch.drops_seen,
         "multicast_sent": c.multicast_sent,
         "multicast_decimated": c.multicast_decimated,
         "multicast_errors": c.multicast_errors,
@@ -1743,6 +1869,9 @@ cdef dict _counters(counters_t* c):
         "blocks": c.blocks,
         "segments": c.segments,
         "t_newest": c.t_newest,
+        "time_backwards": c.time_backwards,
+        "time_future": c.time_future,
+        "store_errno": ch.store_errno,
     }
 
 

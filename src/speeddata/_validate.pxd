@@ -7,11 +7,13 @@ cdef struct validation:
     Py_ssize_t bad_offset  # byte offset where parsing failed, or -1
     int64_t t_min          # smallest time-field value seen (INT64_MAX if none)
     int64_t t_max          # largest time-field value seen (INT64_MIN if none)
+    int reason             # why it is not valid (speeddata._avro REJECT_*), else 0
 
 
 # Walk ``n`` bytes of back-to-back records of ``program`` (``n_ops`` (op, arg) pairs).
 # Returns the record count when the bytes are exactly whole valid records, else -1 and
-# ``out.bad_offset`` says where. ``time_op`` is the pair index of the time field, or -1.
+# ``out.bad_offset`` says where and ``out.reason`` why. ``time_op`` is the pair index of
+# the time field, or -1.
 cdef Py_ssize_t validate_records(
     const uint8_t* data,
     Py_ssize_t n,

@@ -8,11 +8,21 @@ with the same behaviour; tests run both.
 
 from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t
 
-from speeddata._avro cimport skip_record
+from speeddata._avro cimport (
+    N_REJECT_REASONS,
+    REJECT_EMPTY,
+    REJECT_NONE,
+    REJECT_TRAILING,
+    REJECT_TRUNCATED,
+    skip_record,
+)
 
 import numpy as np
 
 from speeddata.schema import Schema
+from speeddata.validate import REJECT_REASONS
+
+assert len(REJECT_REASONS) == N_REJECT_REASONS
 
 
 cdef Py_ssize_t validate_records(
@@ -28,17 +38,22 @@ cdef Py_ssize_t validate_records(
     cdef const uint8_t* q
     cdef Py_ssize_t n_records = 0
     cdef int64_t value = 0
+    cdef int why = REJECT_NONE
     out.t_min = INT64_MAX
     out.t_max = INT64_MIN
     out.bad_offset = -1
     out.n_records = 0
+    out.reason = REJECT_NONE
     if n <= 0:
         out.bad_offset = 0
+        out.reason = REJECT_EMPTY
         return -1  # an empty datagram carries no record
     while p < end:
-        q = skip_record(p, end, program, n_ops, time_op, &value)
+        q = skip_record(p, end, program, n_ops, time_op, &value, &why)
         if q == NULL:
             out.bad_offset = p - data
+            # the end came inside a record after whole ones: bytes trail the records
+            out.reason = REJECT_TRAILING if why == REJECT_TRUNCATED and p > data else why
             return -1
         if time_op >= 0:
             if value < out.t_min:
@@ -87,3 +102,15 @@ cdef class Validator:
         if v.bad_offset >= 0 or self.time_op < 0:
             return (v.n_records if v.bad_offset < 0 else -1, v.bad_offset, None, None)
         return (v.n_records, -1, v.t_min, v.t_max)
+
+    def reason(self, const uint8_t[::1] data not None):
+        """Why ``data`` would be rejected (a name of ``speeddata.validate.REJECT_REASONS``),
+        or None when it is exactly whole valid records."""
+        cdef validation v
+        cdef Py_ssize_t n = data.shape[0]
+        cdef const uint8_t* p = &data[0] if n > 0 else NULL
+        with nogil:
+            validate_records(
+                p, n, &self.program[0, 0], self.program.shape[0], self.time_op, &v
+            )
+        return None if v.bad_offset < 0 else REJECT_REASONS[v.reason]

@@ -7,7 +7,6 @@ left open by a crash to its last complete block.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
 import json
@@ -17,9 +16,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from .config import Config
 from .errors import SpeedDataError
 from .schema import Schema
 
@@ -32,6 +33,8 @@ __all__ = [
     "ocf_header",
     "encode_long",
     "segment_stem",
+    "segment_time_ns",
+    "parse_header",
     "list_segments",
     "recover_segment",
     "cache_segments",
@@ -47,6 +50,9 @@ __all__ = [
     "CacheBusy",
     "lock_cache",
     "cache_writer_pid",
+    "resolve_cache_dir",
+    "cache_channels",
+    "segment_candidates",
 ]
 
 MAGIC = b"Obj\x01"
@@ -141,12 +147,12 @@ class Segment:
         """Bytes up to and including the header's sync marker."""
         with open(self.avro, "rb") as f:
             head = f.read(64 * 1024)
-        return _parse_header(head)[0]
+        return parse_header(head)[0]
 
     def sync(self) -> bytes:
         with open(self.avro, "rb") as f:
             head = f.read(64 * 1024)
-        return _parse_header(head)[1]
+        return parse_header(head)[1]
 
 
 def _read_long(buf, pos: int) -> tuple[int, int]:
@@ -162,8 +168,9 @@ def _read_long(buf, pos: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _parse_header(head: bytes) -> tuple[int, bytes, dict]:
-    """-> (header size including sync, sync marker, metadata)."""
+def parse_header(head: bytes) -> tuple[int, bytes, dict]:
+    """An Avro object container file's header -> (header size including sync, sync
+    marker, metadata)."""
     if head[:4] != MAGIC:
         raise ValueError("not an Avro object container file")
     pos = 4
@@ -347,7 +354,7 @@ def recover_segment(segment: Segment, validator=None) -> tuple[int, int]:
             return (0, 0)
         mm = mmap.mmap(f.fileno(), 0)
         try:
-            header_size, sync, _ = _parse_header(mm[: min(file_size, 64 * 1024)])
+            header_size, sync, _ = parse_header(mm[: min(file_size, 64 * 1024)])
             index = segment.read_index()
             end = header_size
             good = 0
@@ -430,7 +437,7 @@ def enforce_retention(
     total = sum(sizes.values())
     deleted = []
     for seg in segments:
-        too_old = max_age is not None and _segment_time_ns(seg) < now_ns - max_age * 1e9
+        too_old = max_age is not None and segment_time_ns(seg) < now_ns - max_age * 1e9
         if total <= budget_bytes and not too_old:
             continue
         if seg.avro in open_segments:
@@ -447,7 +454,7 @@ def enforce_retention(
     return deleted
 
 
-def _segment_time_ns(segment: Segment) -> int:
+def segment_time_ns(segment: Segment) -> int:
     """Open time of a segment, from its file name."""
     stem = segment.avro.stem
     whole, _, frac = stem.rstrip("Z").partition(".")
@@ -485,7 +492,7 @@ def segment_schema_json(segment: Segment) -> str:
     """The ``avro.schema`` a segment's header carries (ValueError if it has no header)."""
     with open(segment.avro, "rb") as f:
         head = f.read(64 * 1024)
-    return _parse_header(head)[2]["avro.schema"].decode()
+    return parse_header(head)[2]["avro.schema"].decode()
 
 
 def recover_cache(cache_dir: Path, make_validator=None) -> list[tuple[Segment, int, int]]:
@@ -624,76 +631,53 @@ def _lock_pid(fd: int) -> int | None:
         return None
 
 
-# ---------------------------------------------------------------------------- command
+# ---------------------------------------------------------------------------- the cache folder
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``speeddata cache info|recover``."""
-    from .tags import add_cache_arguments
+def resolve_cache_dir(cache: Any = None, config: Any = None) -> Path:
+    """The cache folder: ``cache`` (a path or a Config), else the config's ``cache.dir``."""
+    if isinstance(cache, Config):
+        return Path(cache.cache.dir)
+    if cache is not None:
+        return Path(cache)
+    if isinstance(config, Config):
+        return Path(config.cache.dir)
+    from .config import load_config
 
-    sub = parser.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
-    p = sub.add_parser("info", help="per channel: segments, bytes, time range, open segments")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    add_cache_arguments(p)
-    p = sub.add_parser(
-        "recover",
-        help="trim segments a crash left open to their last complete block (no relay running)",
-    )
-    add_cache_arguments(p)
+    return Path(load_config(config).cache.dir)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .tags import cache_dir_from_args
-
-    cache_dir = cache_dir_from_args(args)
-    if not cache_dir.is_dir():
-        raise SpeedDataError(f"{cache_dir}: no cache folder there; give --cache DIR or -c CONFIG")
-    if args.cache_command == "recover":
-        return _run_recover(cache_dir)
-    return _run_info(cache_dir, args.json)
-
-
-def _run_recover(cache_dir: Path) -> int:
-    from .relay import _validator_factory
-
-    fd = lock_cache(cache_dir)  # never under a running relay: it recovers on start itself
-    try:
-        recovered = recover_cache(cache_dir, _validator_factory())
-    finally:
-        os.close(fd)
-    if not recovered:
-        print(f"{cache_dir}: every segment is complete")
-    for seg, good, dropped in recovered:
-        print(f"recovered {seg.avro}: {good} complete block(s) kept, {dropped} index "
-              f"entr{'y' if dropped == 1 else 'ies'} dropped")
-    return 0
+def cache_channels(cache_dir: Path) -> list[str]:
+    """Channel names that have segments in the cache (channel folders or tag links)."""
+    cache_dir = Path(cache_dir)
+    names: set[str] = set()
+    if cache_dir.is_dir():
+        for d in cache_dir.iterdir():
+            if d.is_dir() and d.name not in ("tags", "rejected") and any(d.glob("*.avro")):
+                names.add(d.name)
+        tags = cache_dir / "tags"
+        if tags.is_dir():
+            for d in tags.glob("*/*"):
+                if d.is_dir() and any(d.glob("*.avro")):
+                    names.add(d.name)
+    return sorted(names)
 
 
-def _run_info(cache_dir: Path, as_json: bool) -> int:
-    from .control import format_time
-
-    writer = cache_writer_pid(cache_dir)
-    channels = []
-    for folder in sorted(p for p in cache_dir.iterdir() if p.is_dir()):
-        segments = list_segments(cache_dir, folder.name)
-        if folder.name in ("tags", "rejected") or not segments:
+def segment_candidates(cache_dir: Path, channel: str, tag: str | None) -> list[list[Path]]:
+    """Per segment (by file name, oldest first), every path it is known by: the channel
+    folder and the tags' links (retention or a user may have removed some names)."""
+    dirs = [cache_dir / channel]
+    tags = cache_dir / "tags"
+    if tag is not None:
+        dirs.insert(0, tags / tag / channel)
+    elif tags.is_dir():
+        dirs += sorted(p / channel for p in tags.iterdir() if p.is_dir())
+    by_name: dict[str, list[Path]] = {}
+    for d in dirs:
+        try:
+            paths = sorted(d.glob("*.avro")) if d.is_dir() else []
+        except OSError:
             continue
-        summary = channel_summary(cache_dir, folder.name)
-        open_ = sum(segment_needs_recovery(s) for s in segments)
-        pinned = sum(s.avro.stat().st_nlink > 1 for s in segments)
-        channels.append(dict(summary, name=folder.name, open=open_, pinned=pinned))
-    if as_json:
-        print(json.dumps({"cache": str(cache_dir), "relay_pid": writer, "channels": channels},
-                         indent=2))
-        return 0
-    who = f"written by relay pid {writer}" if writer else "no relay writing it"
-    print(f"{cache_dir} ({who})")
-    if not channels:
-        print("no segments")
-    for c in channels:
-        print(
-            f"{c['name']}\t{c['segments']} segments\t{c['bytes'] / 1e6:.1f} MB\t"
-            f"{format_time(c['oldest_ns'])} to {format_time(c['newest_ns'])}\t"
-            f"{c['open']} open\t{c['pinned']} pinned"
-        )
-    return 0
+        for p in paths:
+            by_name.setdefault(p.name, []).append(p)
+    return [by_name[k] for k in sorted(by_name)]

@@ -41,6 +41,8 @@ __all__ = [
     "parse_duration",
     "parse_budget",
     "parse_address",
+    "RESERVED_NAMES",
+    "channel_name_error",
 ]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
@@ -239,6 +241,43 @@ class Config:
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
+#: Names in the cache folder (and in a tag's folder) that are not channels
+#: (docs/cache.md, "Layout"): a channel of one of these names would put its segments
+#: among the cache's own files. ``shared`` is the shared port's (rejected/shared.rej).
+#: Compared without case, for caches on case-insensitive file systems.
+RESERVED_NAMES = frozenset(
+    {
+        "tags",
+        "rejected",
+        "shared",
+        "relay.lock",
+        "relay-channels.json",
+        "relay-channels.json.tmp",
+        "tag.json",
+        "tag.json.tmp",
+        "up.log",
+    }
+)
+
+
+def channel_name_error(name: Any) -> str | None:
+    """Why ``name`` cannot name a channel, or None when it can: 1 to 64 letters, digits,
+    '_', '-', '.', starting with a letter or '_', and none of RESERVED_NAMES."""
+    if not isinstance(name, str):
+        return f"a channel name is a string, not {_toml_type(name)}"
+    shown = repr(name) if len(name) <= 80 else repr(name[:80] + "...")
+    if not _NAME.match(name):
+        return (
+            f"{shown}: use letters, digits, '_', '-', '.' (1 to 64), starting with a letter "
+            "or '_'"
+        )
+    if name.lower() in RESERVED_NAMES:
+        return (
+            f"{shown} is reserved: the cache folder keeps its own files under "
+            f"{', '.join(sorted(RESERVED_NAMES))}; give the channel another name"
+        )
+    return None
+
 
 class _Section:
     """Reads one TOML table, tracking which keys were used so unknown ones are reported."""
@@ -390,8 +429,9 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         if "schema" not in raw:
             ch.fail(f"{key}.schema", "missing; give the path of the channel's .avsc file")
         name = ch.get("name", None, types=(str,))
-        if not _NAME.match(name):
-            ch.fail(f"{key}.name", f"{name!r}: use letters, digits, '_', '-', '.' (max 64)")
+        why = channel_name_error(name)
+        if why:
+            ch.fail(f"{key}.name", why)
         if name in used_names:
             ch.fail(f"{key}.name", f"{name!r} is already used by {used_names[name]}")
         used_names[name] = key
@@ -407,8 +447,10 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         schema_path = Path(ch.get("schema", None, types=(str,)))
         if not schema_path.is_absolute():
             schema_path = base / schema_path
-        if not schema_path.is_file():
+        if not schema_path.exists():
             ch.fail(f"{key}.schema", f"file {str(schema_path)!r} does not exist")
+        if not schema_path.is_file():
+            ch.fail(f"{key}.schema", f"{str(schema_path)!r} is not a regular file (an .avsc)")
         time_field = ch.get("time", None, types=(str,))
         try:
             schema = Schema(schema_path)
@@ -426,7 +468,7 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
                 port=port,
                 schema=schema,
                 id=cid,
-                decimation=ch.get("decimation", 1, _positive_int),
+                decimation=ch.get("decimation", 1, lambda v: _positive_int(v, 1, 2**32 - 1)),
                 time=schema.time_field,
             )
         )

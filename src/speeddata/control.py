@@ -156,7 +156,47 @@ def format_status(status: dict) -> str:
     out.extend(line(r) for r in rows)
     if not rows:
         out.append("(no channels)")
+    out.extend(_why_lines(status))
+    out.extend(_clock_notes(status))
     return "\n".join(out)
+
+
+def _why_lines(status: dict) -> list[str]:
+    """Why records are missing: rejects by reason, unknown fingerprints, storing errors."""
+    out = []
+    rows = [(ch.get("name"), ch) for ch in status.get("channels", [])]
+    if status.get("shared"):
+        rows.append((f"shared :{status['shared'].get('port')}", status["shared"]))
+    for name, row in rows:
+        reasons = row.get("rejects") or {}
+        if reasons:
+            text = ", ".join(f"{r} {format_count(n)}" for r, n in sorted(reasons.items()))
+            fps = row.get("unknown_fingerprints") or {}
+            if fps:
+                text += " (" + ", ".join(
+                    f"{fp}: {format_count(n)}" for fp, n in sorted(fps.items())
+                ) + ")"
+            out.append(f"rejected {name}: {text}")
+        failed = (row.get("counters") or {}).get("store_failed")
+        if failed:
+            why = row.get("store_error") or "unknown error"
+            out.append(f"not stored {name}: {format_count(failed)} datagram(s) ({why})")
+    return out
+
+
+def _clock_notes(status: dict) -> list[str]:
+    """One line per channel whose source clock was flagged (time_backwards, time_future:
+    docs/relay-internals.md, "Source clocks"); none when all is well."""
+    notes = []
+    for ch in status.get("channels", []):
+        c = ch.get("counters", {})
+        back, future = c.get("time_backwards", 0), c.get("time_future", 0)
+        if back or future:
+            notes.append(  # within 80 columns for names up to 16 characters
+                f"clock {ch['name']}: {format_count(back)} datagram(s) back in time, "
+                f"{format_count(future)} over 10 min ahead (stored as sent)"
+            )
+    return notes
 
 
 def wait_for_relay(endpoint: str, timeout: float = 10.0) -> dict:

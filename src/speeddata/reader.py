@@ -45,20 +45,27 @@ import fnmatch
 import io
 import mmap
 import os
-import re
-import time as _time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .cache import IDX_DTYPE, RECV_DTYPE, Segment, _parse_header
-from .config import Config, parse_duration
-from .errors import SpeedDataError
+from .cache import (
+    IDX_DTYPE,
+    RECV_DTYPE,
+    Segment,
+    cache_channels,
+    parse_header,
+    resolve_cache_dir,
+    segment_candidates,
+)
+from .config import Config
+from .errors import ReadError
 from .schema import Schema, Signal
+from .tags import get_tag
+from .times import format_time, parse_range, parse_time
 
 __all__ = [
     "Columns",
@@ -72,6 +79,7 @@ __all__ = [
     "cache_channels",
     "resolve_cache_dir",
     "select_signals",
+    "column_name",
 ]
 
 RESERVED = ("time", "recv_time")
@@ -81,104 +89,6 @@ try:  # numpy >= 2
     from numpy.dtypes import StringDType as _StringDType
 except ImportError:  # pragma: no cover - numpy 1.x
     _StringDType = None
-
-
-class ReadError(SpeedDataError, ValueError):
-    """A read that cannot be done as asked; the message says what is available."""
-
-
-# ---------------------------------------------------------------------------- times
-
-_RELATIVE = re.compile(r"^\s*(now)?\s*(?:([+-])\s*([0-9.]+\s*[a-zA-Z]*))?\s*$")
-_ISO_FRACTION = re.compile(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$")
-
-
-def parse_time(value: Any, now_ns: int | None = None) -> int | None:
-    """A time as int ns since the epoch (UTC); None stays None. See the module docstring."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise ReadError(f"{value!r} is not a time")
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, np.datetime64):
-        if np.isnat(value):
-            raise ReadError("NaT is not a time")
-        return int(value.astype("datetime64[ns]").astype(np.int64))
-    if isinstance(value, datetime):
-        return _datetime_ns(value)
-    if isinstance(value, date):
-        return _datetime_ns(datetime(value.year, value.month, value.day))
-    now_ns = _time.time_ns() if now_ns is None else now_ns
-    if isinstance(value, timedelta):
-        return now_ns + (value // timedelta(microseconds=1)) * 1000
-    if isinstance(value, float):
-        raise ReadError(
-            f"{value!r}: a float time is ambiguous; give int ns since the epoch, a datetime, "
-            "an ISO string or a relative time such as '-5min'"
-        )
-    if not isinstance(value, str):
-        raise ReadError(f"{value!r} is not a time")
-    text = value.strip()
-    if re.fullmatch(r"-?\d+", text) and len(text.lstrip("-")) > 8:
-        return int(text)  # ns since the epoch (a date like 20261125 has 8 digits)
-    m = _RELATIVE.match(text)
-    if m and (m.group(1) or m.group(2)):
-        if not m.group(2):
-            return now_ns
-        try:
-            seconds = parse_duration(m.group(3).replace(" ", ""))
-        except ValueError as exc:
-            raise ReadError(f"{value!r}: {exc}") from None
-        delta = round(seconds * 1e9)
-        return now_ns + delta if m.group(2) == "+" else now_ns - delta
-    return _iso_ns(text, value)
-
-
-def _datetime_ns(dt: datetime) -> int:
-    if dt.tzinfo is None:
-        dt = dt.astimezone()  # naive: local time, as datetime.timestamp() does
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta // timedelta(microseconds=1)) * 1000
-
-
-def _iso_ns(text: str, original: Any) -> int:
-    extra_ns = 0
-    m = _ISO_FRACTION.match(text)
-    if m:
-        digits = m.group(2)
-        extra_ns = int((digits + "000000000")[:9])
-        text = m.group(1) + m.group(3)
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise ReadError(
-            f"{original!r} is not a time; use an ISO time ('2026-11-25T10:31:00Z'), "
-            "ns since the epoch, 'now' or a relative time ('-5min', 'now-30s')"
-        ) from None
-    return _datetime_ns(dt.replace(microsecond=0)) + extra_ns
-
-
-def format_time(t_ns: int | None) -> str:
-    """ns since the epoch -> ``2026-11-25T10:31:00.123456789Z`` (UTC)."""
-    if t_ns is None:
-        return "-"
-    sec, ns = divmod(int(t_ns), 1_000_000_000)
-    stamp = datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{ns:09d}Z"
-
-
-def parse_range(start: Any, end: Any, now_ns: int | None = None) -> tuple[int | None, int | None]:
-    """Both ends of a time range, checked: ``start < end`` when both are given."""
-    now_ns = _time.time_ns() if now_ns is None else now_ns
-    s, e = parse_time(start, now_ns), parse_time(end, now_ns)
-    if s is not None and e is not None and s >= e:
-        raise ReadError(
-            f"empty time range: start {format_time(s)} is not before end {format_time(e)}"
-        )
-    return s, e
 
 
 # ---------------------------------------------------------------------------- columns
@@ -211,7 +121,7 @@ class Columns(dict):
         self.channel = channel
         self.schema = schema
         self.signals: dict[str, Signal] = (
-            {_column_name(s, schema): s for s in schema.signals} if schema is not None else {}
+            {column_name(s, schema): s for s in schema.signals} if schema is not None else {}
         )
         self.valid: dict[str, np.ndarray] = dict(valid or {})
         self.start_ns = start_ns
@@ -255,7 +165,7 @@ class Columns(dict):
         return f"<Columns {self.channel} {self.n_rows} rows: {names}>"
 
 
-def _column_name(sig: Signal, schema: Schema) -> str:
+def column_name(sig: Signal, schema: Schema) -> str:
     """The column of a signal: its name, except that ``time``/``recv_time`` are the
     abscissa columns; a signal of that name (other than a time field already in ns) is
     ``<name>.signal``."""
@@ -293,55 +203,6 @@ def select_signals(schema: Schema, patterns: Any, channel: str = "") -> list[str
 
 
 # ---------------------------------------------------------------------------- cache
-
-
-def resolve_cache_dir(cache: Any = None, config: Any = None) -> Path:
-    """The cache folder: ``cache`` (a path or a Config), else the config's ``cache.dir``."""
-    if isinstance(cache, Config):
-        return Path(cache.cache.dir)
-    if cache is not None:
-        return Path(cache)
-    if isinstance(config, Config):
-        return Path(config.cache.dir)
-    from .config import load_config
-
-    return Path(load_config(config).cache.dir)
-
-
-def cache_channels(cache_dir: Path) -> list[str]:
-    """Channel names that have segments in the cache (channel folders or tag links)."""
-    cache_dir = Path(cache_dir)
-    names: set[str] = set()
-    if cache_dir.is_dir():
-        for d in cache_dir.iterdir():
-            if d.is_dir() and d.name not in ("tags", "rejected") and any(d.glob("*.avro")):
-                names.add(d.name)
-        tags = cache_dir / "tags"
-        if tags.is_dir():
-            for d in tags.glob("*/*"):
-                if d.is_dir() and any(d.glob("*.avro")):
-                    names.add(d.name)
-    return sorted(names)
-
-
-def _segment_candidates(cache_dir: Path, channel: str, tag: str | None) -> list[list[Path]]:
-    """Per segment (by file name, oldest first), every path it is known by: the channel
-    folder and the tags' links (retention or a user may have removed some names)."""
-    dirs = [cache_dir / channel]
-    tags = cache_dir / "tags"
-    if tag is not None:
-        dirs.insert(0, tags / tag / channel)
-    elif tags.is_dir():
-        dirs += sorted(p / channel for p in tags.iterdir() if p.is_dir())
-    by_name: dict[str, list[Path]] = {}
-    for d in dirs:
-        try:
-            paths = sorted(d.glob("*.avro")) if d.is_dir() else []
-        except OSError:
-            continue
-        for p in paths:
-            by_name.setdefault(p.name, []).append(p)
-    return [by_name[k] for k in sorted(by_name)]
 
 
 @dataclass
@@ -391,7 +252,7 @@ class _OpenedSegment:
         head = os.pread(self.fd, min(file_size, 64 * 1024), 0)
         index = _read_entries(self.segment.idx, IDX_DTYPE)
         try:
-            self.header_size, self.sync, meta = _parse_header(head)
+            self.header_size, self.sync, meta = parse_header(head)
             self.schema_json = meta["avro.schema"].decode()
         except (ValueError, IndexError, KeyError, UnicodeDecodeError) as exc:
             if len(index) == 0 and not head.strip(b"\0"):
@@ -552,8 +413,6 @@ class ChannelReader:
         #: before tags counted them)
         self._kept: dict[str, int | None] | None = None
         if tag is not None:
-            from .tags import get_tag
-
             info = get_tag(self.cache_dir, tag)
             if channel not in info.channels:
                 raise ReadError(f"tag {tag!r} holds channels {info.channels}, not {channel!r}")
@@ -571,7 +430,7 @@ class ChannelReader:
             raise
 
     def _plan(self, time_field: str | None, signals: Any) -> None:
-        candidates = _segment_candidates(self.cache_dir, self.channel, self.tag)
+        candidates = segment_candidates(self.cache_dir, self.channel, self.tag)
         if self.tag is not None:
             # A tag is what it kept: its segments, up to the blocks they held when it
             # was made; not newer records in its range (a replay, later blocks).
@@ -743,11 +602,11 @@ class ChannelReader:
         for name in self.names:
             if name == schema.time_field and schema.time_scale == 1:
                 continue  # it is the time column
-            out[_column_name(signals[name], schema)] = columns[name][keep]
+            out[column_name(signals[name], schema)] = columns[name][keep]
         if recv_time:
             out["recv_time"] = recv[keep]
         valid_out = {
-            _column_name(signals[n], schema): m[keep]
+            column_name(signals[n], schema): m[keep]
             for n, m in valid.items()
             if n in self.names
         }

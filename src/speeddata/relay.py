@@ -1,7 +1,8 @@
 """The relay process: config, engines in threads, crash recovery, retention, control plane.
 
 ``speeddata relay -c FILE`` (also ``python -m speeddata.relay -c FILE``) runs it;
-``speeddata relay status`` asks a running relay for its counters and prints a table.
+``speeddata relay status`` asks a running relay for its counters and prints a table
+(both in speeddata.commands.relay).
 See docs/relay-internals.md for the engine contract and the control plane.
 
 Threads of a running relay:
@@ -21,11 +22,11 @@ The control plane uses only the engine API, so it works with either engine.
 
 from __future__ import annotations
 
-import argparse
+import errno
 import json
 import logging
 import os
-import re
+import reprlib
 import signal
 import socket
 import sys
@@ -38,14 +39,13 @@ import zmq
 
 from . import cache as cachelib
 from . import steering
-from .config import ChannelConfig, Config, load_config
-from .control import ControlError, format_status, request
+from .config import RESERVED_NAMES, ChannelConfig, Config, channel_name_error
 from .errors import SpeedDataError
 from .relay_ref import SHARED_CHANNEL_ID, PyEngine
 from .schema import Schema, SchemaError
-from .validate import PyValidator
+from .validate import validator_factory
 
-__all__ = ["Relay", "RelayError", "engine_class", "add_arguments", "run", "main"]
+__all__ = ["Relay", "RelayError", "engine_class", "die_with_parent"]
 
 log = logging.getLogger("speeddata.relay")
 
@@ -87,7 +87,28 @@ SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: set to "1" by a supervisor: the relay stops when its parent process dies
 DIE_WITH_PARENT_ENV = "SPEEDDATA_DIE_WITH_PARENT"
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+#: a control request larger than this is answered with an error
+CONTROL_REQUEST_LIMIT = 1 << 20
+#: ZeroMQ drops the connection of a peer sending a larger message (ZMQ_MAXMSGSIZE)
+CONTROL_MESSAGE_LIMIT = 64 << 20
+#: error replies are cut to this many characters (they may quote what was sent)
+ERROR_LIMIT = 1000
+#: seconds between two summaries of rejects or storing failures of a channel in the log
+PROBLEM_SUMMARY_INTERVAL = 60.0
+#: keys of each control request besides "cmd"
+_REQUEST_KEYS = {
+    "status": (),
+    "add": ("channel",),
+    "remove": ("name",),
+    "rotate": ("name",),
+    "stop": (),
+}
+#: the smallest segment the relay fits to a small file system (cache.segment_size's minimum)
+MIN_SEGMENT_SIZE = 64 * 1024
+
+_shown = reprlib.Repr()
+_shown.maxstring = _shown.maxother = 80
+_shown.maxlevel = 3
 
 
 class RelayError(SpeedDataError, RuntimeError):
@@ -110,15 +131,6 @@ def engine_class(choice: str | None) -> tuple[type, str]:
         log.warning("compiled engine not available (%s); using the pure-Python engine", exc)
         return PyEngine, "python"
     return Engine, "compiled"
-
-
-def _validator_factory():
-    """Validators for recovery: compiled when built, else the reference."""
-    try:
-        from ._validate import Validator
-    except ImportError:
-        Validator = PyValidator  # noqa: N806
-    return lambda schema_json: Validator(Schema(schema_json))
 
 
 @dataclass
@@ -174,6 +186,8 @@ class Relay:
         self._rep = self._pub = None
         self.started_ns = time.time_ns()
         self.exit_code = 0
+        self.segment_size = config.cache.segment_size  # fitted to the space by start()
+        self.problems = ProblemLog()
 
     # -- start -------------------------------------------------------------------------
 
@@ -188,6 +202,8 @@ class Relay:
             if self.cache_dir is not None:
                 self._recover()
             channels = self._channels_to_serve()
+            if self.cache_dir is not None:
+                self.segment_size = self._fit_segment_size(len(channels))
             self._bind_control()
             self.engines = [self._make_engine() for _ in range(self.workers)]
             if self.config.relay.shared_port:
@@ -263,7 +279,7 @@ class Relay:
 
     def _recover(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        recovered = cachelib.recover_cache(self.cache_dir, _validator_factory())
+        recovered = cachelib.recover_cache(self.cache_dir, validator_factory())
         for seg, good, dropped in recovered:
             log.info(
                 "recovered %s: %d complete block(s) kept, %d index entr%s dropped",
@@ -273,12 +289,50 @@ class Relay:
                 "y" if dropped == 1 else "ies",
             )
 
+    def _fit_segment_size(self, n_channels: int) -> int:
+        """cache.segment_size, or less when the cache's file system (or budget) cannot
+        hold two segments per channel (the one being written and one closed, so that
+        retention has something to delete): then the largest size that fits, with a
+        warning. Raises RelayError when not even 64 KiB segments fit."""
+        want = self.config.cache.segment_size
+        st = os.statvfs(self.cache_dir)
+        free = st.f_bavail * st.f_frsize
+        held = sum(cachelib.segment_bytes(s) for s in cachelib.cache_segments(self.cache_dir))
+        budget = cachelib.budget_bytes(self.config.cache.budget, self.cache_dir)
+        space = min(free + held, budget)
+        per_segment = space // (2 * max(1, n_channels))
+        if want <= per_segment:
+            return want
+        fitted = per_segment // MIN_SEGMENT_SIZE * MIN_SEGMENT_SIZE
+        where = (
+            f"the cache {self.cache_dir} has {space:,} bytes to use "
+            f"({free:,} free on its file system, {held:,} in segments, "
+            f"budget {budget:,})"
+        )
+        if fitted < MIN_SEGMENT_SIZE:
+            raise RelayError(
+                f"{where}: too little for {n_channels} channel(s) of at least two "
+                f"{MIN_SEGMENT_SIZE // 1024} KiB segments each; free space there, give "
+                "cache.dir a larger file system, raise cache.budget, or turn the cache off "
+                "(cache.enabled = false)"
+            )
+        log.warning(
+            "%s: cache.segment_size %s does not fit twice per channel (%d channel(s)); "
+            "using %d-byte segments. Set cache.segment_size to at most %d to silence this",
+            where,
+            f"{want:,}",
+            n_channels,
+            fitted,
+            fitted,
+        )
+        return fitted
+
     def _make_engine(self):
         c = self.config
         return self.engine_cls(
             self.cache_dir,
             c.multicast,
-            segment_size=c.cache.segment_size,
+            segment_size=self.segment_size,
             segment_age=c.cache.segment_age,
             flush_interval=c.cache.flush_interval,
             batch=c.relay.batch,
@@ -296,6 +350,8 @@ class Relay:
             (self._pub, self.config.relay.stats, "relay.stats"),
         ):
             sock.setsockopt(zmq.LINGER, 0)
+            if sock is self._rep:
+                sock.setsockopt(zmq.MAXMSGSIZE, CONTROL_MESSAGE_LIMIT)
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
@@ -377,7 +433,20 @@ class Relay:
             return [], set()
         try:
             doc = json.loads(path.read_text())
-            added = [_channel_from_json(raw, None) for raw in doc.get("added", [])]
+            added = []
+            for raw in doc.get("added", []):
+                name = raw.get("name") if isinstance(raw, dict) else None
+                if isinstance(name, str) and name.lower() in RESERVED_NAMES:
+                    # added before names were checked: its files would mix with the cache's
+                    log.warning(
+                        "%s: channel %r added at run time has a reserved name (%s); not "
+                        "served. Add it again under another name",
+                        path,
+                        name,
+                        ", ".join(sorted(RESERVED_NAMES)),
+                    )
+                    continue
+                added.append(_channel_from_json(raw, None))
             removed = set(doc.get("removed", []))
         except (SpeedDataError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
             raise RelayError(
@@ -417,14 +486,13 @@ class Relay:
         with self._lock:
             if not isinstance(raw, dict):
                 raise RelayError('"channel" must be an object: {name, port, schema, ...}')
-            name = raw.get("name")
-            if name in self.channels:
-                raise RelayError(f"channel {name!r} exists already; remove it first")
             used_ids = {s.config.id for s in self.channels.values()}
             if "id" not in raw:
                 raw = dict(raw, id=max(used_ids | {0}) + 1)
             base = self.config.path.resolve().parent if self.config.path else Path.cwd()
-            ch = _channel_from_json(raw, base)
+            ch = _channel_from_json(raw, base)  # checks every field first
+            if ch.name in self.channels:
+                raise RelayError(f"channel {ch.name!r} exists already; remove it first")
             if ch.id in used_ids:
                 raise RelayError(f"channel id {ch.id} is used by another channel")
             if ch.port is not None:
@@ -476,7 +544,15 @@ class Relay:
         with self._lock:
             stats: dict[int, dict] = {}
             shared_stats: dict[str, int] | None = None
+            rejects: dict[int, dict[str, int]] = {}
+            unknown_fps: dict[str, int] = {}
             for engine in self.engines:
+                for cid, reasons in engine.rejects().items():
+                    total = rejects.setdefault(cid, {})
+                    for reason, n in reasons.items():
+                        total[reason] = total.get(reason, 0) + n
+                for fp, n in engine.unknown_fingerprints().items():
+                    unknown_fps[fp] = unknown_fps.get(fp, 0) + n
                 engine_stats = engine.stats()
                 shared = engine_stats.pop(SHARED_CHANNEL_ID, None)
                 if shared is not None:  # summed over the engines' shared sockets
@@ -499,6 +575,8 @@ class Relay:
                         "rcvbuf": s.rcvbuf,
                         "runtime": s.runtime,
                         "counters": stats.get(ch.id, {}),
+                        "rejects": rejects.get(ch.id, {}),
+                        "store_error": _errno_text(stats.get(ch.id, {}).get("store_errno")),
                         "cache": self._cache_summary.get(ch.name),
                     }
                 )
@@ -529,38 +607,75 @@ class Relay:
                     "port": self.config.relay.shared_port,
                     "rcvbuf": self.shared_rcvbuf,
                     "counters": shared_stats or {},
+                    "rejects": rejects.get(SHARED_CHANNEL_ID, {}),
+                    "unknown_fingerprints": unknown_fps,
                 },
                 "channels": channels,
             }
 
+    def answer(self, frames: list[bytes]) -> dict:
+        """The reply to one request as received (its ZeroMQ frames), however malformed;
+        never raises."""
+        if len(frames) != 1:
+            return _error(f"a request is one frame of JSON, not {len(frames)} frames")
+        raw = frames[0]
+        if len(raw) > CONTROL_REQUEST_LIMIT:
+            return _error(
+                f"a request is at most {CONTROL_REQUEST_LIMIT} bytes, this one has {len(raw)}"
+            )
+        try:
+            req = json.loads(raw)
+        except RecursionError:
+            return _error("the request is not JSON the relay reads: nested too deeply")
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(f"the request is not JSON: {exc}")
+        return self.handle(req)
+
     def handle(self, req) -> dict:
-        """Answer one control request (a decoded JSON object)."""
+        """Answer one control request (a decoded JSON object); never raises."""
         if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
             return _error(
                 'a request is a JSON object with "cmd": status, add, remove, rotate, stop'
             )
         cmd = req["cmd"]
+        if cmd not in _REQUEST_KEYS:
+            return _error(
+                f"unknown cmd {_shown.repr(cmd)}; use status, add, remove, rotate or stop"
+            )
+        unknown = [k for k in req if k != "cmd" and k not in _REQUEST_KEYS[cmd]]
+        if unknown:
+            allowed = ", ".join(("cmd", *_REQUEST_KEYS[cmd]))
+            return _error(
+                f"{cmd}: unknown key(s) {_shown.repr(sorted(unknown))}; allowed: {allowed}"
+            )
+        name = req.get("name")
+        if cmd in ("remove", "rotate") and not (
+            isinstance(name, str) or (cmd == "rotate" and name is None)
+        ):
+            return _error(
+                f'{cmd}: "name" must be a channel name (a string), not {_shown.repr(name)}'
+            )
         try:
             if cmd == "status":
                 return self.status()
             if cmd == "add":
-                ch = self.add_channel(req.get("channel"))
+                if "channel" not in req:
+                    return _error('add: "channel" is missing: {name, port, schema, ...}')
+                ch = self.add_channel(req["channel"])
                 return {"ok": True, "name": ch.name, "id": ch.id, "port": ch.port}
             if cmd == "remove":
-                self.remove_channel(req.get("name"))
+                self.remove_channel(name)
                 return {"ok": True}
             if cmd == "rotate":
-                self.rotate(req.get("name"))
+                self.rotate(name)
                 return {"ok": True}
-            if cmd == "stop":
-                self.request_stop()
-                return {"ok": True}
-        except (SpeedDataError, ValueError, KeyError) as exc:
+            self.request_stop()
+            return {"ok": True}
+        except (SpeedDataError, ValueError, KeyError, OSError) as exc:
             return _error(str(exc))
         except Exception as exc:  # a bug: answer, log, keep serving
-            log.exception("control request %r failed", req)
-            return _error(f"internal error: {exc!r} (see the relay's log)")
-        return _error(f"unknown cmd {cmd!r}; use status, add, remove, rotate or stop")
+            log.exception("control request %s failed", _shown.repr(req))
+            return _error(f"internal error: {_shown.repr(exc)} (see the relay's log)")
 
     # -- threads -----------------------------------------------------------------------
 
@@ -574,29 +689,72 @@ class Relay:
             self.request_stop()
 
     def _control_loop(self) -> None:
+        """Answer requests and publish the status once a second. No request, however
+        malformed, stops or wedges it: each gets a reply (or, past ZMQ_MAXMSGSIZE, its
+        connection is dropped by ZeroMQ), a refused one is logged, the next is served."""
         poller = zmq.Poller()
         poller.register(self._rep, zmq.POLLIN)
         next_publish = time.monotonic()
+        publish_failed = False
         try:
             while not self._stop.is_set():
                 timeout = max(0.0, min(next_publish - time.monotonic(), 0.2))
-                if poller.poll(int(timeout * 1000)):
-                    raw = self._rep.recv()
-                    try:
-                        req = json.loads(raw)
-                    except (ValueError, UnicodeDecodeError) as exc:
-                        reply = _error(f"the request is not JSON: {exc}")
-                    else:
-                        reply = self.handle(req)
-                    self._rep.send(json.dumps(reply).encode())
+                if poller.poll(int(timeout * 1000)) and not self._serve_request():
+                    poller = zmq.Poller()  # the REP socket was replaced
+                    poller.register(self._rep, zmq.POLLIN)
                 if time.monotonic() >= next_publish:
-                    self._pub.send(json.dumps(self.status()).encode())
                     next_publish = time.monotonic() + PUBLISH_INTERVAL
+                    try:
+                        status = self.status()
+                        self.problems.update(time.monotonic(), status)
+                        self._pub.send(json.dumps(status).encode())
+                        publish_failed = False
+                    except Exception:
+                        if not publish_failed:  # once until it works again
+                            log.exception("publishing the status failed; trying every second")
+                        publish_failed = True
         except BaseException:
             if not self._stop.is_set():
                 log.exception("the control thread failed; stopping the relay")
                 self.exit_code = 1
                 self.request_stop()
+
+    def _serve_request(self) -> bool:
+        """Receive one request, send its reply; False when the REP socket had to be
+        replaced (a reply it could not send)."""
+        try:
+            frames = self._rep.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return True
+        try:
+            reply = self.answer(frames)
+        except Exception as exc:  # answer() never raises; kept so that nothing can
+            log.exception("control request failed")
+            reply = _error(f"internal error: {_shown.repr(exc)} (see the relay's log)")
+        if not reply.get("ok"):
+            log.warning("control request refused: %s", reply.get("error"))
+        try:
+            self._rep.send(json.dumps(reply).encode())
+        except zmq.ZMQError as exc:
+            log.error("cannot send a control reply (%s); reopening %s", exc,
+                      self.config.relay.control)
+            self._reopen_rep()
+            return False
+        return True
+
+    def _reopen_rep(self) -> None:
+        """A fresh REP socket on relay.control (one that cannot reply is stuck for good)."""
+        self._rep.close(linger=0)
+        self._rep = self._ctx.socket(zmq.REP)
+        self._rep.setsockopt(zmq.LINGER, 0)
+        self._rep.setsockopt(zmq.MAXMSGSIZE, CONTROL_MESSAGE_LIMIT)
+        for _ in range(50):  # tcp:// may need a moment until the old bind is gone
+            try:
+                self._rep.bind(self.config.relay.control)
+                return
+            except zmq.ZMQError:
+                time.sleep(0.1)
+        raise RelayError(f"cannot bind relay.control {self.config.relay.control} again")
 
     def _retention_loop(self) -> None:
         last_segments = -1
@@ -693,7 +851,118 @@ class Relay:
 
 
 def _error(message: str) -> dict:
+    if len(message) > ERROR_LIMIT:
+        message = message[: ERROR_LIMIT - 3] + "..."
     return {"ok": False, "error": message}
+
+
+def _errno_text(code: int | None) -> str | None:
+    """``"ENOSPC: No space left on device"`` for an errno, None for 0/None."""
+    if not code:
+        return None
+    return f"{errno.errorcode.get(code, f'errno {code}')}: {os.strerror(code)}"
+
+
+class ProblemLog:
+    """Says in the log why records are missing, from the status the control thread
+    makes once a second (so the engines' loops never log): the first reject of each
+    channel and reason, the first storing failure of a channel (with its errno), then
+    at most one summary per channel every PROBLEM_SUMMARY_INTERVAL seconds while it goes
+    on, and when storing works again."""
+
+    def __init__(self, interval: float | None = None):
+        self.interval = PROBLEM_SUMMARY_INTERVAL if interval is None else interval
+        self.seen_reasons: set[tuple[str, str]] = set()
+        self.rejects: dict[str, dict[str, int]] = {}  # at the last summary
+        self.reject_due: dict[str, float] = {}
+        self.failed: dict[str, int] = {}  # store_failed at the last summary
+        self.failing: dict[str, bool] = {}
+        self.store_due: dict[str, float] = {}
+        self.last_failed: dict[str, int] = {}
+
+    def update(self, now: float, status: dict) -> None:
+        rows = [(ch["name"], ch) for ch in status.get("channels", [])]
+        if status.get("shared"):
+            rows.append(("(shared port)", status["shared"]))
+        for name, row in rows:
+            self._rejects(now, name, row.get("rejects") or {}, row)
+            if name != "(shared port)":
+                self._store(now, name, row.get("counters") or {})
+
+    def _rejects(self, now: float, name: str, reasons: dict, row: dict) -> None:
+        for reason in sorted(reasons):
+            if (name, reason) not in self.seen_reasons:
+                self.seen_reasons.add((name, reason))
+                extra = ""
+                if reason == "unknown_fingerprint" and row.get("unknown_fingerprints"):
+                    fps = ", ".join(sorted(row["unknown_fingerprints"]))
+                    extra = f" (fingerprints: {fps})"
+                log.warning(
+                    "channel %s: rejected a datagram: %s%s; the status counts rejects by "
+                    "reason (speeddata relay status)",
+                    name,
+                    reason,
+                    extra,
+                )
+                if name not in self.rejects:  # the summaries count from here
+                    self.rejects[name] = dict(reasons)
+                    self.reject_due[name] = now + self.interval
+        last = self.rejects.get(name)
+        if last is None or now < self.reject_due.get(name, now):
+            return
+        grown = {r: n - last.get(r, 0) for r, n in reasons.items() if n > last.get(r, 0)}
+        if grown:
+            log.warning(
+                "channel %s: %d datagram(s) rejected in the last %.0f s: %s",
+                name,
+                sum(grown.values()),
+                self.interval,
+                ", ".join(f"{r} {n}" for r, n in sorted(grown.items())),
+            )
+        self.rejects[name] = dict(reasons)
+        self.reject_due[name] = now + self.interval
+
+    def _store(self, now: float, name: str, counters: dict) -> None:
+        failed = counters.get("store_failed", 0)
+        previous = self.last_failed.get(name, 0)
+        self.last_failed[name] = failed
+        why = _errno_text(counters.get("store_errno")) or "unknown error"
+        if failed > previous and not self.failing.get(name):
+            self.failing[name] = True
+            hint = ""
+            if counters.get("store_errno") in (errno.ENOSPC, errno.EDQUOT):
+                hint = " (free space on the cache's file system, or lower cache.budget)"
+            log.warning(
+                "channel %s: cannot store datagrams: %s%s; multicast goes on, retrying "
+                "every second",
+                name,
+                why,
+                hint,
+            )
+            self.failed[name] = previous
+            self.store_due[name] = now + self.interval
+            return
+        if not self.failing.get(name):
+            return
+        if failed == previous:  # nothing failed since the last look: storing again
+            self.failing[name] = False
+            log.warning(
+                "channel %s: storing again (%d datagram(s) were not stored)",
+                name,
+                failed - self.failed.get(name, 0),
+            )
+            self.failed[name] = failed
+            return
+        if now >= self.store_due.get(name, now):
+            log.warning(
+                "channel %s: %d datagram(s) not stored in the last %.0f s: %s",
+                name,
+                failed - self.failed.get(name, 0),
+                self.interval,
+                why,
+            )
+            self.failed[name] = failed
+            self.store_due[name] = now + self.interval
 
 
 def _replace_id(ch: ChannelConfig, cid: int) -> ChannelConfig:
@@ -703,47 +972,66 @@ def _replace_id(ch: ChannelConfig, cid: int) -> ChannelConfig:
 
 
 def _channel_from_json(raw: dict, base: Path | None) -> ChannelConfig:
-    """A channel from an ``add`` request or relay-channels.json; RelayError names the key."""
+    """A channel from an ``add`` request or relay-channels.json; RelayError names the key.
+
+    Every field is checked for type and form before anything is used."""
     if not isinstance(raw, dict):
         raise RelayError('"channel" must be an object: {name, port, schema, ...}')
     unknown = set(raw) - {"name", "port", "schema", "decimation", "time", "id"}
     if unknown:
         raise RelayError(
-            f"channel: unknown key(s) {sorted(unknown)}; "
+            f"channel: unknown key(s) {_shown.repr(sorted(unknown))}; "
             "allowed: name, port, schema, decimation, time, id"
         )
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise RelayError(
-            f"channel.name {name!r}: use letters, digits, '_', '-', '.' (max 64), "
-            "starting with a letter or '_'"
-        )
+    why = channel_name_error(name)
+    if why:
+        raise RelayError(f"channel.name: {why}")
     port = raw.get("port")
     if port is not None and (
         isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
     ):
-        raise RelayError(f"channel.port {port!r}: must be 1..65535, or null for shared-port only")
+        raise RelayError(
+            f"channel.port {_shown.repr(port)}: must be 1..65535, or null for shared-port only"
+        )
     decimation = raw.get("decimation", 1)
-    if isinstance(decimation, bool) or not isinstance(decimation, int) or decimation < 1:
-        raise RelayError(f"channel.decimation {decimation!r}: must be an integer >= 1")
+    if (
+        isinstance(decimation, bool)
+        or not isinstance(decimation, int)
+        or not 1 <= decimation < 2**32
+    ):
+        raise RelayError(
+            f"channel.decimation {_shown.repr(decimation)}: must be an integer from 1 to "
+            "2**32-1"
+        )
     cid = raw.get("id")
     if isinstance(cid, bool) or not isinstance(cid, int) or not 0 < cid < 2**32:
-        raise RelayError(f"channel.id {cid!r}: must be an integer from 1 to 2**32-1")
+        raise RelayError(f"channel.id {_shown.repr(cid)}: must be an integer from 1 to 2**32-1")
     time_field = raw.get("time")
-    if time_field is not None and not isinstance(time_field, str):
-        raise RelayError(f"channel.time {time_field!r}: must be a field name")
+    if time_field is not None and (not isinstance(time_field, str) or len(time_field) > 256):
+        raise RelayError(f"channel.time {_shown.repr(time_field)}: must be a field name")
     source = raw.get("schema")
     if isinstance(source, str) and not source.lstrip().startswith("{"):
+        if not source or len(source) > 4096 or "\0" in source:
+            raise RelayError(
+                f"channel.schema {_shown.repr(source)}: not a file path (1 to 4096 "
+                "characters, no NUL)"
+            )
         path = Path(source)
         if not path.is_absolute() and base is not None:
             path = base / path
         source = path
     elif not isinstance(source, (dict, str)):
-        raise RelayError("channel.schema: give the schema as a JSON object or an .avsc path")
+        raise RelayError(
+            "channel.schema: give the schema as a JSON object or an .avsc path, not "
+            f"{_shown.repr(source)}"
+        )
     try:
         schema = Schema(source, time=time_field)
     except SchemaError as exc:
         raise RelayError(f"channel.schema: {exc}") from exc
+    except RecursionError:
+        raise RelayError("channel.schema: nested too deeply") from None
     if isinstance(source, Path):
         schema = Schema(schema.avsc, time=time_field)  # kept inline from now on
     return ChannelConfig(name, port, schema, cid, decimation, schema.time_field)
@@ -760,43 +1048,7 @@ def _channel_to_json(ch: ChannelConfig) -> dict:
     }
 
 
-# -- command line ----------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``speeddata relay`` (and ``speeddata relay status``)."""
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
-    )
-    parser.add_argument(
-        "--workers", type=int, metavar="N", help="engine threads (default: relay.workers)"
-    )
-    parser.add_argument(
-        "--engine",
-        choices=("compiled", "python"),
-        help="relay engine (default: compiled when built, else python)",
-    )
-    sub = parser.add_subparsers(dest="relay_command", metavar="{status}")
-    status = sub.add_parser(
-        "status",
-        help="print a running relay's per-channel counters",
-        description="Ask a running relay (over its ZeroMQ control socket) for its status.",
-    )
-    status.add_argument(
-        "-c",
-        "--config",
-        dest="status_config",
-        metavar="FILE",
-        help="config file whose relay.control to ask",
-    )
-    status.add_argument(
-        "--control", metavar="ENDPOINT", help="relay control endpoint (overrides the config)"
-    )
-    status.add_argument("--watch", action="store_true", help="refresh once a second until Ctrl-C")
-    status.add_argument("--json", action="store_true", help="print the raw status JSON")
-    status.add_argument(
-        "--timeout", type=float, default=3.0, metavar="S", help="seconds to wait for a reply"
-    )
+# -- process ----------------------------------------------------------------------------
 
 
 def die_with_parent() -> None:
@@ -817,72 +1069,7 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def run(args: argparse.Namespace) -> int:
-    """``speeddata relay``: run until SIGINT/SIGTERM or a stop request; 0 when stopped."""
-    if getattr(args, "relay_command", None) == "status":
-        return run_status(args)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s speeddata relay: %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
-    config = load_config(args.config)
-    relay = Relay(config, engine=args.engine, workers=args.workers)
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, relay.stop_from_signal)
-    die_with_parent()
-    try:
-        relay.start()
-        relay.wait()
-    finally:
-        relay.close()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return relay.exit_code
+if __name__ == "__main__":  # python -m speeddata.relay: the command `speeddata relay`
+    from .commands.relay import main
 
-
-def run_status(args: argparse.Namespace) -> int:
-    """``speeddata relay status``: one table, or a refreshing one with ``--watch``."""
-    endpoint = args.control
-    if endpoint is None:
-        endpoint = load_config(args.status_config or args.config).relay.control
-    try:
-        while True:
-            status = request(endpoint, {"cmd": "status"}, timeout=args.timeout)
-            if args.json:
-                text = json.dumps(status, indent=2)
-            else:
-                text = format_status(status)
-            if args.watch:
-                sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
-                sys.stdout.flush()
-                time.sleep(1.0)
-            else:
-                print(text)
-                return 0
-    except KeyboardInterrupt:
-        return 0
-    except ControlError as exc:
-        raise RelayError(str(exc)) from None
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m speeddata.relay``: same as ``speeddata relay``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m speeddata.relay",
-        description="run the relay: UDP in, cache, multicast out",
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except SpeedDataError as exc:
-        print(f"speeddata relay: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
     sys.exit(main())

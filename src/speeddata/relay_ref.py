@@ -23,7 +23,7 @@ lock, so ``add_channel``, ``remove_channel``, ``rotate`` and ``stats`` are safe 
 
 from __future__ import annotations
 
-import logging
+import errno
 import selectors
 import socket
 import struct
@@ -35,12 +35,9 @@ from pathlib import Path
 from . import wire
 from .cache import SegmentWriter, ocf_header
 from .config import ChannelConfig, MulticastConfig
-from .schema import OP_UNION
-from .validate import PyValidator, _skip, read_varint
+from .validate import PyValidator
 
-__all__ = ["PyEngine", "COUNTERS", "SHARED_CHANNEL_ID"]
-
-log = logging.getLogger("speeddata.relay")
+__all__ = ["PyEngine", "COUNTERS", "FUTURE_NS", "SHARED_CHANNEL_ID"]
 
 #: The per-channel counters of ``stats()``, in the order of docs/relay-internals.md.
 COUNTERS = (
@@ -57,7 +54,15 @@ COUNTERS = (
     "blocks",
     "segments",
     "t_newest",
+    "time_backwards",
+    "time_future",
+    "store_errno",
 )
+
+#: A source time more than this far ahead of its datagram's receive time counts as
+#: ``time_future`` (docs/relay-internals.md, "Source clocks"): well above clock skew and
+#: batching, below every time-zone offset (30 min and more) stamped as UTC.
+FUTURE_NS = 600 * 1_000_000_000
 
 #: ``stats()`` key of the shared port's pseudo channel.
 SHARED_CHANNEL_ID = 0
@@ -68,6 +73,13 @@ SHARED_CHANNEL_ID = 0
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+# socket(7) SO_MEMINFO: u32[SK_MEMINFO_VARS]; entry SK_MEMINFO_DROPS (linux/sock_diag.h) is
+# the socket's drop count now (sk_drops), which SO_RXQ_OVFL hands out only with the next
+# datagram.
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8
+#: distinct unknown fingerprints counted on the shared port (as the compiled engine)
+UNKNOWN_FP_SLOTS = 16
 _TIMESPEC = struct.Struct("@qq")
 _U32 = struct.Struct("@I")
 _ANCILLARY_SIZE = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_U32.size)
@@ -97,6 +109,28 @@ class _Accepted:
     t_max: int
 
 
+class _Drops:
+    """A socket's drop count from SO_MEMINFO, read at every ``stats()`` (the compiled
+    engine's ``read_drops``)."""
+
+    def __init__(self):
+        self.last = 0  # SK_MEMINFO_DROPS at the last read (u32)
+        self.seen = 0  # drops counted from those reads
+
+    def read(self, sock: socket.socket | None) -> None:
+        if sock is None or sock.fileno() < 0:
+            return
+        try:
+            mem = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+        except OSError:
+            return  # kernels before 4.6: SO_RXQ_OVFL's count only
+        if len(mem) < 4 * (SK_MEMINFO_DROPS + 1):
+            return
+        now = _U32.unpack_from(mem, 4 * SK_MEMINFO_DROPS)[0]
+        self.seen += (now - self.last) & 0xFFFFFFFF
+        self.last = now
+
+
 @dataclass
 class _Channel:
     """Engine state of one channel."""
@@ -106,14 +140,16 @@ class _Channel:
     validator: PyValidator
     counters: dict = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     seq: int = 0
+    t_last: int = 0  # largest source time of the previous accepted datagram
     announce_seq: int = 0
     next_announce: float = 0.0  # time.monotonic() of its next announce
     writer: SegmentWriter | None = None
     retry_open_at: float = 0.0  # time.monotonic() before which no segment is opened
-    store_failing: bool = False
     last_open_ns: int = 0
     pending: list = field(default_factory=list)
     rejected_file: object = None
+    rejects: dict = field(default_factory=dict)  # reason -> datagrams
+    drops: _Drops = field(default_factory=_Drops)
 
     @property
     def id(self) -> int:
@@ -154,6 +190,9 @@ class PyEngine:
         self._channels: dict[int, _Channel] = {}
         self._shared: socket.socket | None = None
         self._shared_counters = dict.fromkeys(COUNTERS, 0)
+        self._shared_rejects: dict[str, int] = {}
+        self._shared_drops = _Drops()
+        self._unknown_fps: dict[bytes, int] = {}
         self._shared_rejected_file = None
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -188,6 +227,8 @@ class PyEngine:
         with self._lock:
             if self._shared is not None:
                 self._selector.unregister(self._shared)
+                self._shared_drops.read(self._shared)  # what it dropped stays counted
+                self._shared_drops.last = 0
             _set_receive_options(sock)
             self._shared = sock
             self._selector.register(sock, selectors.EVENT_READ, ("shared", None))
@@ -255,10 +296,29 @@ class PyEngine:
     def stats(self) -> dict[int, dict[str, int]]:
         """``{channel_id: {counter: value}}``; the shared port's pseudo channel is ``0``."""
         with self._lock:
-            out = {cid: dict(ch.counters) for cid, ch in self._channels.items()}
+            out = {}
+            for cid, ch in self._channels.items():
+                ch.drops.read(ch.sock)
+                out[cid] = _with_drops(ch.counters, ch.drops)
             if self._shared is not None:
-                out[SHARED_CHANNEL_ID] = dict(self._shared_counters)
+                self._shared_drops.read(self._shared)
+                out[SHARED_CHANNEL_ID] = _with_drops(self._shared_counters, self._shared_drops)
             return out
+
+    def rejects(self) -> dict[int, dict[str, int]]:
+        """``{channel_id: {reason: n}}``: rejected datagrams by reason (names of
+        ``speeddata.validate.REJECT_REASONS``); the shared port's pseudo channel is 0."""
+        with self._lock:
+            out = {cid: dict(ch.rejects) for cid, ch in self._channels.items()}
+            if self._shared is not None:
+                out[SHARED_CHANNEL_ID] = dict(self._shared_rejects)
+            return out
+
+    def unknown_fingerprints(self) -> dict[str, int]:
+        """``{fingerprint hex: datagrams}`` that came to the shared port with a fingerprint
+        no channel has (the first 16 distinct ones)."""
+        with self._lock:
+            return {fp.hex(): n for fp, n in self._unknown_fps.items()}
 
     def open_segments(self) -> set[Path]:
         """Paths of the ``.avro`` files being written."""
@@ -274,11 +334,13 @@ class PyEngine:
                 raise RuntimeError("close() while run() executes; stop() and join first")
             self._closed = True
             for ch in self._channels.values():
+                ch.drops.read(ch.sock)  # the sockets' last word, before letting go
                 self._close_segment(ch)
                 if ch.rejected_file is not None:
                     ch.rejected_file.close()
             if self._shared_rejected_file is not None:
                 self._shared_rejected_file.close()
+            self._shared_drops.read(self._shared)
             self._selector.close()
             self._mcast.close()
             self._wake_r.close()
@@ -291,10 +353,14 @@ class PyEngine:
             got = _receive(ch.sock, ch.counters)
             if got is None:
                 return
-            data, recv_ns = got
-            n_records, _, t_min, t_max = ch.validator.check(data)
-            if n_records < 0:
+            data, recv_ns = got[:2]
+            if got[2]:
+                reason = "oversize"
+            else:
+                n_records, _, t_min, t_max, reason = ch.validator.check_with_reason(data)
+            if reason is not None:
                 ch.counters["rejected"] += 1
+                ch.rejects[reason] = ch.rejects.get(reason, 0) + 1
                 ch.rejected_file = self._keep_rejected(ch.rejected_file, ch.name, data, recv_ns)
                 continue
             self._accept(ch, data, recv_ns, n_records, t_min, t_max)
@@ -305,10 +371,11 @@ class PyEngine:
             got = _receive(self._shared, counters)
             if got is None:
                 return
-            data, recv_ns = got
-            routed = self._route(data)
-            if routed is None:
+            data, recv_ns = got[:2]
+            routed = "oversize" if got[2] else self._route(data)
+            if isinstance(routed, str):
                 counters["rejected"] += 1
+                self._shared_rejects[routed] = self._shared_rejects.get(routed, 0) + 1
                 self._shared_rejected_file = self._keep_rejected(
                     self._shared_rejected_file, "shared", data, recv_ns
                 )
@@ -317,40 +384,39 @@ class PyEngine:
             self._accept(ch, payload, recv_ns, n_records, t_min, t_max)
 
     def _route(self, data: bytes):
-        """Strip the single-object framing -> ``(channel, records, check)`` or None.
+        """Strip the single-object framing -> ``(channel, records, check)``, or the name
+        of the reject reason (as the compiled engine's ``_route``).
 
         Every record must be preceded by ``C3 01`` and one and the same fingerprint, one of
         a channel's (``Schema.fingerprints``), and be a valid record of that channel's schema.
         """
         end = len(data)
+        if end == 0:
+            return "empty"
+        if end < _SINGLE_OBJECT_PREFIX or data[:2] != _SINGLE_OBJECT_MARKER:
+            return "not_single_object"
+        fingerprint = data[2:_SINGLE_OBJECT_PREFIX]
+        ch = self._channel_by_fingerprint(fingerprint)
+        if ch is None:
+            if fingerprint in self._unknown_fps or len(self._unknown_fps) < UNKNOWN_FP_SLOTS:
+                self._unknown_fps[fingerprint] = self._unknown_fps.get(fingerprint, 0) + 1
+            return "unknown_fingerprint"
         pos = 0
-        ch = None
-        first = None
         records = []
         while pos < end:
-            if end - pos < _SINGLE_OBJECT_PREFIX or data[pos : pos + 2] != _SINGLE_OBJECT_MARKER:
-                return None
-            fingerprint = data[pos + 2 : pos + _SINGLE_OBJECT_PREFIX]
-            if ch is None:
-                ch = self._channel_by_fingerprint(fingerprint)
-                if ch is None:
-                    return None
-                first = fingerprint
-            elif fingerprint != first:
-                return None
-            pos += _SINGLE_OBJECT_PREFIX
-            record_end = _record_end(ch.validator, data, pos)
-            if record_end is None:
-                return None
-            records.append(data[pos:record_end])
-            pos = record_end
-        if ch is None:
-            return None  # empty datagram
+            if end - pos < _SINGLE_OBJECT_PREFIX:
+                return "trailing_bytes"  # after whole objects: pos > 0 here
+            if data[pos : pos + 2] != _SINGLE_OBJECT_MARKER:
+                return "not_single_object"
+            if data[pos + 2 : pos + _SINGLE_OBJECT_PREFIX] != fingerprint:
+                return "mixed_fingerprints"
+            r = ch.validator.record(data, pos + _SINGLE_OBJECT_PREFIX)
+            if isinstance(r, str):
+                return "trailing_bytes" if r == "truncated" and pos > 0 else r
+            records.append(data[pos + _SINGLE_OBJECT_PREFIX : r[0]])
+            pos = r[0]
         payload = b"".join(records)
-        check = ch.validator.check(payload)
-        if check[0] != len(records):
-            return None
-        return ch, payload, check
+        return ch, payload, ch.validator.check(payload)
 
     def _channel_by_fingerprint(self, fingerprint: bytes) -> _Channel | None:
         # Two channels with the same schema share a fingerprint: the lowest id gets the data.
@@ -377,6 +443,12 @@ class PyEngine:
         else:
             scale = ch.config.schema.time_scale
             t_min, t_max = t_min * scale, t_max * scale
+            # Source clocks (docs/relay-internals.md): flagged, stored as sent.
+            if c["datagrams"] and t_min < ch.t_last:
+                c["time_backwards"] += 1
+            if t_max > recv_ns + FUTURE_NS:
+                c["time_future"] += 1
+            ch.t_last = t_max
         c["datagrams"] += 1
         c["records"] += n_records
         c["bytes"] += len(payload)
@@ -474,20 +546,12 @@ class PyEngine:
             return False
         ch.last_open_ns = t_open_ns
         ch.counters["segments"] += 1
-        if ch.store_failing:
-            ch.store_failing = False
-            log.warning("channel %s: storing again in %s", ch.name, ch.writer.segment.avro)
         return True
 
     def _store_failed(self, ch: _Channel, exc: OSError) -> None:
+        """Retry in a second; the relay logs the failure from ``store_errno``."""
         ch.retry_open_at = time.monotonic() + 1.0
-        if not ch.store_failing:
-            ch.store_failing = True
-            log.warning(
-                "channel %s: cannot store datagrams (%s); multicast goes on, retrying every second",
-                ch.name,
-                exc,
-            )
+        ch.counters["store_errno"] = exc.errno or errno.EIO
 
     def _close_segment(self, ch: _Channel) -> None:
         if ch.writer is not None:
@@ -495,7 +559,7 @@ class PyEngine:
             try:
                 writer.close()
             except OSError as exc:  # trimming frees space, so this is unexpected
-                log.error("channel %s: closing %s failed: %s", ch.name, writer.segment.avro, exc)
+                ch.counters["store_errno"] = exc.errno or errno.EIO
 
     # -- periodic ----------------------------------------------------------------------
 
@@ -544,14 +608,15 @@ def _set_receive_options(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
 
 
-def _receive(sock: socket.socket, counters: dict) -> tuple[bytes, int] | None:
-    """One datagram and its kernel receive time (ns), or None when none is queued.
+def _receive(sock: socket.socket, counters: dict) -> tuple[bytes, int, bool] | None:
+    """One datagram, its kernel receive time (ns) and whether it was larger than the
+    receive buffer (MSG_TRUNC), or None when none is queued.
 
     Updates ``counters["kernel_drops"]`` from SO_RXQ_OVFL (a cumulative count the kernel
     attaches once the socket has dropped something).
     """
     try:
-        data, ancillary, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_SIZE)
+        data, ancillary, flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY_SIZE)
     except (BlockingIOError, InterruptedError):
         return None
     recv_ns = None
@@ -566,28 +631,14 @@ def _receive(sock: socket.socket, counters: dict) -> tuple[bytes, int] | None:
             counters["kernel_drops"] = max(counters["kernel_drops"], drops)
     if recv_ns is None:
         recv_ns = time.time_ns()
-    return data, recv_ns
+    return data, recv_ns, bool(flags & socket.MSG_TRUNC)
 
 
-def _record_end(validator: PyValidator, data: bytes, pos: int) -> int | None:
-    """End of the one record starting at ``pos``, or None if it is not a valid record."""
-    program = validator.program
-    i = 0
-    while i < len(program):
-        op, arg = program[i]
-        if op == OP_UNION:
-            r = read_varint(data, pos, 10)
-            if r is None or not 0 <= r[0] <= 1:
-                return None
-            pos = r[1]
-            i += 2 if r[0] == arg else 1  # the null branch skips the value's op
-            continue
-        r = _skip(data, pos, op, arg)
-        if r is None:
-            return None
-        pos = r[0]
-        i += 1
-    return pos
+def _with_drops(counters: dict, drops: _Drops) -> dict:
+    """The counters, with the larger of SO_RXQ_OVFL's and SO_MEMINFO's drop counts."""
+    out = dict(counters)
+    out["kernel_drops"] = max(out["kernel_drops"], drops.seen)
+    return out
 
 
 def _drain(sock: socket.socket) -> None:

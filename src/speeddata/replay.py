@@ -34,7 +34,7 @@ import numpy as np
 
 from .cache import Segment
 from .schema import Schema, SchemaError
-from .source import DEFAULT_MAX_DATAGRAM, Source, SourceError, _lookup, _with_time
+from .source import DEFAULT_MAX_DATAGRAM, Source, SourceError, lookup_path, with_path
 
 __all__ = ["ReplayStats", "replay", "file_schema"]
 
@@ -158,7 +158,7 @@ def replay(
                         _sleep_until(due)
                 if now and time_path is not None:  # after the wait: never ahead of sending
                     stamp = _now_stamp(t_ns, first_ns, start_ns, speed)
-                    record = _with_time(record, time_path, stamp // scale)
+                    record = with_path(record, time_path, stamp // scale)
                 pending.append(record)
                 if len(pending) >= 4096:
                     _flush(src, pending)
@@ -182,7 +182,7 @@ def _record_ns(
     record: dict, time_path: str | None, scale: int, recv_ns: np.ndarray | None, k: int
 ) -> int | None:
     if time_path is not None:
-        value: Any = _lookup(record, time_path)
+        value: Any = lookup_path(record, time_path)
         if hasattr(value, "timestamp"):  # fastavro gives datetimes for -millis/-micros
             return round(value.timestamp() * 1e6) * 1000
         return int(value) * scale

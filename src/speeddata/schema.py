@@ -18,6 +18,8 @@ column decoder all walk the same program, so they agree on the layout by constru
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -32,6 +34,8 @@ from .errors import SpeedDataError
 __all__ = [
     "Schema",
     "SchemaError",
+    "SCHEMA_FILE_LIMIT",
+    "read_schema_file",
     "Signal",
     "apache_python_canonical_form",
     "OP_NULL",
@@ -296,11 +300,7 @@ class Schema:
             isinstance(source, str) and not source.lstrip().startswith("{")
         ):
             self.path = Path(source)
-            try:
-                text = self.path.read_text()
-            except OSError as exc:
-                raise SchemaError(f"{self.path}: cannot read schema file ({exc.strerror})") from exc
-            avsc = _loads(text, str(self.path))
+            avsc = _loads(read_schema_file(self.path), str(self.path))
         else:
             avsc = _loads(source, "schema")
         where = f"{self.path}: " if self.path else ""
@@ -311,6 +311,8 @@ class Schema:
             compiler.record(avsc, "")
         except SchemaError as exc:
             raise SchemaError(f"{where}{exc}") from None
+        except RecursionError:
+            raise SchemaError(f"{where}records nested too deeply") from None
         try:
             self.parsed = parse_schema(avsc)
         except Exception as exc:  # fastavro raises several types for invalid schemas
@@ -518,3 +520,51 @@ def _loads(text: str, where: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{where}: not valid JSON: {exc}") from exc
+    except RecursionError:
+        raise SchemaError(f"{where}: JSON nested too deeply") from None
+
+
+#: the largest .avsc file a schema is read from
+SCHEMA_FILE_LIMIT = 1 << 20
+
+
+def read_schema_file(path: Path) -> str:
+    """The text of the schema file ``path``: a regular file of at most SCHEMA_FILE_LIMIT
+    bytes of UTF-8, read so that nothing can block or flood the caller (a FIFO, a device
+    such as /dev/zero, a directory are refused before a byte is read). SchemaError says
+    what is wrong."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading never waits for a writer (fifo(7))
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise SchemaError(f"{path}: cannot read schema file ({why})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise SchemaError(f"{path}: cannot read schema file ({kind}); give an .avsc file")
+        if st.st_size > SCHEMA_FILE_LIMIT:
+            raise SchemaError(
+                f"{path}: a schema file is at most {SCHEMA_FILE_LIMIT} bytes, this one has "
+                f"{st.st_size}"
+            )
+        chunks = []
+        got = 0
+        while got <= SCHEMA_FILE_LIMIT:  # the file may grow while it is read
+            try:
+                chunk = os.read(fd, SCHEMA_FILE_LIMIT + 1 - got)
+            except OSError as exc:
+                raise SchemaError(f"{path}: cannot read schema file ({exc.strerror})") from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > SCHEMA_FILE_LIMIT:
+            raise SchemaError(f"{path}: a schema file is at most {SCHEMA_FILE_LIMIT} bytes")
+    finally:
+        os.close(fd)
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SchemaError(f"{path}: a schema file is UTF-8 JSON ({exc})") from None

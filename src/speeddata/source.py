@@ -1,4 +1,5 @@
-"""Send records to a relay over UDP: the library for custom sources, and ``speeddata source``.
+"""Send records to a relay over UDP: the library for custom sources (and for the demo
+source and replay of ``speeddata source``).
 
 >>> from speeddata import Source
 >>> with Source("engine", "engine.avsc", relay=("127.0.0.1", 26001)) as src:  # doctest: +SKIP
@@ -46,9 +47,7 @@ from __future__ import annotations
 import bisect
 import io
 import math
-import signal
 import socket
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from os import PathLike
@@ -74,15 +73,12 @@ from .schema import (
     Schema,
     Signal,
 )
+from .validate import validator_class
 
 try:
     from ._encode import encode_columns
 except ImportError:  # pragma: no cover - only when the extension is not built
     encode_columns = None
-try:
-    from ._validate import Validator as _Validator
-except ImportError:  # pragma: no cover - only when the extension is not built
-    from .validate import PyValidator as _Validator
 
 __all__ = [
     "Source",
@@ -92,8 +88,9 @@ __all__ = [
     "SINGLE_OBJECT_MARKER",
     "datagram_bounds",
     "encode_columns_py",
-    "add_arguments",
-    "run",
+    "lookup_path",
+    "with_path",
+    "MISSING",
 ]
 
 #: Largest UDP payload over IPv4: 65535 - 20 (IP header) - 8 (UDP header).
@@ -294,24 +291,27 @@ def _fastavro_field_names(avsc: dict) -> dict[str, str]:
     return names
 
 
-_MISSING = object()
+#: what :func:`lookup_path` returns for a path the record does not have
+MISSING = object()
 
 
-def _lookup(record: Any, path: str) -> Any:
+def lookup_path(record: Any, path: str) -> Any:
+    """The value at ``path`` (dotted, into nested records) of a record dict, or
+    :data:`MISSING`."""
     for part in path.split("."):
         if not isinstance(record, Mapping) or part not in record:
-            return _MISSING
+            return MISSING
         record = record[part]
     return record
 
 
-def _with_time(record: Mapping, path: str, value: int) -> dict:
+def with_path(record: Mapping, path: str, value: int) -> dict:
     """A shallow copy of ``record`` with ``path`` (dotted) set; the caller's dict is kept."""
     head, _, rest = path.partition(".")
     out = dict(record)
     if rest:
         inner = record.get(head)
-        out[head] = _with_time(inner if isinstance(inner, Mapping) else {}, rest, value)
+        out[head] = with_path(inner if isinstance(inner, Mapping) else {}, rest, value)
     else:
         out[head] = value
     return out
@@ -402,7 +402,7 @@ class Source:
         self._bool_guards = [(name, flat) for name, op, _, flat in self._guards if op == OP_BOOLEAN]
         self._guard_of = {g[0]: g for g in self._guards}
         #: the relay's own validator: encoded records are checked with it before sending
-        self._validator = _Validator(self.schema)
+        self._validator = validator_class()(self.schema)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             self._sock.bind((_source_address(self.relay), 0))
@@ -483,11 +483,11 @@ class Source:
                 elif tf is not None and not fill:
                     record = self._fill_nested_time(record)
                 for name, flat, lo, hi in int_guards:
-                    value = record.get(name) if flat else _lookup(record, name)
+                    value = record.get(name) if flat else lookup_path(record, name)
                     if not (type(value) is int and lo <= value <= hi):
                         self._check_field(index, record, name)
                 for name, flat in bool_guards:
-                    value = record.get(name) if flat else _lookup(record, name)
+                    value = record.get(name) if flat else lookup_path(record, name)
                     if type(value) is not bool:
                         self._check_field(index, record, name)
                 if prefix:
@@ -522,13 +522,13 @@ class Source:
 
     def _check_field(self, index: int, record: Mapping, name: str) -> None:
         _, op, nullable, flat = self._guard_of[name]
-        value = record.get(name, _MISSING) if flat else _lookup(record, name)
+        value = record.get(name, MISSING) if flat else lookup_path(record, name)
         self._check_value(index, name, op, nullable, value)
 
     def _check_value(self, index: int, name: str, op: int, nullable: bool, value: Any) -> None:
         """Raise SourceError if an int, long or boolean ``value`` would be refused by the
         relay or changed by fastavro without a word; other types are fastavro's to check."""
-        if value is _MISSING or value is None and nullable:
+        if value is MISSING or value is None and nullable:
             return  # missing: fastavro says so; None in a union: null
         sig_type = {OP_INT: "int", OP_LONG: "long", OP_BOOLEAN: "boolean"}[op]
         if op == OP_BOOLEAN:
@@ -587,8 +587,8 @@ class Source:
         )
 
     def _fill_nested_time(self, record: Mapping) -> Mapping:
-        if _lookup(record, self._time_field) is _MISSING:
-            return _with_time(record, self._time_field, time.time_ns() // self._time_scale)
+        if lookup_path(record, self._time_field) is MISSING:
+            return with_path(record, self._time_field, time.time_ns() // self._time_scale)
         return record
 
     def _record_error(self, index: int, record: Any, exc: Exception) -> SourceError:
@@ -608,8 +608,8 @@ class Source:
                 merged.setdefault(path, (err.datum, []))[1].append(err.schema)
             problems = []
             for path, (datum, types) in merged.items():
-                value = _lookup(record, path)
-                got = "missing" if value is _MISSING else f"got {datum!r} ({type(datum).__name__})"
+                value = lookup_path(record, path)
+                got = "missing" if value is MISSING else f"got {datum!r} ({type(datum).__name__})"
                 problems.append(f"field {path!r}: {got}, expected {_type_text(types)}")
             first, (datum, _) = next(iter(merged.items()))
             return SourceError(
@@ -618,7 +618,7 @@ class Source:
         except Exception:  # the validator itself failed: fall back to the writer's message
             pass
         for sig in self.schema.signals:
-            value = _lookup(record, sig.name)
+            value = lookup_path(record, sig.name)
             if sig.type == "string" and isinstance(value, str):
                 try:
                     value.encode("utf-8")
@@ -974,188 +974,3 @@ class Source:
         self.n_datagrams += 1
         self.n_records += n_records
         self.n_bytes += len(payload)
-
-
-# -- the command ------------------------------------------------------------------------
-
-
-def add_arguments(parser) -> None:
-    """Arguments of ``speeddata source``."""
-    parser.add_argument("--demo", action="store_true", help="send the built-in demo signals")
-    parser.add_argument(
-        "--replay",
-        nargs="+",
-        metavar="FILE",
-        help=(
-            "send the records of .avro files (cache segments, in order) to their channel, "
-            "paced by their time field (or a segment's receive times)"
-        ),
-    )
-    parser.add_argument(
-        "--channel",
-        metavar="NAME",
-        help="with --replay: the config channel to send to (default: the one the file names)",
-    )
-    parser.add_argument(
-        "--port", type=int, metavar="N", help="with --replay: send to this port, not the config's"
-    )
-    parser.add_argument(
-        "--speed",
-        type=float,
-        default=1.0,
-        metavar="X",
-        help="with --replay: 2 = twice as fast as recorded, 0 = as fast as possible (default 1)",
-    )
-    parser.add_argument(
-        "--now",
-        action="store_true",
-        help="with --replay: shift the time field so the first record is stamped now",
-    )
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
-    )
-    parser.add_argument(
-        "--rate",
-        action="append",
-        default=[],
-        metavar="X|CH=HZ",
-        help=(
-            "a number multiplies every channel's demo rate (2 = twice as fast); CH=HZ sets one "
-            "channel's rate in records/s; repeat or comma-separate, e.g. --rate 2 --rate "
-            "power=5000. Demo rates: engine 100, power 1000, status 1, others 10 records/s"
-        ),
-    )
-    parser.add_argument(
-        "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
-    )
-    parser.add_argument(
-        "--channels",
-        action="append",
-        default=[],
-        metavar="A,B",
-        help="send only these channels (comma-separated or repeated; default: all)",
-    )
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help=(
-            "relay host (default 127.0.0.1). Anything is accepted; tests and benchmarks must "
-            "use loopback only"
-        ),
-    )
-    parser.add_argument(
-        "--shared",
-        action="store_true",
-        help="send every channel with single-object encoding to the relay's shared port",
-    )
-    parser.add_argument(
-        "--max-datagram",
-        type=int,
-        default=DEFAULT_MAX_DATAGRAM,
-        metavar="BYTES",
-        help=f"datagram payload limit (default {DEFAULT_MAX_DATAGRAM}, max {MAX_UDP_PAYLOAD})",
-    )
-    parser.add_argument(
-        "-q", "--quiet", action="store_true", help="do not print the send rate every second"
-    )
-
-
-def run(args) -> int:
-    """``speeddata source``: run the demo source until Ctrl-C, SIGTERM or ``--duration``."""
-    from .config import load_config
-    from .demo import DemoRunner, parse_rates
-    from .relay import die_with_parent
-
-    die_with_parent()  # under `speeddata up`: stop when the supervisor dies
-    if args.demo and args.replay:
-        raise SourceError("--demo or --replay FILE..., not both")
-    if args.replay:
-        return run_replay(args)
-    if not args.demo:
-        raise SourceError("nothing to send: use --demo, or --replay FILE... to send a recording")
-    if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
-        raise SourceError(f"--duration {args.duration}: must be a number of seconds >= 0")
-    config = load_config(args.config)
-    names = [name.strip() for item in args.channels for name in item.split(",") if name.strip()]
-    multiplier, overrides = parse_rates(args.rate)
-    runner = DemoRunner(
-        config,
-        host=args.host,
-        channels=names or None,
-        multiplier=multiplier,
-        rates=overrides,
-        shared=args.shared,
-        max_datagram=args.max_datagram,
-        out=None if args.quiet else sys.stdout,
-    )
-    previous = _sigterm_as_interrupt()
-    try:
-        with runner:
-            runner.run(duration=args.duration)  # returns on Ctrl-C or SIGTERM too
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
-
-
-def run_replay(args) -> int:
-    """``speeddata source --replay FILE...``: send the files' records, then exit."""
-    from .config import load_config
-    from .replay import file_schema, replay
-
-    if args.port is not None and not 1 <= args.port <= 65535:
-        raise SourceError(f"--port {args.port}: must be 1..65535")
-    expect = None
-    channel = args.channel
-    if args.port is not None:
-        port = args.port
-    else:
-        config = load_config(args.config)
-        if channel is None:
-            _, meta = file_schema(args.replay[0])
-            channel = meta.get("speeddata.channel")
-        served = {c.name: c for c in config.channels}
-        where = args.config or "the built-in config"
-        if channel not in served:
-            raise SourceError(
-                f"channel {channel!r} is not in {where} (channels: {', '.join(sorted(served))}); "
-                "name one with --channel, or give --port"
-            )
-        expect = served[channel].schema
-        port = config.relay.shared_port if args.shared else served[channel].port
-        if port is None:
-            raise SourceError(
-                f"channel {channel!r} has no port in {where}: use --shared (single-object "
-                "encoding to relay.shared_port)"
-                if not args.shared
-                else f"relay.shared_port is off in {where}: send to the channel's port"
-            )
-    previous = _sigterm_as_interrupt()
-    try:
-        replay(
-            args.replay,
-            (args.host, port),
-            speed=args.speed,
-            now=args.now,
-            single_object=args.shared,
-            max_datagram=args.max_datagram,
-            channel=channel,
-            expect_schema=expect,
-            out=None if args.quiet else sys.stdout,
-        )
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return 0
-
-
-def _sigterm_as_interrupt():
-    """Make SIGTERM stop the demo as Ctrl-C does (clean exit, totals printed)."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        return None

@@ -19,13 +19,13 @@ Python::
     tag = speeddata.add_tag("data", "run42", start="-10min", end="now", note="new cam")
     speeddata.list_tags("data"); speeddata.remove_tag("data", "run42")
 
-Command line: ``speeddata tag add NAME --start T --end T [--channels C ...] [--note TEXT]``,
-``speeddata tag list``, ``speeddata tag rm NAME`` (each with ``--cache DIR`` or ``-c CONFIG``).
+Command line (speeddata.commands.tag): ``speeddata tag add NAME --start T --end T
+[--channels C ...] [--note TEXT]``, ``speeddata tag list``, ``speeddata tag rm NAME`` (each
+with ``--cache DIR`` or ``-c CONFIG``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -37,15 +37,17 @@ from typing import Any
 
 import numpy as np
 
-from .cache import IDX_DTYPE, Segment, _segment_time_ns, write_json_atomic
-from .errors import SpeedDataError
-from .reader import (
-    _segment_candidates,
+from .cache import (
+    IDX_DTYPE,
+    Segment,
     cache_channels,
-    format_time,
-    parse_range,
     resolve_cache_dir,
+    segment_candidates,
+    segment_time_ns,
+    write_json_atomic,
 )
+from .errors import SpeedDataError
+from .times import format_time, parse_range
 
 __all__ = [
     "Tag",
@@ -55,9 +57,6 @@ __all__ = [
     "list_tags",
     "remove_tag",
     "validate_tag_name",
-    "add_arguments",
-    "run",
-    "add_cache_arguments",
 ]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -113,7 +112,7 @@ def _tags_dir(cache_dir: Any) -> Path:
 def _channel_range(cache_dir: Path, channel: str) -> tuple[int | None, int | None]:
     """Oldest t_min and newest t_max over the channel's segments (index entries)."""
     lo = hi = None
-    for paths in _segment_candidates(cache_dir, channel, None):
+    for paths in segment_candidates(cache_dir, channel, None):
         index = _index(Segment(paths[0]))
         if len(index):
             a, b = int(index["t_min"].min()), int(index["t_max"].max())
@@ -194,7 +193,7 @@ def add_tag(
         kept: dict[str, dict[str, int]] = {}
         for channel in chosen:
             kept[channel] = {}
-            for paths in _segment_candidates(cache, channel, None):
+            for paths in segment_candidates(cache, channel, None):
                 seg = Segment(paths[0])
                 # the blocks counted before linking: one appended meanwhile is not kept
                 index = _index(seg)
@@ -222,7 +221,7 @@ def _overlaps(seg: Segment, start_ns: int, end_ns: int, index: np.ndarray) -> bo
     if len(index):
         return bool(((index["t_max"] >= start_ns) & (index["t_min"] < end_ns)).any())
     try:  # no block yet (just opened): its open time decides
-        return start_ns <= _segment_time_ns(seg) < end_ns
+        return start_ns <= segment_time_ns(seg) < end_ns
     except ValueError:
         return False
 
@@ -309,75 +308,3 @@ def remove_tag(cache_dir: Any, name: str) -> Tag:
     os.rename(folder, trash)
     shutil.rmtree(trash)
     return tag
-
-
-# ---------------------------------------------------------------------------- CLI
-
-
-def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--cache DIR`` or ``-c CONFIG`` (the config's ``cache.dir``; default config without)."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--cache", metavar="DIR", help="cache folder")
-    group.add_argument("-c", "--config", metavar="FILE", help="config file (its cache.dir)")
-
-
-def cache_dir_from_args(args: argparse.Namespace) -> Path:
-    if getattr(args, "cache", None):
-        return Path(args.cache)
-    from .config import load_config
-
-    return Path(load_config(getattr(args, "config", None)).cache.dir)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="tag_command", metavar="ACTION", required=True)
-    p = sub.add_parser("add", help="create a tag: pin a time range against retention")
-    p.add_argument("name", help="tag name: letters, digits, '_', '.', '-' (max 64)")
-    p.add_argument("--start", required=True,
-                   help="ISO time, ns, 'now' or e.g. 'now-10min' (or --start=-10min)")
-    p.add_argument("--end", required=True, help="ISO time, ns, 'now' or e.g. 'now-1min'")
-    p.add_argument("--channels", nargs="+", metavar="CHANNEL", help="default: every channel")
-    p.add_argument("--note", default="", help="free text kept with the tag")
-    add_cache_arguments(p)
-    p = sub.add_parser("list", help="list tags")
-    p.add_argument("--json", action="store_true", help="one JSON document")
-    add_cache_arguments(p)
-    p = sub.add_parser("rm", help="remove a tag (its data may then be deleted by retention)")
-    p.add_argument("name")
-    add_cache_arguments(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    cache = cache_dir_from_args(args)
-    if args.tag_command == "add":
-        tag = add_tag(cache, args.name, args.start, args.end, args.channels, args.note)
-        print(
-            f"tag {tag.name}: {format_time(tag.start_ns)} to {format_time(tag.end_ns)}, "
-            f"{', '.join(tag.channels)}; {tag.n_segments} segments ({_size(tag.n_bytes)}) pinned"
-        )
-    elif args.tag_command == "list":
-        tags = list_tags(cache)
-        if args.json:
-            print(json.dumps([{**t.to_json(), "n_segments": t.n_segments,
-                               "n_bytes": t.n_bytes} for t in tags], indent=2))
-        elif not tags:
-            print(f"no tags in {cache}")
-        else:
-            for t in tags:
-                print(
-                    f"{t.name}\t{format_time(t.start_ns)}\t{format_time(t.end_ns)}\t"
-                    f"{','.join(t.channels)}\t{t.n_segments} segments\t{_size(t.n_bytes)}\t"
-                    f"{t.note}"
-                )
-    elif args.tag_command == "rm":
-        tag = remove_tag(cache, args.name)
-        print(f"removed tag {tag.name} ({tag.n_segments} segments unpinned)")
-    return 0
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"

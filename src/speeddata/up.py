@@ -3,7 +3,7 @@
 The relay (``python -m speeddata.relay``), the live server when this build has one, and
 with ``--demo`` the demo source, all on one config (the built-in default without ``-c``).
 While they run, the relay's status table (asked over its ZeroMQ control socket) refreshes
-once a second; the children's output goes to ``<cache dir>/up.log``.
+once a second (speeddata.commands.up); the children's output goes to ``<cache dir>/up.log``.
 
 A small :class:`Supervisor` starts each part with :mod:`subprocess` and stops them all
 (SIGTERM, then SIGKILL after a grace period) on Ctrl-C, SIGTERM, ``--duration`` or when
@@ -21,13 +21,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .config import load_config
-from .control import ControlError, format_status, request
+from .control import ControlError, request
 from .errors import SpeedDataError
 
-__all__ = ["Supervisor", "Child", "StatusDisplay", "children", "add_arguments", "run"]
+__all__ = ["Supervisor", "Child", "UpError", "children", "command_argv", "wait_for_relay"]
 
 #: seconds a child gets to exit after SIGTERM before SIGKILL
 STOP_GRACE = 5.0
@@ -60,7 +58,7 @@ class Supervisor:
     """Start child processes and stop them all together.
 
     >>> with Supervisor() as sup:  # doctest: +SKIP
-    ...     sup.start("source", [sys.executable, "-m", "speeddata.cli", "source", "--demo"])
+    ...     sup.start("source", [sys.executable, "-m", "speeddata.commands", "source", "--demo"])
     ...     status = sup.wait(duration=10)
     """
 
@@ -158,53 +156,37 @@ def _restore_sigterm(previous) -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "speeddata.cli", *args]
+def command_argv(*args: str) -> list[str]:
+    """The argv of ``speeddata ARGS...`` run by this Python."""
+    return [sys.executable, "-m", "speeddata.commands", *args]
 
 
-def children(args) -> list[tuple[str, list[str]]]:
-    """The processes ``up`` runs for ``args``, as ``(name, argv)``, in start order:
-    the relay, the live server (when this build has one), the demo source (``--demo``)."""
-    config = ["-c", os.path.abspath(args.config)] if args.config else []
-    relay = [sys.executable, "-m", "speeddata.relay", *config]
-    if args.engine:
-        relay += ["--engine", args.engine]
+def children(
+    config: str | None = None,
+    engine: str | None = None,
+    demo: bool = False,
+    rates: Sequence[str] = (),
+    quiet: bool = False,
+) -> list[tuple[str, list[str]]]:
+    """The processes ``up`` runs, as ``(name, argv)``, in start order: the relay, the
+    live server (when this build has one), the demo source (``demo``, at ``rates`` as
+    for ``speeddata source --rate``; ``quiet``: no send rates printed)."""
+    config_args = ["-c", os.path.abspath(config)] if config else []
+    relay = [sys.executable, "-m", "speeddata.relay", *config_args]
+    if engine:
+        relay += ["--engine", engine]
     procs: list[tuple[str, list[str]]] = [("relay", relay)]
     if importlib.util.find_spec("speeddata.server") is not None:
-        procs.append(("live server", _cli("serve", *config)))
-    if args.demo:
-        extra = [f"--rate={r}" for r in args.rate]
-        if args.quiet:
+        procs.append(("live server", command_argv("serve", *config_args)))
+    if demo:
+        extra = [f"--rate={r}" for r in rates]
+        if quiet:
             extra.append("--quiet")
-        procs.append(("demo source", _cli("source", "--demo", *config, *extra)))
+        procs.append(("demo source", command_argv("source", "--demo", *config_args, *extra)))
     return procs
 
 
-class StatusDisplay:
-    """Shows the relay's status table (asked over ZeroMQ) on ``out``: redrawn in place on
-    a terminal, appended otherwise."""
-
-    def __init__(self, endpoint: str, header: str, out=None, tty: bool | None = None):
-        self.endpoint = endpoint
-        self.header = header
-        self.out = out if out is not None else sys.stdout
-        self.tty = self.out.isatty() if tty is None else tty
-        self.shown = 0
-
-    def refresh(self) -> None:
-        try:
-            text = format_status(request(self.endpoint, {"cmd": "status"}, timeout=0.5))
-        except ControlError as exc:
-            text = f"(no status: {exc})"
-        if self.tty:
-            self.out.write("\x1b[H\x1b[2J" + self.header + "\n" + text + "\n")
-        else:
-            self.out.write(text + "\n\n")
-        self.out.flush()
-        self.shown += 1
-
-
-def _wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:
+def wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:
     """Until the relay answers on its control socket; UpError if it exits or stays mute."""
     deadline = time.monotonic() + timeout
     while True:
@@ -219,77 +201,3 @@ def _wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:
                 raise UpError(
                     f"the relay did not answer on {endpoint} within {timeout:g} s"
                 ) from None
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def add_arguments(parser) -> None:
-    """Arguments of ``speeddata up``."""
-    parser.add_argument("--demo", action="store_true", help="also run the demo source")
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
-    )
-    parser.add_argument(
-        "--duration", type=float, metavar="S", help="stop after S seconds (default: until Ctrl-C)"
-    )
-    parser.add_argument(
-        "--rate",
-        action="append",
-        default=[],
-        metavar="X|CH=HZ",
-        help="demo source rates, as for `speeddata source --rate`",
-    )
-    parser.add_argument("-q", "--quiet", action="store_true", help="do not print send rates")
-    parser.add_argument(
-        "--engine", choices=("compiled", "python"), help="relay engine (default: compiled if built)"
-    )
-    parser.add_argument(
-        "--no-status", action="store_true", help="do not show the relay status table"
-    )
-
-
-def run(args) -> int:
-    """``speeddata up``: start the children, show the relay status until Ctrl-C (or
-    ``--duration``), stop them all; 0 on Ctrl-C/duration, else the failed child's status.
-
-    The children's output goes to ``<cache dir>/up.log``; its tail is printed when a
-    child fails.
-    """
-    if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
-        raise UpError(f"--duration {args.duration}: must be a number of seconds >= 0")
-    config = load_config(args.config)  # report config errors once, before starting anything
-    procs = children(args)
-    log_path = config.cache.dir.resolve() / "up.log"
-    try:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "ab")  # noqa: SIM115 - closed below, after the children
-    except OSError as exc:
-        raise UpError(f"cannot write the log {log_path}: {exc.strerror}") from exc
-    names = ", ".join(name for name, _ in procs)
-    header = f"speeddata up: {names}; output in {log_path}; Ctrl-C stops"
-    print(header, file=sys.stderr, flush=True)
-    code = 0
-    try:
-        with Supervisor() as sup:
-            try:
-                relay = sup.start(*procs[0], output=log)
-                _wait_for_relay(config.relay.control, relay)
-                for name, argv in procs[1:]:
-                    sup.start(name, argv, output=log)
-                display = None if args.no_status else StatusDisplay(config.relay.control, header)
-                code = sup.wait(args.duration, tick=display.refresh if display else None)
-            except KeyboardInterrupt:
-                code = 0
-            except UpError:
-                code = 2
-                raise
-    finally:
-        log.close()
-        if code != 0:
-            sys.stderr.write(f"--- last lines of {log_path} ---\n{_tail(log_path)}\n")
-    return code

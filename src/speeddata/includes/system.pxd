@@ -100,6 +100,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_TIMESTAMPNS
         SCM_TIMESTAMPNS
         SO_RXQ_OVFL
+        SO_MEMINFO              # u32[SK_MEMINFO_VARS] of the socket's memory (socket(7))
         MSG_DONTWAIT
         MSG_TRUNC
         MSG_CTRUNC
@@ -109,6 +110,12 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t sendmsg(int fd, const msghdr* msg, int flags)
     int setsockopt(int fd, int level, int optname, const void* optval, socklen_t optlen)
     int getsockopt(int fd, int level, int optname, void* optval, socklen_t* optlen)
+
+
+cdef extern from "<linux/sock_diag.h>" nogil:
+    enum:
+        SK_MEMINFO_DROPS        # index of the socket's drop count (sk_drops) in SO_MEMINFO
+        SK_MEMINFO_VARS         # entries of SO_MEMINFO
 
 
 cdef extern from "<netinet/in.h>" nogil:
