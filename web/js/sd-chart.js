@@ -51,7 +51,10 @@ export class SdChart extends HTMLElement {
     ensureStyles();
     this.client = getClient();
     if (!this._built) this._buildDom();
-    this._ro = new ResizeObserver(() => this._resized());
+    this._ro = new ResizeObserver(() => {
+      this._sizeDirty = true;
+      this.client.schedule(this);
+    });
     this._ro.observe(this);
     this._mq = window.matchMedia("(prefers-color-scheme: dark)");
     this._mq.addEventListener("change", this._onTheme);
@@ -71,7 +74,7 @@ export class SdChart extends HTMLElement {
   }
 
   attributeChangedCallback(name, old, value) {
-    if (old === value || !this.isConnected) return;
+    if (old === value || !this.client) return;
     if (name === "title") {
       this._title.textContent = value || this._signals.join(", ");
     } else if (name === "signals" || name === "window") {
@@ -133,7 +136,7 @@ export class SdChart extends HTMLElement {
     button("\u25B6", "forward half a window", () => this.pan(0.5), "sd-fwd");
     button("\u2212", "zoom out", () => this.zoom(2), "sd-zoomout");
     button("+", "zoom in", () => this.zoom(0.5), "sd-zoomin");
-    this._pauseBtn = button("\u23F8 pause", "pause: stop scrolling", () => this.togglePause(), "sd-pause");
+    this._pauseBtn = button("pause", "pause: stop scrolling", () => this.togglePause(), "sd-pause");
     this._plot = document.createElement("div");
     this._plot.className = "sd-chart-plot";
     this.replaceChildren(bar, this._plot);
@@ -162,6 +165,7 @@ export class SdChart extends HTMLElement {
   }
 
   _resized() {
+    this._sizeDirty = false;
     if (!this._u) return;
     const { width, height } = this._sizes();
     if (width !== this._u.width || height !== this._u.height) this._u.setSize({ width, height });
@@ -169,7 +173,6 @@ export class SdChart extends HTMLElement {
     const px = this._plotWidth();
     if (Math.abs(px - this._pixels) > Math.max(8, 0.1 * this._pixels)) this._requestLater(150);
     this._drawn = -1;
-    this.client.schedule(this);
   }
 
   // -- subscription ---------------------------------------------------------------------
@@ -345,6 +348,7 @@ export class SdChart extends HTMLElement {
     // the legend's height is known now: fit the plot into the box
     const s2 = this._sizes();
     if (s2.height !== height) this._u.setSize(s2);
+    this._sizeDirty = true;
     this._drawn = -1;
     this.client.schedule(this);
   }
@@ -382,6 +386,7 @@ export class SdChart extends HTMLElement {
   }
 
   draw() {
+    if (this._sizeDirty) this._resized();
     const u = this._u;
     const st = this._store;
     if (!u || !st) return;
@@ -446,7 +451,7 @@ export class SdChart extends HTMLElement {
     this._paused = false;
     this._view = null;
     this.removeAttribute("paused");
-    this._pauseBtn.textContent = "\u23F8 pause";
+    this._pauseBtn.textContent = "pause";
     this._pauseBtn.title = "pause: stop scrolling";
     this._closeSelection();
     this._note("");

@@ -37,7 +37,7 @@ export class SdSpark extends HTMLElement {
   }
 
   attributeChangedCallback(name, old, value) {
-    if (old !== value && this.isConnected && name !== "color") this._subscribe();
+    if (old !== value && this.client && name !== "color") this._subscribe();
   }
 
   _resize() {

@@ -52,7 +52,7 @@ export class SdState extends HTMLElement {
   }
 
   attributeChangedCallback(name, old, value) {
-    if (old === value || !this.isConnected) return;
+    if (old === value || !this.client) return;
     if (name === "signal") this._subscribe();
     this._shown = -2;
     this.client.schedule(this);

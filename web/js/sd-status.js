@@ -32,7 +32,7 @@ export class SdStatus extends HTMLElement {
   }
 
   attributeChangedCallback() {
-    if (this.isConnected) this.client.schedule(this);
+    if (this.client) this.client.schedule(this);
   }
 
   draw() {

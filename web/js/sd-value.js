@@ -45,7 +45,7 @@ export class SdValue extends HTMLElement {
   }
 
   attributeChangedCallback(name, old, value) {
-    if (old === value || !this.isConnected) return;
+    if (old === value || !this.client) return;
     if (name === "signal") this._subscribe();
     this._shown = null;
     this._render();
