@@ -615,27 +615,26 @@ export class SdChart extends HTMLElement {
     try {
       let body;
       if (tag && format === "hdf5") {
-        body = { tag, format };
+        body = { tag };
       } else {
         const [start, end] = this._selectionNs();
-        body = { start_ns: start, end_ns: end, channels: this._channels(), signals: this._signals, format };
+        body = { start_ns: start, end_ns: end, channels: this._channels() };
       }
       const job = await api("POST", "/api/exports", body);
       const id = job.id;
       let state = job;
-      while (!(state.state === "done" || state.done === true || state.status === "done")) {
-        if (state.state === "error" || state.status === "error" || state.error) {
-          throw new Error(state.error || state.message || "export failed");
-        }
-        if (typeof state.progress === "number") prog.value = state.progress;
+      while (state.state !== "done") {
+        if (state.state === "failed" || state.error) throw new Error(state.error || "export failed");
+        if (typeof state.done === "number") prog.value = state.done;
         await new Promise((r) => setTimeout(r, 250));
         state = await api("GET", `/api/exports/${encodeURIComponent(id)}`);
       }
       prog.value = 1;
-      const url = `/api/exports/${encodeURIComponent(id)}/file` + (format === "csv" ? "?format=csv" : "");
+      let url = state.file || `/api/exports/${encodeURIComponent(id)}/file`;
+      if (format === "csv") url += `?format=csv&signals=${encodeURIComponent(this._signals.join(","))}`;
       const a = document.createElement("a");
       a.href = url;
-      a.download = `${tag || "export-" + id}.${format === "csv" ? "csv" : "h5"}`;
+      a.download = `${tag || `speeddata-${id}`}.${format === "csv" ? "csv" : "h5"}`;
       a.textContent = "download";
       msg.replaceChildren("done: ", a);
       this.dispatchEvent(new CustomEvent("sd-export", { detail: { id, url, format } }));

@@ -45,49 +45,62 @@ function num(...xs) {
   return undefined;
 }
 
-function renderRelay(st) {
-  const relays = st.relays ? Object.entries(st.relays) : [];
-  const rows = [];
-  for (const [addr, r] of relays) {
-    for (const ch of channelList(r.channels)) rows.push({ relay: addr, ch });
+function rejectedOf(c) {
+  // the relay counts rejects in `rejected`; per reason when it has `rejected_<reason>` keys
+  const parts = [];
+  let total = typeof c.rejected === "number" ? c.rejected : 0;
+  if (c.rejected && typeof c.rejected === "object") {
+    for (const [k, v] of Object.entries(c.rejected)) if (v > 0) parts.push(`${k}: ${v}`);
+    total = Object.values(c.rejected).reduce((a, v) => a + v, 0);
   }
-  if (!rows.length) for (const ch of channelList(st.channels)) rows.push({ relay: "", ch });
+  for (const [k, v] of Object.entries(c)) {
+    if (k.startsWith("rejected_") && typeof v === "number" && v > 0) parts.push(`${k.slice(9)}: ${v}`);
+  }
+  return { total, text: parts.length ? `${total} (${parts.join(", ")})` : String(total) };
+}
+
+function renderRelay(st) {
+  const relay = st.relay || {};
+  const relayChannels = channelList(relay.channels);
+  const server = st.channels || {};
+  const names = [...new Set([...relayChannels.map((c) => c.name), ...Object.keys(server)])];
   const table = document.createElement("table");
   table.className = "sd-table";
   const head = table.createTHead().insertRow();
-  for (const h of ["channel", "relay", "datagrams/s", "records/s", "datagrams", "records", "rejected", "kernel drops", "multicast loss (server)"]) {
+  for (const h of ["channel", "port", "records/s (server)", "datagrams", "records", "rejected",
+    "kernel drops", "multicast loss (server)", "cache", "cache reaches back"]) {
     const th = document.createElement("th");
     th.textContent = h;
     head.appendChild(th);
   }
   const body = table.createTBody();
-  for (const { relay, ch } of rows) {
-    const c = ch.counters || ch;
+  const now = Date.now() * 1e6;
+  for (const name of names) {
+    const rc = relayChannels.find((c) => c.name === name) || {};
+    const c = rc.counters || {};
+    const srv = server[name] || {};
     const tr = body.insertRow();
-    tr.dataset.channel = ch.name;
-    cell(tr, ch.name);
-    cell(tr, relay);
-    cell(tr, fmtNum(num(ch.datagrams_per_s, ch.rates?.datagrams, c.datagrams_per_s)), "num");
-    cell(tr, fmtNum(num(ch.records_per_s, ch.rate_hz, ch.rates?.records, c.records_per_s)), "num");
+    tr.dataset.channel = name;
+    cell(tr, name);
+    cell(tr, rc.port ?? "\u2014", "num");
+    cell(tr, fmtNum(num(srv.rate_hz)), "num");
     cell(tr, fmtNum(num(c.datagrams)), "num");
     cell(tr, fmtNum(num(c.records)), "num");
-    const rej = c.rejected || ch.rejected;
-    let rejText = "0";
-    let total = 0;
-    if (rej && typeof rej === "object") {
-      const parts = Object.entries(rej).filter(([, v]) => v > 0);
-      total = parts.reduce((a, [, v]) => a + v, 0);
-      rejText = parts.length ? parts.map(([k, v]) => `${k}: ${v}`).join(", ") : "0";
-    } else if (typeof rej === "number") {
-      total = rej;
-      rejText = String(rej);
-    }
-    cell(tr, rejText, total > 0 ? "sd-bad" : "");
-    const drops = num(c.kernel_drops, ch.kernel_drops, c.drops) ?? 0;
+    const rej = rejectedOf(c);
+    cell(tr, rej.text, rej.total > 0 ? "sd-bad num" : "num");
+    const drops = num(c.kernel_drops) ?? 0;
     cell(tr, String(drops), drops > 0 ? "sd-bad num" : "num");
-    const srv = st.server?.channels?.[ch.name] || st.channels?.[ch.name] || {};
-    const lost = num(srv.loss?.datagrams, ch.loss?.datagrams) ?? 0;
-    cell(tr, `${lost} datagrams, ${num(srv.loss?.gaps, ch.loss?.gaps) ?? 0} gaps`, lost > 0 ? "sd-bad" : "");
+    const loss = srv.loss || st.loss?.[name] || {};
+    const lost = num(loss.datagrams) ?? 0;
+    cell(tr, `${lost} datagrams, ${num(loss.gaps) ?? 0} gaps`, lost > 0 ? "sd-bad" : "");
+    const cache = rc.cache || {};
+    cell(tr, fmtBytes(num(cache.bytes)), "num");
+    const oldest = num(cache.oldest_ns);
+    cell(tr, oldest ? fmtSpan((now - oldest) / 1e9) : "\u2014", "num");
+  }
+  if (!names.length) {
+    $("relay").textContent = st.relay ? "no channels" : "no relay statistics yet (is the relay running?)";
+    return;
   }
   $("relay").replaceChildren(table);
 }
@@ -106,22 +119,17 @@ function renderCache(st) {
     cell(tr, k);
     cell(tr, v, "num");
   };
-  const used = num(cache.bytes, cache.used_bytes, cache.used);
-  const budget = num(cache.budget_bytes, cache.budget);
+  const used = num(cache.bytes);
+  const budget = num(cache.budget_bytes);
   row("used", fmtBytes(used));
   row("budget", fmtBytes(budget));
   if (used != null && budget) row("share of budget", `${((100 * used) / budget).toFixed(1)} %`);
-  const oldest = num(cache.oldest_ns, cache.t_min_ns);
-  if (oldest) row("oldest record", new Date(oldest / 1e6).toLocaleString());
-  const reach = num(cache.reach_s, cache.span_s, cache.retention_s);
-  if (reach != null) row("reaches back", fmtSpan(reach));
-  const full = num(cache.full_in_s, cache.reach_at_rate_s, cache.reaches_s);
-  if (full != null) row("reaches back when full, at the current rate", fmtSpan(full));
-  for (const ch of channelList(cache.channels)) {
-    const b = num(ch.bytes, ch.used_bytes);
-    const span = ch.oldest_ns && ch.newest_ns ? (ch.newest_ns - ch.oldest_ns) / 1e9 : num(ch.span_s);
-    row(`channel ${ch.name}`, `${fmtBytes(b)}${span != null ? `, ${fmtSpan(span)}` : ""}`);
-  }
+  if (cache.oldest_ns) row("oldest record", new Date(cache.oldest_ns / 1e6).toLocaleString());
+  row("holds now", fmtSpan(num(cache.held_s)));
+  row("written at", cache.rate_bytes_s != null ? `${fmtBytes(cache.rate_bytes_s)}/s` : "\u2014");
+  row("reaches back when full, at this rate", fmtSpan(num(cache.reach_s)));
+  const srv = st.server || {};
+  if (srv.memory_bytes) row("server window memory", `${fmtBytes(srv.memory_used_bytes)} of ${fmtBytes(srv.memory_bytes)}`);
   $("cache").replaceChildren(dl);
 }
 
