@@ -239,7 +239,7 @@ rejected_dir = true
 
 [server]
 listen = "127.0.0.1:9000"
-token = "s3cret"
+token = "s3cret-token"
 window = "2h"
 
 [[channels]]
@@ -280,7 +280,7 @@ def test_readme_style_example_loads(confdir: Path, tmp_path: Path, monkeypatch):
     assert cfg.relay.rcvbuf == 32 * 1024**2
     assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.rejected_dir) == (2, 128, True)
     assert cfg.server.listen == ("127.0.0.1", 9000)
-    assert cfg.server.token == "s3cret" and cfg.server.window == 7200.0
+    assert cfg.server.token == "s3cret-token" and cfg.server.window == 7200.0
     engine, status = cfg.channels
     assert (engine.name, engine.port, engine.id, engine.decimation) == ("engine", 27001, 7, 10)
     assert engine.schema_path == confdir / "schemas" / "engine.avsc"

@@ -14,7 +14,7 @@ from .errors import SpeedDataError
 COMMANDS = {
     "up": ("speeddata.up", "run relay + live server + demo sources on one config"),
     "relay": ("speeddata.relay", "run the relay: UDP in, cache, multicast out"),
-    "serve": ("speeddata.server", "run the live web server"),
+    "serve": ("speeddata.commands.serve", "run the live web server"),
     "source": ("speeddata.source", "send data: the demo source, or a replay of .avro files"),
     "pivot": ("speeddata.pivot", "turn a time range of the cache into an HDF5 file"),
     "tag": ("speeddata.tags", "keep a time range: add, list, remove tags"),
