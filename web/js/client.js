@@ -67,6 +67,15 @@ export class Client extends EventTarget {
     return this.nowS + (performance.now() - this._nowAt) / 1000;
   }
 
+  /** Longest silence (s) on a signal's channel that is still no gap: 3 record intervals. */
+  quietS(name) {
+    const info = this.signals.get(name);
+    if (!info) return 5;
+    const ch = info.channel.name;
+    const rate = this.status?.channels?.[ch]?.rate_hz || info.channel.rate_hz || 0;
+    return rate > 0 ? Math.min(60, 3 / rate) : 5;
+  }
+
   signalInfo(name) {
     return this.signals.get(name) || null;
   }

@@ -109,6 +109,7 @@ export function dashboardHtml(title) {
 <head>
 <meta charset="utf-8">
 <title>${title}</title>
+<link rel="icon" href="data:,">
 <script type="module" src="/web/js/elements.js"></script>
 <style>main { display: grid; grid-template-columns: repeat(auto-fill, minmax(480px, 1fr)); gap: 12px; padding: 12px; }</style>
 </head>
@@ -126,15 +127,22 @@ async function save() {
   const name = $("dash-name").value.trim().replace(/[^A-Za-z0-9_-]+/g, "-") || "dashboard";
   const html = dashboardHtml(name);
   const msg = $("save-msg");
-  // the server may offer to store it in its dashboards folder; otherwise download the file
+  // the server may offer to store it in its dashboards folder (its OpenAPI says so);
+  // otherwise the page downloads the file
+  let canPost = false;
   try {
-    await api("POST", "/api/dashboards", { name, html });
-    msg.replaceChildren("saved: ", el("a", { href: `/d/${encodeURIComponent(name)}` }, `/d/${name}`));
-    return;
-  } catch (err) {
-    if (err.status && err.status !== 404 && err.status !== 405) {
-      msg.textContent = err.message;
+    const spec = await api("GET", "/api/openapi.json");
+    canPost = !!spec?.paths?.["/api/dashboards"]?.post;
+  } catch {
+    canPost = false;
+  }
+  if (canPost) {
+    try {
+      await api("POST", "/api/dashboards", { name, html });
+      msg.replaceChildren("saved: ", el("a", { href: `/d/${encodeURIComponent(name)}` }, `/d/${name}`));
       return;
+    } catch (err) {
+      msg.textContent = `${err.message}; downloading instead`;
     }
   }
   const a = el("a", { href: URL.createObjectURL(new Blob([html], { type: "text/html" })), download: `${name}.html` });

@@ -367,13 +367,15 @@ export class SdChart extends HTMLElement {
       const pb = Math.round(u.valToPos(b, "x", true));
       if (pb > pa) out.push([pa, pb]);
     }
-    // columns without data between columns with data
+    // columns without data between columns with data, when longer than the channel's
+    // usual silence between records (a 1 Hz signal leaves most 100 ms columns empty)
+    const quiet = Math.max(this.client.quietS(this._signals[s]), 1.5 * st.widthS);
     const cnt = st.count[s];
     const [j0, j1] = st.slotsIn(xmin, xmax);
     let lastData = -1;
     for (let j = Math.max(0, j0 - 1); j < Math.min(st.n, j1 + 1); j++) {
       if (cnt[j] > 0) {
-        if (lastData >= 0 && j - lastData > 1) {
+        if (lastData >= 0 && j - lastData > 1 && (j - lastData - 1) * st.widthS > quiet) {
           const pa = Math.round(u.valToPos(st.x[4 * lastData + 3], "x", true));
           const pb = Math.round(u.valToPos(st.x[4 * j], "x", true));
           if (pb > pa) out.push([pa, pb]);

@@ -107,13 +107,16 @@ export class SdSpark extends HTMLElement {
     const y = st.y[0];
     const x = st.x;
     const cnt = st.count[0];
+    const quietCols = Math.max(1, this.client.quietS(this.getAttribute("signal")) / st.widthS);
     ctx.beginPath();
     let pen = false;
+    let empty = 0;
     for (let j = j0; j < j1; j++) {
       if (!(cnt[j] > 0)) {
-        pen = false;
+        if (++empty > quietCols) pen = false;
         continue;
       }
+      empty = 0;
       for (let k = 4 * j; k < 4 * j + 4; k++) {
         const px = (x[k] - t0) * kx;
         const py = H - 1 - (y[k] - lo) * ky;
