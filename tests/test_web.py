@@ -272,6 +272,7 @@ def test_page_recovers_after_server_restart(stack, page):
     page.goto(stack.url + "/d/engine")
     wait_live(page)
     page.wait_for_function("() => !Number.isNaN(document.querySelector('sd-value[signal=\"engine.rpm\"]').value)")
+    js(page, "window.__before = document.querySelector('sd-chart')._store")
     stack.stop_server()
     page.wait_for_function("() => window.speeddata.state === 'reconnecting'")
     badge = page.inner_text(".sd-connection")
@@ -280,9 +281,9 @@ def test_page_recovers_after_server_restart(stack, page):
     stack.start_server()
     page.wait_for_function("() => window.speeddata.state === 'open'", timeout=30000)
     # resubscribed: values and chart columns flow again
-    version = js(page, "document.querySelector('sd-chart')._store?.version ?? 0")
     page.wait_for_function(
-        f"() => (document.querySelector('sd-chart')._store?.version ?? 0) > {version} + 3 && "
+        "() => document.querySelector('sd-chart')._store !== window.__before && "
+        "document.querySelector('sd-chart')._store?.version > 3 && "
         "!document.querySelector('sd-value[signal=\"engine.rpm\"]').hasAttribute('stale')",
         timeout=30000)
     assert page.inner_text(".sd-connection") == "live"

@@ -213,6 +213,7 @@ export class Client extends EventTarget {
         }
         if (msg.server?.now_ns) this._setNow(msg.server.now_ns / 1e9);
         if (first) {
+          this._records.clear(); // a restarted server counts from zero
           // (re)connected: resynchronise every subscription from scratch
           for (const entry of this._subs.values()) {
             this._sendSubscribe(entry);
