@@ -16,6 +16,7 @@ from playwright.sync_api import sync_playwright
 
 from web_helpers import SCREENSHOTS, Console, Stack, launch, wait_live, wait_until
 
+RPM = 'sd-value[signal="engine.rpm"]'
 PAGES = ["/", "/status", "/channels", "/d/engine", "/d/power", "/d/every"]
 
 EVERY_ELEMENT = """<!doctype html>
@@ -84,14 +85,17 @@ def test_overview_lists_every_channel_and_charts_a_signal(stack, page):
     page.goto(stack.url + "/")
     wait_live(page)
     page.wait_for_selector("section.sd-channel[data-channel=power]")
-    names = js(page, "[...document.querySelectorAll('section.sd-channel')].map(s => s.dataset.channel)")
+    names = js(page, "[...document.querySelectorAll('section.sd-channel')]"
+                     ".map(s => s.dataset.channel)")
     assert names == ["engine", "power", "status"]
     rows = js(page, "[...document.querySelectorAll('tr[data-signal]')].map(r => r.dataset.signal)")
     assert {"engine.rpm", "engine.state", "power.voltage", "status.host.cpu_temp"} <= set(rows)
     # values arrive, rates are shown
     page.wait_for_function(
-        "() => !Number.isNaN(document.querySelector('tr[data-signal=\"engine.rpm\"] sd-value').value)")
-    page.wait_for_function("() => document.querySelector('.sd-rate').textContent.includes('records/s')")
+        "() => !Number.isNaN(document.querySelector("
+        "'tr[data-signal=\"engine.rpm\"] sd-value').value)")
+    page.wait_for_function(
+        "() => document.querySelector('.sd-rate').textContent.includes('records/s')")
     # click a signal: a chart of it; tick two: one chart of both
     page.click("tr[data-signal='engine.rpm'] .sd-signal-link")
     page.check("tr[data-signal='power.voltage'] .sd-pick")
@@ -99,8 +103,10 @@ def test_overview_lists_every_channel_and_charts_a_signal(stack, page):
     page.click("#chart-selected")
     page.wait_for_function("() => document.querySelectorAll('#charts sd-chart').length === 2")
     page.wait_for_function(
-        "() => [...document.querySelectorAll('#charts sd-chart')].every(c => c._store && c._store.version > 0)")
-    charts = js(page, "[...document.querySelectorAll('#charts sd-chart')].map(c => c.resolvedSignals)")
+        "() => [...document.querySelectorAll('#charts sd-chart')]"
+        ".every(c => c._store && c._store.version > 0)")
+    charts = js(page, "[...document.querySelectorAll('#charts sd-chart')]"
+                      ".map(c => c.resolvedSignals)")
     assert charts == [["power.voltage", "power.current"], ["engine.rpm"]]
     # save as a dashboard: the server has no POST for it, so the page downloads the file
     page.fill("#dash-name", "mine")
@@ -169,7 +175,8 @@ def test_dashboard_with_every_element(stack, page):
         "power.voltage", "power.current", "power.noise"]
     # fixed range honoured, autoscale elsewhere
     assert js(page, "document.querySelector('#c2')._u.scales.y0.min") == -400
-    lo, hi = js(page, "[document.querySelector('#c1')._u.scales.y0.min, document.querySelector('#c1')._u.scales.y0.max]")
+    lo, hi = js(page, "[document.querySelector('#c1')._u.scales.y0.min, "
+                      "document.querySelector('#c1')._u.scales.y0.max]")
     assert 500 < lo < hi < 4500
     # the sparkline drew something
     painted = js(page, """(() => { const c = document.querySelector('#k canvas');
@@ -271,13 +278,13 @@ def test_scroll_back_and_zoom(stack, page):
 def test_page_recovers_after_server_restart(stack, page):
     page.goto(stack.url + "/d/engine")
     wait_live(page)
-    page.wait_for_function("() => !Number.isNaN(document.querySelector('sd-value[signal=\"engine.rpm\"]').value)")
+    page.wait_for_function(f"() => !Number.isNaN(document.querySelector({RPM!r}).value)")
     js(page, "window.__before = document.querySelector('sd-chart')._store")
     stack.stop_server()
     page.wait_for_function("() => window.speeddata.state === 'reconnecting'")
     badge = page.inner_text(".sd-connection")
     assert "reconnect" in badge
-    page.wait_for_function("() => document.querySelector('sd-value[signal=\"engine.rpm\"]').hasAttribute('stale')")
+    page.wait_for_function(f"() => document.querySelector({RPM!r}).hasAttribute('stale')")
     stack.start_server()
     page.wait_for_function("() => window.speeddata.state === 'open'", timeout=30000)
     # resubscribed: values and chart columns flow again

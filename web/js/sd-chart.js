@@ -69,6 +69,8 @@ export class SdChart extends HTMLElement {
     this._mq?.removeEventListener("change", this._onTheme);
     this.client.removeEventListener("state", this._onState);
     clearTimeout(this._pending);
+    clearTimeout(this._tickTimer);
+    this._tickTimer = 0;
     this._u?.destroy();
     this._u = null;
   }
@@ -393,7 +395,24 @@ export class SdChart extends HTMLElement {
     const st = this._store;
     if (!u || !st) return;
     const [t0, t1] = this.view;
-    if (st.version === this._drawn && !this._paused && this._lastT1 === t1) return;
+    if (st.version === this._drawn && this._lastT1 === t1) return false;
+    if (!this._paused && this._drawn !== -1) {
+      // live: redraw when the time axis has moved by a pixel, not for every frame of data
+      // (the newest column waits at most one pixel's time); check again next frame
+      const pxS = (t1 - t0) / this._plotWidth();
+      const tick = Math.floor(t1 / pxS);
+      if (tick === this._tick) {
+        if (!this._tickTimer) {
+          const wait = Math.max(1, ((tick + 1) * pxS - t1) * 1000);
+          this._tickTimer = setTimeout(() => {
+            this._tickTimer = 0;
+            this.client.schedule(this);
+          }, wait);
+        }
+        return false;
+      }
+      this._tick = tick;
+    }
     this._drawn = st.version;
     this._lastT1 = t1;
     const [j0, j1] = st.slotsIn(t0, t1);
