@@ -545,11 +545,12 @@ class LiveChannel:
         return np.concatenate(ts), np.concatenate(xs)
 
     def can_serve(self, t0: int) -> bool:
-        """Whether memory holds everything from ``t0`` on (or nothing older ever came)."""
-        if self.t_oldest is None or t0 >= (self.window_start or 0) or t0 < self.t_oldest and \
-                self.window_start == self.t_oldest:
+        """Whether memory holds everything of this channel from ``t0`` on (the raw window
+        or a summary level reaches back that far); else the cache has to be read."""
+        ws = self.window_start
+        if ws is not None and t0 >= ws:
             return True
-        return any(lv.covers_from() is not None and lv.covers_from() <= max(t0, self.t_oldest)
+        return any(lv.covers_from() is not None and lv.covers_from() <= t0
                    for lv in self.levels)
 
     def m4(self, c0: int, n: int, width: int) -> M4:

@@ -358,10 +358,10 @@ class Client:
             return
         if self.in_flight is not None:
             if not self.in_flight.done():
-                if time.monotonic() - self.in_flight_since > LAG_TIMEOUT:
+                if time.monotonic() - self.in_flight_since > self.hub.lag_timeout:
                     self.hub.n_lagging += 1
                     self.send_json({"type": "lagging", "message":
-                                    f"no frame taken for {LAG_TIMEOUT:g} s; closing"})
+                                    f"no frame taken for {self.hub.lag_timeout:g} s; closing"})
                     self.handler.close(CLOSE_LAGGING, "lagging")
                     self.closed = True
                 return
@@ -482,6 +482,7 @@ class Hub:
         self.n_frames = 0
         self.n_frame_bytes = 0
         self.n_lagging = 0
+        self.lag_timeout = LAG_TIMEOUT
         self._hello_due = False
         self._timers: list[PeriodicCallback] = []
 
@@ -576,8 +577,14 @@ class Hub:
         s.history = asyncio.ensure_future(self._history(client, s))
 
     async def _history(self, client: Client, s: Subscription) -> None:
+        loop = asyncio.get_running_loop()
+
+        def progress(done: float) -> None:  # called from the reader's thread
+            loop.call_soon_threadsafe(
+                client.send_json, {"type": "progress", "sub": s.sub, "done": round(done, 3)})
+
         try:
-            blocks = await self.history(s, lambda d: self._progress(client, s, d))
+            blocks = await self.history(s, progress)
             s.pending = blocks
         except asyncio.CancelledError:
             raise
@@ -586,11 +593,6 @@ class Hub:
             s.pending = []
         finally:
             s.history = None
-
-    def _progress(self, client: Client, s: Subscription, done: float) -> None:
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(
-            client.send_json, {"type": "progress", "sub": s.sub, "done": round(done, 3)})
 
 
 class WebSocket(websocket.WebSocketHandler):
