@@ -117,3 +117,62 @@ def test_live_columns_and_latest_over_websockets(tmp_path, ipc_dir, procs):
     status, body = http_json(info["url"] + "/api/channels/engine")
     assert status == 200 and body["records"] >= 200
     assert body["latest"]["engine.rpm"]["value"] == 1000.0 + 1199
+
+
+def test_tag_and_export_from_the_api_read_back_by_h5py(tmp_path, ipc_dir, procs):
+    import time
+
+    import h5py
+
+    info = server_config(tmp_path, ipc_dir)
+    procs.relay(info)
+    procs.server(info)
+    t0 = (time.time_ns() // 10**9 - 5) * 10**9
+    send_engine(info, t0, 100, per_datagram=20)  # 2000 records, 1 ms apart: 2 s
+    # the relay's status shows them stored (its cache index), then ask for a range
+    from server_helpers import relay_status
+
+    def stored():
+        st = relay_status(info["control"]) or {}
+        ch = next((c for c in st.get("channels", []) if c["name"] == "engine"), None)
+        return ch and ch["counters"]["stored_records"] >= 2000 and (ch.get("cache") or {}).get(
+            "newest_ns")
+
+    from relay_helpers import wait_for
+
+    wait_for(stored, timeout=30)
+    start, end = t0 + 500_000_000, t0 + 1_500_000_000
+    status, tag = http_json(info["url"] + "/api/tags", "POST",
+                            {"name": "lap-1", "start_ns": start, "end_ns": end,
+                             "channels": ["engine"], "note": "kept from the test"})
+    assert status == 201, tag
+    assert tag["name"] == "lap-1" and tag["channels"] == ["engine"]
+    status, tags = http_json(info["url"] + "/api/tags")
+    assert status == 200 and [t["name"] for t in tags["tags"]] == ["lap-1"]
+    status, tag_again = http_json(info["url"] + "/api/tags", "POST",
+                                  {"name": "lap-1", "start_ns": start, "end_ns": end})
+    assert status == 409, tag_again
+    for spec in ({"start_ns": start, "end_ns": end, "channels": ["engine"]},
+                 {"tag": "lap-1"}):
+        status, job = http_json(info["url"] + "/api/exports", "POST", spec)
+        assert status == 202, job
+        url = info["url"] + f"/api/exports/{job['id']}"
+        job = wait_for(lambda u=url: (lambda s: s if s["state"] in ("done", "failed") else None)(
+            http_json(u)[1]), timeout=90, interval=0.2)
+        assert job["state"] == "done", job
+        status, raw = http_json(url + "/file")
+        assert status == 200 and raw[:8] == b"\x89HDF\r\n\x1a\n"
+        path = tmp_path / f"{job['id']}.h5"
+        path.write_bytes(raw)
+        with h5py.File(path, "r") as f:
+            t = f["engine/time"][()]
+            rpm = f["engine/rpm"][()]
+        assert len(t) == 1000 and t[0] == start and t[-1] == end - 1_000_000
+        np.testing.assert_array_equal(rpm, 1000.0 + (t - t0) // 1_000_000)
+        status, csv_text = http_json(url + "/file?format=csv&signals=engine.rpm")
+        lines = csv_text.decode().splitlines()
+        assert lines[0] == "channel,time_ns,rpm" and len(lines) == 1001
+        assert lines[1] == f"engine,{start},{1000.0 + 500}"
+    status, _ = http_json(info["url"] + "/api/tags/lap-1", "DELETE")
+    assert status == 204
+    assert http_json(info["url"] + "/api/tags/lap-1")[0] == 404
