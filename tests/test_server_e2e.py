@@ -176,3 +176,32 @@ def test_tag_and_export_from_the_api_read_back_by_h5py(tmp_path, ipc_dir, procs)
     status, _ = http_json(info["url"] + "/api/tags/lap-1", "DELETE")
     assert status == 204
     assert http_json(info["url"] + "/api/tags/lap-1")[0] == 404
+
+
+def test_up_runs_relay_server_and_demo_and_prints_the_url(tmp_path, ipc_dir):
+    import subprocess
+    import sys
+
+    from relay_helpers import wait_for
+
+    info = server_config(tmp_path, ipc_dir, channels=(
+        ("engine", "engine", 10), ("power", "power", 100), ("status", "status", 1)))
+    up = subprocess.Popen([sys.executable, "-m", "speeddata.cli", "up", "-c", str(info["path"]),
+                           "--demo", "-q", "--no-status", "--duration", "60"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def engine_live():
+            status, body = http_json(info["url"] + "/api/channels/engine")
+            return status == 200 and body["records"] > 0 and body
+
+        body = wait_for(engine_live, timeout=40, interval=0.2)
+        assert body["latest"]["engine.rpm"]["value"] is not None
+        status, st = http_json(info["url"] + "/api/status")
+        assert status == 200 and st["channels"]["engine"]["records"] > 0
+    finally:
+        up.terminate()
+        out, err = up.communicate(timeout=30)
+    assert up.returncode == 0, err
+    assert f"open http://127.0.0.1:{info['http'][1]}/" in err
+    log = (info["cache"] / "up.log").read_text()
+    assert "Traceback" not in log and "Exception ignored" not in log
