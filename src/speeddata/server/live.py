@@ -56,6 +56,11 @@ MAX_GAPS = 4096
 #: raw chunks are joined once a channel holds more than this many
 MAX_CHUNKS = 64
 NUMERIC_TYPES = ("int", "long", "float", "double", "boolean")
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+#: seconds between two drains of the socket: datagrams arriving meanwhile wait in the
+#: kernel and are taken in one batch (fewer, larger batches: the per-batch cost of numpy
+#: is paid ~100 times a second, not once per datagram at low rates)
+DRAIN_INTERVAL = 0.005
 
 
 def ladder_width(span_ns: int, pixels: int) -> int:
@@ -191,17 +196,35 @@ class Level:
 
 
 def _bucket_m4(t: np.ndarray, x: np.ndarray, c0: int, n: int, width: int) -> M4:
-    """Dense M4 of rows (sorted ``t``, values ``x`` (rows, k)) in columns c0..c0+n-1."""
+    """Dense M4 of rows (sorted ``t``, values ``x`` (rows, k)) in columns c0..c0+n-1.
+
+    Many rows per column (scroll-back): the column edges are found by binary search
+    (O(columns log rows)) and each aggregate is one ``reduceat``; few rows per column:
+    ``downsample.bucketize``.
+    """
     k = x.shape[1]
     count = np.zeros(n, np.float64)
     out = [np.full((n, k), np.nan) for _ in range(4)]
     lo, hi = np.searchsorted(t, [c0 * width, (c0 + n) * width])
-    if hi > lo:
+    if hi <= lo:
+        return M4(c0, count, *out)
+    if hi - lo < 8 * n:
         b = downsample.bucketize(t[lo:hi], x[lo:hi], width, 0)
         pos = b.index - c0
         count[pos] = b.count
         for dense, sparse in zip(out, (b.first, b.min, b.max, b.last), strict=True):
             dense[pos] = sparse
+        return M4(c0, count, *out)
+    edges = np.searchsorted(t, (c0 + np.arange(n + 1, dtype=np.int64)) * width)
+    per = np.diff(edges)
+    full = np.flatnonzero(per > 0)
+    starts = edges[full]
+    ends = edges[full + 1]
+    count[full] = per[full]
+    out[0][full] = x[starts]
+    out[1][full] = np.fmin.reduceat(x, starts, axis=0)
+    out[2][full] = np.fmax.reduceat(x, starts, axis=0)
+    out[3][full] = x[ends - 1]
     return M4(c0, count, *out)
 
 
@@ -607,13 +630,20 @@ class Intake:
         self.n_batches = 0
         self.sock = self._open(rcvbuf)
         self._loop = None
+        self._watching = False
+        self._timer = None
+        self._last_drain = 0.0
+        self.drain_interval = DRAIN_INTERVAL
 
     def _open(self, rcvbuf: int) -> socket.socket:
         addr, port = self.group
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            try:  # past net.core.rmem_max when allowed (CAP_NET_ADMIN), as the relay does
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.bind((addr, port))
             sock.setsockopt(
                 socket.IPPROTO_IP,
@@ -630,17 +660,47 @@ class Intake:
         from tornado.ioloop import IOLoop
 
         self._loop = loop or IOLoop.current()
+        self._watch()
+
+    def _watch(self) -> None:
+        from tornado.ioloop import IOLoop
+
+        self._watching = True
         self._loop.add_handler(self.sock.fileno(), self._on_readable, IOLoop.READ)
 
     def close(self) -> None:
         if self._loop is not None:
-            self._loop.remove_handler(self.sock.fileno())
+            if self._watching:
+                self._loop.remove_handler(self.sock.fileno())
+            if self._timer is not None:
+                self._loop.remove_timeout(self._timer)
             self._loop = None
         self.sock.close()
 
     def _on_readable(self, fd, events) -> None:
-        # a bounded number of batches per wake-up: the IOLoop serves clients in between
-        # (the handler is level-triggered and runs again while datagrams wait)
+        # Drain now, or (if the last drain was less than DRAIN_INTERVAL ago) stop
+        # watching and drain when the interval is over: batches grow with the rate.
+        now = time.monotonic()
+        wait = self._last_drain + self.drain_interval - now
+        if wait <= 0:
+            self.drain()
+            return
+        self._loop.remove_handler(fd)
+        self._watching = False
+        self._timer = self._loop.call_later(wait, self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._timer = None
+        if self._loop is None:
+            return
+        self.drain()
+        self._watch()
+
+    def drain(self) -> None:
+        """Take what waits on the socket, a bounded number of batches (the IOLoop serves
+        clients in between; the handler is level-triggered and comes back)."""
+        self._last_drain = time.monotonic()
+        fd = self.sock.fileno()
         for _ in range(16):
             try:
                 n = self.rx.recv(fd)
