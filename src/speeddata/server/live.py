@@ -59,8 +59,8 @@ NUMERIC_TYPES = ("int", "long", "float", "double", "boolean")
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: seconds between two drains of the socket: datagrams arriving meanwhile wait in the
 #: kernel and are taken in one batch (fewer, larger batches: the per-batch cost of numpy
-#: is paid ~100 times a second, not once per datagram at low rates)
-DRAIN_INTERVAL = 0.005
+#: is paid ~100 times a second, not once per datagram)
+DRAIN_INTERVAL = 0.01
 
 
 def ladder_width(span_ns: int, pixels: int) -> int:
@@ -222,8 +222,9 @@ def _bucket_m4(t: np.ndarray, x: np.ndarray, c0: int, n: int, width: int) -> M4:
     ends = edges[full + 1]
     count[full] = per[full]
     out[0][full] = x[starts]
-    out[1][full] = np.fmin.reduceat(x, starts, axis=0)
-    out[2][full] = np.fmax.reduceat(x, starts, axis=0)
+    xs = x[: edges[-1]]  # the last reduceat segment runs to the end of its input
+    out[1][full] = np.fmin.reduceat(xs, starts, axis=0)
+    out[2][full] = np.fmax.reduceat(xs, starts, axis=0)
     out[3][full] = x[ends - 1]
     return M4(c0, count, *out)
 
@@ -252,6 +253,7 @@ def join_m4(parts: list[M4], c0: int, n: int, k: int) -> M4:
 class _Chunk:
     t: np.ndarray  # int64 ns, sorted
     x: np.ndarray  # float64 (rows, k)
+    summarized: bool = False  # folded into the summary levels
 
 
 @dataclass
@@ -423,7 +425,6 @@ class LiveChannel:
             return
         self._strings(columns, t)
         self._window(t, x)
-        self._summaries(t, x)
         self._latest(t, x)
         t_hi, t_lo = int(t[-1]), int(t[0])
         self.t_newest = t_hi if self.t_newest is None else max(self.t_newest, t_hi)
@@ -508,42 +509,54 @@ class LiveChannel:
         self.chunks.append(_Chunk(t, x))
         self.raw_bytes += t.nbytes + x.nbytes
         if len(self.chunks) > MAX_CHUNKS:
-            # join the newer half (the older ones are dropped first anyway)
+            # join the newer half (the older ones are dropped first anyway): chunks stay
+            # few, and small enough to be dropped whole
+            self.sync_summaries()
             keep = [self.chunks.popleft() for _ in range(len(self.chunks) // 2)]
             rest = list(self.chunks)
             self.chunks = deque(keep)
             self.chunks.append(_Chunk(np.concatenate([c.t for c in rest]),
-                                      np.concatenate([c.x for c in rest])))
+                                      np.concatenate([c.x for c in rest]), True))
         self.trim()
 
     def trim(self, budget: int | None = None) -> None:
-        """Drop raw rows older than the window or beyond the memory share."""
+        """Drop the oldest chunks while they are all older than the window or the raw
+        rows exceed the memory share (the newest chunk always stays)."""
         budget = self.raw_budget if budget is None else budget
-        newest = int(self.chunks[-1].t[-1]) if self.chunks else 0
-        limit = newest - self.window_ns
-        while self.chunks and (self.raw_bytes > budget or int(self.chunks[0].t[-1]) < limit):
-            c = self.chunks[0]
-            if len(self.chunks) == 1 or int(c.t[-1]) >= limit:
-                # cut inside the chunk: keep what fits
-                over = self.raw_bytes - budget
-                row_bytes = 8 + 8 * self.k
-                cut = max(int(np.searchsorted(c.t, limit)), -(-over // row_bytes), 0)
-                cut = min(cut, len(c.t))
-                if cut == 0:
-                    break
-                self.raw_bytes -= cut * row_bytes
-                if cut == len(c.t):
-                    self.chunks.popleft()
-                else:
-                    self.chunks[0] = _Chunk(c.t[cut:].copy(), c.x[cut:].copy())
-                    break
-            else:
-                self.chunks.popleft()
-                self.raw_bytes -= c.t.nbytes + c.x.nbytes
+        if len(self.chunks) < 2:
+            return
+        limit = int(self.chunks[-1].t[-1]) - self.window_ns
+        while len(self.chunks) > 1 and (
+                self.raw_bytes > budget or int(self.chunks[0].t[-1]) < limit):
+            if not self.chunks[0].summarized:
+                self.sync_summaries()
+            c = self.chunks.popleft()
+            self.raw_bytes -= c.t.nbytes + c.x.nbytes
 
-    def _summaries(self, t: np.ndarray, x: np.ndarray) -> None:
+    def sync_summaries(self) -> None:
+        """Fold the rows not yet summarized (the newest chunks) into the summary levels:
+        done when a chart asks for columns, and before rows are joined or dropped, so a
+        channel nobody watches pays for its summaries rarely and in large batches."""
+        fresh = []
+        for c in reversed(self.chunks):
+            if c.summarized:
+                break
+            fresh.append(c)
+        if not fresh:
+            return
+        fresh.reverse()
+        for c in fresh:
+            c.summarized = True
         if not self.levels:
             return
+        if len(fresh) == 1:
+            t, x = fresh[0].t, fresh[0].x
+        else:
+            t = np.concatenate([c.t for c in fresh])
+            x = np.concatenate([c.x for c in fresh])
+            if np.any(t[1:] < t[:-1]):
+                order = np.argsort(t, kind="stable")
+                t, x = t[order], x[order]
         b = downsample.bucketize(t, x, self.levels[0].width, 0)
         self.levels[0].add(b)
         for lower, upper in zip(self.levels, self.levels[1:], strict=False):
@@ -573,6 +586,7 @@ class LiveChannel:
         ws = self.window_start
         if ws is not None and t0 >= ws:
             return True
+        self.sync_summaries()
         return any(lv.covers_from() is not None and lv.covers_from() <= t0
                    for lv in self.levels)
 
@@ -580,6 +594,7 @@ class LiveChannel:
         """M4 of columns ``c0 .. c0+n-1`` of ``width`` ns for all numeric signals: from
         the finest summary level that holds the range and divides the width, else from
         the raw window."""
+        self.sync_summaries()
         t0 = c0 * width
         ws = self.window_start
         if ws is None or t0 < ws:

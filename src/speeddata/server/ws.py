@@ -54,13 +54,31 @@ T_COLUMNS, T_LATEST, T_GAPS = 1, 2, 3
 # ----------------------------------------------------------------------------- framing
 
 
-def columns_blocks(sub: int, signals: list[int], cols: list[int], m4: M4) -> list[bytes]:
+def columns_bodies(cols: list[int], m4: M4) -> list[bytes]:
+    """The body of a ``columns`` block for each numeric column ``cols[i]`` of ``m4``."""
+    n = len(m4.count)
+    stack = np.empty((len(cols), 5, n), "<f8")
+    stack[:, 0, :] = m4.count
+    stack[:, 1, :] = m4.first[:, cols].T
+    stack[:, 2, :] = m4.min[:, cols].T
+    stack[:, 3, :] = m4.max[:, cols].T
+    stack[:, 4, :] = m4.last[:, cols].T
+    head2 = COLUMNS_HEAD.pack(float(m4.first_column), n, 0)
+    return [head2 + stack[i].tobytes() for i in range(len(cols))]
+
+
+def columns_blocks(sub: int, signals: list[int], cols: list[int], m4: M4,
+                   bodies: list[bytes] | None = None) -> list[bytes]:
     """One ``columns`` block per signal: ``signals[i]`` is the subscription's index of
-    the channel's numeric column ``cols[i]``."""
+    the channel's numeric column ``cols[i]`` (``bodies``: made already, shared by the
+    clients of a tick)."""
     n = len(m4.count)
     if n == 0 or not signals:
         return []
     length = BLOCK_HEADER.size + COLUMNS_HEAD.size + 40 * n
+    if bodies is not None:
+        return [BLOCK_HEADER.pack(T_COLUMNS, 0, length, sub, sig) + body
+                for sig, body in zip(signals, bodies, strict=True)]
     # (k, 5, n) float64: count, first, min, max, last per signal
     stack = np.empty((len(cols), 5, n), "<f8")
     stack[:, 0, :] = m4.count
@@ -438,7 +456,11 @@ class Client:
         m4 = memo.get(key)
         if m4 is None:
             m4 = memo[key] = ch.m4(c0, n, w)
-        return columns_blocks(s.sub, p.indexes, p.columns, m4)
+        bkey = (key, tuple(p.columns))
+        bodies = memo.get(bkey)
+        if bodies is None:
+            bodies = memo[bkey] = columns_bodies(p.columns, m4)
+        return columns_blocks(s.sub, p.indexes, p.columns, m4, bodies)
 
     def _gaps(self, s: Subscription, p: _Part, first: bool, now_ns: int) -> list[bytes]:
         ch = p.channel
