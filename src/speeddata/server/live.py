@@ -10,8 +10,8 @@ per datagram or per record; announces (one a second per channel) are the excepti
 
 A :class:`LiveChannel` is keyed by (relay address, channel id) and keeps:
 
-- the recent window: chunks of (time, values) for its numeric signals, within
-  ``server.window`` seconds and its share of ``server.memory``;
+- the recent window: a ring of (time, values) rows for its numeric signals, allocated
+  once at its share of ``server.memory`` (pages are touched as rows arrive);
 - summaries: :class:`Level` rings of per-bucket count/first/min/max/last at decade
   widths (10 ms ... 10 s), updated per batch with ``downsample.bucketize``/``merge``, so
   that the M4 columns of a chart cost in proportion to its pixel columns;
@@ -53,8 +53,8 @@ SUMMARY_WIDTHS = (10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000)
 MAX_MERGE = 100
 #: gap intervals kept per channel
 MAX_GAPS = 4096
-#: raw chunks are joined once a channel holds more than this many
-MAX_CHUNKS = 64
+#: rows not yet summarized that trigger a fold into the summaries without a chart asking
+SYNC_ROWS = 1 << 16
 NUMERIC_TYPES = ("int", "long", "float", "double", "boolean")
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: seconds between two drains of the socket: datagrams arriving meanwhile wait in the
@@ -250,13 +250,6 @@ def join_m4(parts: list[M4], c0: int, n: int, k: int) -> M4:
 
 
 @dataclass
-class _Chunk:
-    t: np.ndarray  # int64 ns, sorted
-    x: np.ndarray  # float64 (rows, k)
-    summarized: bool = False  # folded into the summary levels
-
-
-@dataclass
 class Loss:
     """Loss seen by the server on one channel: datagrams missing from ``seq``."""
 
@@ -322,9 +315,15 @@ class LiveChannel:
                 levels.append(Level(width, cap, k))
                 left -= cap * per_bucket
         self.levels = sorted(levels, key=lambda lv: lv.width)
-        self.raw_budget = max(budget - sum(lv.nbytes for lv in self.levels), 1 << 16)
-        self.chunks: deque[_Chunk] = deque()
-        self.raw_bytes = 0
+        raw_budget = max(budget - sum(lv.nbytes for lv in self.levels), 1 << 16)
+        self.capacity = max(1024, raw_budget // (8 + 8 * k))
+        # the ring: row i (logical, counted from the first ever) lives at i % capacity;
+        # np.empty: the kernel hands out pages as rows reach them
+        self.ring_t = np.empty(self.capacity, np.int64)
+        self.ring_x = np.empty((self.capacity, k), np.float64)
+        self.n_rows = 0  # rows ever written
+        self.n_summarized = 0  # rows folded into the summaries
+        self.in_order = True  # every row's time >= the one before (binary search works)
         # latest values
         self.latest_t = np.full(k, np.nan)  # seconds
         self.latest_v = np.full(k, np.nan)
@@ -379,13 +378,30 @@ class LiveChannel:
             self._rate_mark = (now, self.records)
 
     @property
+    def first_row(self) -> int:
+        """Logical index of the oldest row the ring holds."""
+        return max(0, self.n_rows - self.capacity)
+
+    @property
     def window_start(self) -> int | None:
         """Oldest time (ns) of the raw window."""
-        return int(self.chunks[0].t[0]) if self.chunks else None
+        if self.n_rows == 0:
+            return None
+        if self.in_order:
+            oldest = int(self.ring_t[self.first_row % self.capacity])
+        else:
+            oldest = min(int(self.ring_t[a:b].min()) for a, b in self._segments())
+        return max(oldest, (self.t_newest or oldest) - self.window_ns)
+
+    @property
+    def raw_bytes(self) -> int:
+        return (self.n_rows - self.first_row) * (8 + 8 * self.k)
 
     @property
     def nbytes(self) -> int:
-        return self.raw_bytes + sum(lv.nbytes for lv in self.levels)
+        """Memory bound of the window and summaries (the ring's pages count once used)."""
+        ring = min(self.n_rows, self.capacity) * (8 + 8 * self.k)
+        return ring + sum(lv.nbytes for lv in self.levels)
 
     # -- intake
 
@@ -506,57 +522,55 @@ class LiveChannel:
         self.latest_t[:] = ts
 
     def _window(self, t: np.ndarray, x: np.ndarray) -> None:
-        self.chunks.append(_Chunk(t, x))
-        self.raw_bytes += t.nbytes + x.nbytes
-        if len(self.chunks) > MAX_CHUNKS:
-            # join the newer half (the older ones are dropped first anyway): chunks stay
-            # few, and small enough to be dropped whole
+        n = len(t)
+        if self.n_rows and int(t[0]) < int(self.ring_t[(self.n_rows - 1) % self.capacity]):
+            self.in_order = False
+        if self.n_rows + n - self.n_summarized > self.capacity:
+            self.sync_summaries()  # rows about to be overwritten are summarized first
+        if n > self.capacity:  # one batch larger than the ring: its newest rows
+            self._summarize(t[: n - self.capacity], x[: n - self.capacity])
+            self.n_rows += n - self.capacity
+            self.n_summarized = self.n_rows
+            t, x, n = t[-self.capacity :], x[-self.capacity :], self.capacity
+        pos = self.n_rows % self.capacity
+        first = min(n, self.capacity - pos)
+        self.ring_t[pos : pos + first] = t[:first]
+        self.ring_x[pos : pos + first] = x[:first]
+        if first < n:
+            self.ring_t[: n - first] = t[first:]
+            self.ring_x[: n - first] = x[first:]
+        self.n_rows += n
+        if self.n_rows - self.n_summarized >= SYNC_ROWS:
             self.sync_summaries()
-            keep = [self.chunks.popleft() for _ in range(len(self.chunks) // 2)]
-            rest = list(self.chunks)
-            self.chunks = deque(keep)
-            self.chunks.append(_Chunk(np.concatenate([c.t for c in rest]),
-                                      np.concatenate([c.x for c in rest]), True))
-        self.trim()
 
-    def trim(self, budget: int | None = None) -> None:
-        """Drop the oldest chunks while they are all older than the window or the raw
-        rows exceed the memory share (the newest chunk always stays)."""
-        budget = self.raw_budget if budget is None else budget
-        if len(self.chunks) < 2:
-            return
-        limit = int(self.chunks[-1].t[-1]) - self.window_ns
-        while len(self.chunks) > 1 and (
-                self.raw_bytes > budget or int(self.chunks[0].t[-1]) < limit):
-            if not self.chunks[0].summarized:
-                self.sync_summaries()
-            c = self.chunks.popleft()
-            self.raw_bytes -= c.t.nbytes + c.x.nbytes
+    def _rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Logical rows ``lo .. hi-1`` (held by the ring), as arrays (a copy when they
+        wrap around the ring's end, else views)."""
+        a, b = lo % self.capacity, hi % self.capacity or self.capacity
+        if hi - lo <= 0:
+            return self.ring_t[:0], self.ring_x[:0]
+        if a < b:
+            return self.ring_t[a:b], self.ring_x[a:b]
+        return (np.concatenate((self.ring_t[a:], self.ring_t[:b])),
+                np.concatenate((self.ring_x[a:], self.ring_x[:b])))
 
     def sync_summaries(self) -> None:
-        """Fold the rows not yet summarized (the newest chunks) into the summary levels:
-        done when a chart asks for columns, and before rows are joined or dropped, so a
-        channel nobody watches pays for its summaries rarely and in large batches."""
-        fresh = []
-        for c in reversed(self.chunks):
-            if c.summarized:
-                break
-            fresh.append(c)
-        if not fresh:
+        """Fold the rows not yet summarized into the summary levels: done when a chart
+        asks for columns, before rows are overwritten, and every SYNC_ROWS rows, so a
+        channel pays for its summaries in large batches."""
+        lo = max(self.n_summarized, self.first_row)
+        if lo >= self.n_rows:
             return
-        fresh.reverse()
-        for c in fresh:
-            c.summarized = True
-        if not self.levels:
+        t, x = self._rows(lo, self.n_rows)
+        self.n_summarized = self.n_rows
+        self._summarize(t, x)
+
+    def _summarize(self, t: np.ndarray, x: np.ndarray) -> None:
+        if not self.levels or len(t) == 0:
             return
-        if len(fresh) == 1:
-            t, x = fresh[0].t, fresh[0].x
-        else:
-            t = np.concatenate([c.t for c in fresh])
-            x = np.concatenate([c.x for c in fresh])
-            if np.any(t[1:] < t[:-1]):
-                order = np.argsort(t, kind="stable")
-                t, x = t[order], x[order]
+        if np.any(t[1:] < t[:-1]):
+            order = np.argsort(t, kind="stable")
+            t, x = t[order], x[order]
         b = downsample.bucketize(t, x, self.levels[0].width, 0)
         self.levels[0].add(b)
         for lower, upper in zip(self.levels, self.levels[1:], strict=False):
@@ -565,20 +579,39 @@ class LiveChannel:
 
     # -- reading
 
+    def _segments(self) -> list[tuple[int, int]]:
+        """The ring's held rows as at most two slices, oldest first."""
+        lo, hi = self.first_row, self.n_rows
+        if hi <= lo:
+            return []
+        a, b = lo % self.capacity, hi % self.capacity or self.capacity
+        return [(a, b)] if a < b else [(a, self.capacity), (0, b)]
+
     def raw_rows(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
-        """The window's rows with ``t0 <= t < t1``."""
+        """The window's rows with ``t0 <= t < t1`` (and within ``window`` of the newest),
+        in time order; copies only the rows selected."""
+        if self.t_newest is not None:
+            t0 = max(t0, self.t_newest - self.window_ns)
         ts, xs = [], []
-        for c in self.chunks:
-            if int(c.t[-1]) < t0 or int(c.t[0]) >= t1:
-                continue
-            lo, hi = np.searchsorted(c.t, [t0, t1])
-            ts.append(c.t[lo:hi])
-            xs.append(c.x[lo:hi])
+        for a, b in self._segments():
+            seg_t = self.ring_t[a:b]
+            if self.in_order:
+                i, j = np.searchsorted(seg_t, [t0, t1])
+                if j > i:
+                    ts.append(seg_t[i:j])
+                    xs.append(self.ring_x[a + i : a + j])
+            else:
+                keep = (seg_t >= t0) & (seg_t < t1)
+                ts.append(seg_t[keep])
+                xs.append(self.ring_x[a:b][keep])
         if not ts:
             return np.zeros(0, np.int64), np.zeros((0, self.k))
-        if len(ts) == 1:
-            return ts[0], xs[0]
-        return np.concatenate(ts), np.concatenate(xs)
+        t = ts[0] if len(ts) == 1 else np.concatenate(ts)
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        if not self.in_order:
+            order = np.argsort(t, kind="stable")
+            t, x = t[order], x[order]
+        return t, x
 
     def can_serve(self, t0: int) -> bool:
         """Whether memory holds everything of this channel from ``t0`` on (the raw window
