@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,42 @@ def test_frame_layout_is_aligned_and_round_trips():
     assert list(g["start_s"]) == [1.0] and list(g["end_s"]) == [2.0]
     # every float64 array starts on an 8-byte boundary of the frame
     assert (16 + 16 + 16) % 8 == 0
+
+
+def test_memory_bound_holds_for_many_channels_and_shrinks_keep_the_newest(tmp_path):
+    import time
+
+    from conftest import SCHEMAS, free_udp_port, random_group
+    from relay_helpers import encode, engine_record
+    from speeddata.schema import Schema
+    from speeddata.server.live import Intake
+
+    schema = Schema(SCHEMAS / "engine.avsc")
+    memory = 4 << 20
+    intake = Intake((random_group(), free_udp_port()), memory=memory, window=600)
+    try:
+        t0 = time.time_ns()
+        payload = np.frombuffer(encode(schema, [engine_record(i, t0=t0) for i in range(400)]),
+                                np.uint8)
+        size = len(payload) // 400
+        for cid in range(1, 11):
+            ann = {"id": cid, "name": f"ch{cid}", "schema": schema.avsc, "decimation": 1,
+                   "time": "time"}
+            intake._announce(0x7F000001, json.dumps(ann).encode())
+            for ch in intake.channels.values():  # everyone gets more rows than fit
+                for rep in range(40):
+                    start = np.array([0], np.int64)
+                    ch.ingest(payload, start, np.array([len(payload)], np.int64),
+                              np.array([400], np.int64), np.array([ch.datagrams], np.uint64),
+                              np.array([t0], np.int64))
+                    del rep
+            assert intake.memory_reserved() <= memory
+            assert intake.memory_used() <= memory
+        assert intake.shares == 16 and len(intake.channels) == 10
+        ch = intake.by_name("ch1")
+        t, x = ch.raw_rows(0, 2**62)
+        assert len(t) == min(ch.capacity, ch.n_rows) and size > 0
+        # the newest rows survived the shrinks
+        assert x[-1, ch.numeric.index("rpm")] == 1000.0 + 399
+    finally:
+        intake.close()

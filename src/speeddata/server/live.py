@@ -304,26 +304,15 @@ class LiveChannel:
         self.decoder = BlockDecoder(self.schema, names, True, 1) if names else None
         k = len(numeric)
         self.k = k
-        # summaries: capacity per level over the window, the finest cut to the budget
-        per_bucket = 8 * 2 + 32 * k
-        levels = []
-        left = budget // 2
-        for width in reversed(SUMMARY_WIDTHS):
-            want = self.window_ns // width + 2
-            cap = int(min(want, max(left // per_bucket, 0)))
-            if cap >= 16:
-                levels.append(Level(width, cap, k))
-                left -= cap * per_bucket
-        self.levels = sorted(levels, key=lambda lv: lv.width)
-        raw_budget = max(budget - sum(lv.nbytes for lv in self.levels), 1 << 16)
-        self.capacity = max(1024, raw_budget // (8 + 8 * k))
-        # the ring: row i (logical, counted from the first ever) lives at i % capacity;
-        # np.empty: the kernel hands out pages as rows reach them
-        self.ring_t = np.empty(self.capacity, np.int64)
-        self.ring_x = np.empty((self.capacity, k), np.float64)
+        self.levels: list[Level] = []
+        self.capacity = 0
+        self.ring_t = np.empty(0, np.int64)
+        self.ring_x = np.empty((0, k), np.float64)
         self.n_rows = 0  # rows ever written
         self.n_summarized = 0  # rows folded into the summaries
         self.in_order = True  # every row's time >= the one before (binary search works)
+        self.budget = 0
+        self.resize(budget)
         # latest values
         self.latest_t = np.full(k, np.nan)  # seconds
         self.latest_v = np.full(k, np.nan)
@@ -343,6 +332,65 @@ class LiveChannel:
         self.last_recv_ns = 0
         self._rate_mark = (time.monotonic(), 0)
         self.rate_hz = 0.0
+
+    def resize(self, budget: int) -> None:
+        """(Re)allocate the summaries and the ring within ``budget`` bytes: at most half
+        for the summaries (coarse levels first), the rest for the ring. Rows and buckets
+        that still fit are kept (a shrink keeps the newest)."""
+        if self.capacity:
+            self.sync_summaries()  # rows that may not fit are summarized first
+        self.budget = int(budget)
+        k = self.k
+        per_bucket = 8 * 2 + 32 * k
+        old_levels = {lv.width: lv for lv in self.levels}
+        levels = []
+        left = self.budget // 2
+        for width in reversed(SUMMARY_WIDTHS):
+            want = self.window_ns // width + 2
+            cap = int(min(want, max(left // per_bucket, 0)))
+            if cap < 16:
+                continue
+            lv = old_levels.get(width)
+            if lv is None or lv.capacity != cap:
+                new = Level(width, cap, k)
+                if lv is not None and lv.newest is not None:
+                    # the newest buckets that fit, through the M4 of the old ring
+                    first = max(lv.newest - min(cap, lv.capacity) + 1,
+                                lv.oldest if lv.oldest is not None else lv.newest)
+                    m4 = lv.columns(first, lv.newest - first + 1, 1)
+                    have = m4.count > 0
+                    idx = np.arange(first, lv.newest + 1, dtype=np.int64)[have]
+                    if len(idx):
+                        z = np.zeros(len(idx), np.int64)
+                        new.add(downsample.Buckets(
+                            width, 0, idx, m4.count[have].astype(np.int64), z,
+                            m4.first[have], m4.min[have], m4.max[have], m4.last[have], z))
+                lv = new
+            levels.append(lv)
+            left -= cap * per_bucket
+        self.levels = sorted(levels, key=lambda lv: lv.width)
+        row_bytes = 8 + 8 * k
+        raw_budget = max(self.budget - sum(lv.nbytes for lv in self.levels), 1024 * row_bytes)
+        capacity = max(1024, raw_budget // row_bytes)
+        if capacity == self.capacity:
+            return
+        held = min(self.n_rows - self.first_row, capacity) if self.n_rows else 0
+        t_keep, x_keep = self._rows(self.n_rows - held, self.n_rows) if held else (None, None)
+        # np.empty: the kernel hands out pages as rows reach them
+        self.ring_t = np.empty(capacity, np.int64)
+        self.ring_x = np.empty((capacity, k), np.float64)
+        self.capacity = capacity
+        if held:
+            # rows keep their logical numbers: re-place them at their new slots
+            pos = np.arange(self.n_rows - held, self.n_rows) % capacity
+            self.ring_t[pos] = t_keep
+            self.ring_x[pos] = x_keep
+        self.n_summarized = max(self.n_summarized, self.n_rows - held)
+
+    @property
+    def reserved(self) -> int:
+        """Bytes the ring and the summaries can take."""
+        return self.capacity * (8 + 8 * self.k) + sum(lv.nbytes for lv in self.levels)
 
     # -- description
 
@@ -682,6 +730,9 @@ class Intake:
         self._timer = None
         self._last_drain = 0.0
         self.drain_interval = DRAIN_INTERVAL
+        #: server.memory is split in this many equal shares, one per channel (doubled,
+        #: and every channel shrunk to the new share, when channels outnumber it)
+        self.shares = 4
 
     def _open(self, rcvbuf: int) -> socket.socket:
         addr, port = self.group
@@ -828,9 +879,13 @@ class Intake:
         decimation = int(ann.get("decimation", 1) or 1)
         step = decimation if self.decimated else 1
         n = len(self.channels) + (0 if old else 1)
-        budget = max(self.memory // max(n, 4), 1 << 20)
+        if n > self.shares:  # more channels than shares: halve every channel's share
+            while n > self.shares:
+                self.shares *= 2
+            for c in self.channels.values():
+                c.resize(self.share)
         try:
-            ch = LiveChannel(relay, ann, name, step, budget, self.window_ns)
+            ch = LiveChannel(relay, ann, name, step, self.share, self.window_ns)
         except (SchemaError, KeyError, TypeError, ValueError) as exc:
             self.n_invalid += 1
             log.warning("announce of channel %s from %s refused: %s", cid, relay, exc)
@@ -855,8 +910,17 @@ class Intake:
     def now_ns(self) -> int:
         return time.time_ns()
 
+    @property
+    def share(self) -> int:
+        return self.memory // self.shares
+
     def memory_used(self) -> int:
+        """Bytes of the windows in use and of the summaries, all channels."""
         return sum(ch.nbytes for ch in self.channels.values())
+
+    def memory_reserved(self) -> int:
+        """Bytes the windows and summaries can grow to, all channels (<= server.memory)."""
+        return sum(ch.reserved for ch in self.channels.values())
 
 
 def column_span(width: int, t_end: int, n_columns: int) -> tuple[int, int]:
