@@ -114,6 +114,21 @@ def test_live_columns_and_latest_over_websockets(tmp_path, ipc_dir, procs):
             assert latest[-1]["time_s"] == pytest.approx((t0 + 1199 * 1_000_000) / 1e9)
 
     asyncio.run(scenario())
+    # the relay's counters (its stats PUB socket, once a second) reach /metrics and status
+    from relay_helpers import wait_for
+
+    def relay_counted():
+        status, text = http_json(info["url"] + "/metrics")
+        line = [ln for ln in text.decode().splitlines()
+                if ln.startswith('speeddata_relay_records_total{channel="engine"}')]
+        return line and float(line[0].split()[-1]) >= 200 and text.decode()
+
+    metrics = wait_for(relay_counted, timeout=15, interval=0.2)
+    assert 'speeddata_server_records_total{channel="engine",relay="127.0.0.1"}' in metrics
+    assert 'speeddata_relay_kernel_drops_total{channel="engine"} 0.0' in metrics
+    assert 'speeddata_cache_bytes{channel="engine"}' in metrics
+    status, st = http_json(info["url"] + "/api/status")
+    assert st["relay"]["channels"][0]["name"] == "engine" and st["cache"]["budget_bytes"] > 0
     status, body = http_json(info["url"] + "/api/channels/engine")
     assert status == 200 and body["records"] >= 200
     assert body["latest"]["engine.rpm"]["value"] == 1000.0 + 1199

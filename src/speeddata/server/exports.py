@@ -156,11 +156,12 @@ class Exports:
         except OSError:
             return
         for p in states[:-MAX_KEPT] if len(states) > MAX_KEPT else []:
-            for suffix in (".json", ".h5", ".csv"):
+            for f in self.folder.glob(f"{p.stem}.*"):  # .json, .h5 and its CSVs
                 try:
-                    p.with_suffix(suffix).unlink()
+                    f.unlink()
                 except OSError:
                     pass
+            self.jobs.pop(p.stem, None)
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -316,11 +316,13 @@ class Client:
                 if s is not None and s.history is not None:
                     s.history.cancel()
             elif kind in ("pause", "resume"):
-                targets = list(self.subs.values()) if "sub" not in msg else [
-                    self.subs[_int(msg, "sub", 0, 2**32 - 1)]
-                ] if _int(msg, "sub", 0, 2**32 - 1) in self.subs else []
-                if "sub" in msg and not targets:
-                    raise RequestError(f"no subscription {msg['sub']}")
+                if "sub" in msg:
+                    number = _int(msg, "sub", 0, 2**32 - 1)
+                    if number not in self.subs:
+                        raise RequestError(f"no subscription {number}")
+                    targets = [self.subs[number]]
+                else:
+                    targets = list(self.subs.values())
                 for s in targets:
                     s.paused = kind == "pause"
                     if not s.paused:
