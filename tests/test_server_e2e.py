@@ -220,3 +220,36 @@ def test_up_runs_relay_server_and_demo_and_prints_the_url(tmp_path, ipc_dir):
     assert f"open http://127.0.0.1:{info['http'][1]}/" in err
     log = (info["cache"] / "up.log").read_text()
     assert "Traceback" not in log and "Exception ignored" not in log
+
+
+def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c(tmp_path, ipc_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from relay_helpers import wait_for
+
+    info = server_config(tmp_path, ipc_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "speeddata.server", "-c", str(info["path"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: http_json(info["url"] + "/api/status")[0] == 200, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.strip() == f"speeddata serve: open http://127.0.0.1:{info['http'][1]}/"
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path, ipc_dir, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("SPEEDDATA_TOKEN", raising=False)
+    info = server_config(tmp_path, ipc_dir)
+    r = subprocess.run([sys.executable, "-m", "speeddata.cli", "serve", "-c", str(info["path"]),
+                        "--listen", "0.0.0.0:1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "server.token" in r.stderr and "SPEEDDATA_TOKEN" in r.stderr
+    assert "Traceback" not in r.stderr
