@@ -520,3 +520,45 @@ def test_no_token_no_bind_beyond_loopback(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEEDDATA_TOKEN", TOKEN)
     cfg = load_config(text=config_text(tmp_path, group, "0.0.0.0:8080"))
     assert LiveServer(cfg).token == TOKEN
+
+
+class TestChanges(ServerCase):
+    @gen_test(timeout=30)
+    async def test_a_range_with_no_data_completes_and_a_replaced_channel_is_resubscribed(self):
+        relay = self.relay()
+        await self.announced(relay)
+        t0 = now_s_floor()
+        relay.send(records(0, 10, t0))
+        await self.until(lambda: self.intake.by_name("engine").records == 10)
+        conn, _ = await self.ws()
+        # a range in memory's reach holding nothing: columns of count 0, then complete
+        conn.write_message(json.dumps({"type": "subscribe", "sub": 1, "pixels": 10,
+                                       "range_ns": [t0 + 10**9, t0 + 2 * 10**9],
+                                       "signals": ["engine.rpm"]}))
+        await self.next_json(conn, "complete")
+        conn.write_message(json.dumps({"type": "subscribe", "sub": 2, "pixels": 0,
+                                       "signals": ["engine.rpm"]}))
+        await self.next_json(conn, "subscribed")
+        # the relay comes back with another schema under the same id: a new hello, and
+        # the subscription follows the new channel
+        schema2 = Schema({"type": "record", "name": "engine", "fields": [
+            {"name": "time", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+            {"name": "rpm", "type": "double"}]})
+        relay2 = self.relay(schema=schema2)
+        old = self.intake.by_name("engine")
+        for _ in range(20):
+            relay2.announce()
+            try:
+                await self.until(lambda: self.intake.by_name("engine") is not old, 0.5)
+                break
+            except AssertionError:
+                continue
+        hello = await self.next_json(conn, "hello")
+        (engine,) = [c for c in hello["channels"] if c["name"] == "engine"]
+        assert [s["name"] for s in engine["signals"]] == ["engine.rpm"]
+        await self.next_json(conn, "subscribed")  # sub 2 made again on the new channel
+        relay2.send([{"time": t0 + 5 * 10**9, "rpm": 42.0}])
+        frames = await self.frames_until(conn, lambda f: any(
+            b["type"] == 2 and b["value"] == 42.0 for b in f[-1]["blocks"]))
+        assert frames
+        conn.close()

@@ -175,6 +175,7 @@ class Subscription:
     history: Any = None  # asyncio Task reading the cache
     pending: list[bytes] | None = None  # blocks from history waiting for a frame
     complete: bool = False
+    request: dict = field(default_factory=dict)  # the subscribe message
 
     @property
     def live(self) -> bool:
@@ -232,7 +233,7 @@ def make_subscription(msg: dict, index: dict[str, tuple[LiveChannel, LiveSignal]
         else:
             part.indexes.append(i)
             part.columns.append(sig.column)
-    s = Subscription(sub, names, list(parts.values()), pixels)
+    s = Subscription(sub, names, list(parts.values()), pixels, request=msg)
     if "range_ns" in msg:
         r = msg["range_ns"]
         if not (isinstance(r, list) and len(r) == 2 and all(
@@ -391,6 +392,7 @@ class Client:
             if not s.paused:
                 blocks.extend(self._blocks(s, now_ns, memo))
         if not blocks:
+            self._completes()
             return
         frame = encode_frame(blocks, now_ns / 1e9)
         try:
@@ -404,11 +406,29 @@ class Client:
         self.frames += 1
         self.bytes += len(frame)
         self.hub.count_frame(len(frame))
+        self._completes()
+
+    def _completes(self) -> None:
+        """``complete`` for the range subscriptions whose columns have all been sent."""
         for s in list(self.subs.values()):
             if s.range_ns is not None and s.first_sent and not s.complete and \
                     s.pending is None and s.history is None:
                 s.complete = True
                 self.send_json({"type": "complete", "sub": s.sub})
+
+    def refresh(self) -> None:
+        """After the channels changed (a relay restarted with another schema, say):
+        subscriptions on a channel that was replaced are made again from their request,
+        or dropped with an ``error`` when their signals are gone."""
+        live = {id(ch) for ch in self.hub.intake.channels.values()}
+        for number, s in list(self.subs.items()):
+            if all(id(p.channel) in live for p in s.parts):
+                continue
+            del self.subs[number]
+            try:
+                self.subscribe(s.request)
+            except RequestError as exc:
+                self.error(number, f"subscription dropped, its channel changed: {exc}")
 
     def _blocks(self, s: Subscription, now_ns: int, memo: dict) -> list[bytes]:
         out: list[bytes] = []
@@ -545,8 +565,9 @@ class Hub:
         if self._hello_due:
             self._hello_due = False
             hello = self.hello()
-            for c in self.clients:
+            for c in list(self.clients):
                 c.send_json(hello)
+                c.refresh()
         if not self.clients:
             return
         now = time.time_ns()
