@@ -136,3 +136,22 @@ def test_memory_bound_holds_for_many_channels_and_shrinks_keep_the_newest(tmp_pa
         assert x[-1, ch.numeric.index("rpm")] == 1000.0 + 399
     finally:
         intake.close()
+
+
+def test_export_progress_is_read_off_the_pivot_progress_bar(tmp_path):
+    from speeddata.server.exports import ProgressSink, parse_spec
+
+    state = {"done": 0.0, "state": "running"}
+    path = tmp_path / "x.json"
+    sink = ProgressSink(path, state)
+    sink.write("\rpivot engine           [#########                     ]  31.5%   12.0 MB/s")
+    assert json.loads(path.read_text())["done"] == 0.315
+    sink.write("\rpivot engine [####] 100.0%")  # too soon after the last: not written yet
+    assert json.loads(path.read_text())["done"] == 0.315
+    assert state["done"] == 0.315
+    assert parse_spec({"tag": "lap-1"}) == {"tag": "lap-1"}
+    for bad in ({}, {"tag": "../x"}, {"start_ns": 5, "end_ns": 1}, {"start_ns": 1},
+                {"tag": "a", "extra": 1}, {"start_ns": 1, "end_ns": 2, "signals": []},
+                {"start_ns": 1, "end_ns": 2, "compression": "zip"}, []):
+        with pytest.raises(ValueError):
+            parse_spec(bad)
