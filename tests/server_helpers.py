@@ -98,6 +98,8 @@ def http_json(url: str, method: str = "GET", body=None, headers=None):
             raw, status = r.read(), r.status
     except urllib.error.HTTPError as exc:
         raw, status = exc.read(), exc.code
+    except urllib.error.URLError:  # nothing listens (yet)
+        return 0, None
     try:
         return status, json.loads(raw)
     except ValueError:

@@ -114,6 +114,142 @@ def test_live_columns_and_latest_over_websockets(tmp_path, ipc_dir, procs):
             assert latest[-1]["time_s"] == pytest.approx((t0 + 1199 * 1_000_000) / 1e9)
 
     asyncio.run(scenario())
+    # the relay's counters (its stats PUB socket, once a second) reach /metrics and status
+    from relay_helpers import wait_for
+
+    def relay_counted():
+        status, text = http_json(info["url"] + "/metrics")
+        line = [ln for ln in text.decode().splitlines()
+                if ln.startswith('speeddata_relay_records_total{channel="engine"}')]
+        return line and float(line[0].split()[-1]) >= 200 and text.decode()
+
+    metrics = wait_for(relay_counted, timeout=15, interval=0.2)
+    assert 'speeddata_server_records_total{channel="engine",relay="127.0.0.1"}' in metrics
+    assert 'speeddata_relay_kernel_drops_total{channel="engine"} 0.0' in metrics
+    assert 'speeddata_cache_bytes{channel="engine"}' in metrics
+    status, st = http_json(info["url"] + "/api/status")
+    assert st["relay"]["channels"][0]["name"] == "engine" and st["cache"]["budget_bytes"] > 0
     status, body = http_json(info["url"] + "/api/channels/engine")
     assert status == 200 and body["records"] >= 200
     assert body["latest"]["engine.rpm"]["value"] == 1000.0 + 1199
+
+
+def test_tag_and_export_from_the_api_read_back_by_h5py(tmp_path, ipc_dir, procs):
+    import time
+
+    import h5py
+
+    info = server_config(tmp_path, ipc_dir)
+    procs.relay(info)
+    procs.server(info)
+    t0 = (time.time_ns() // 10**9 - 5) * 10**9
+    send_engine(info, t0, 100, per_datagram=20)  # 2000 records, 1 ms apart: 2 s
+    # the relay's status shows them stored (its cache index), then ask for a range
+    from server_helpers import relay_status
+
+    def stored():
+        st = relay_status(info["control"]) or {}
+        ch = next((c for c in st.get("channels", []) if c["name"] == "engine"), None)
+        return ch and ch["counters"]["stored_records"] >= 2000 and (ch.get("cache") or {}).get(
+            "newest_ns")
+
+    from relay_helpers import wait_for
+
+    wait_for(stored, timeout=30)
+    start, end = t0 + 500_000_000, t0 + 1_500_000_000
+    status, tag = http_json(info["url"] + "/api/tags", "POST",
+                            {"name": "lap-1", "start_ns": start, "end_ns": end,
+                             "channels": ["engine"], "note": "kept from the test"})
+    assert status == 201, tag
+    assert tag["name"] == "lap-1" and tag["channels"] == ["engine"]
+    status, tags = http_json(info["url"] + "/api/tags")
+    assert status == 200 and [t["name"] for t in tags["tags"]] == ["lap-1"]
+    status, tag_again = http_json(info["url"] + "/api/tags", "POST",
+                                  {"name": "lap-1", "start_ns": start, "end_ns": end})
+    assert status == 409, tag_again
+    for spec in ({"start_ns": start, "end_ns": end, "channels": ["engine"]},
+                 {"tag": "lap-1"}):
+        status, job = http_json(info["url"] + "/api/exports", "POST", spec)
+        assert status == 202, job
+        url = info["url"] + f"/api/exports/{job['id']}"
+        job = wait_for(lambda u=url: (lambda s: s if s["state"] in ("done", "failed") else None)(
+            http_json(u)[1]), timeout=90, interval=0.2)
+        assert job["state"] == "done", job
+        status, raw = http_json(url + "/file")
+        assert status == 200 and raw[:8] == b"\x89HDF\r\n\x1a\n"
+        path = tmp_path / f"{job['id']}.h5"
+        path.write_bytes(raw)
+        with h5py.File(path, "r") as f:
+            t = f["engine/time"][()]
+            rpm = f["engine/rpm"][()]
+        assert len(t) == 1000 and t[0] == start and t[-1] == end - 1_000_000
+        np.testing.assert_array_equal(rpm, 1000.0 + (t - t0) // 1_000_000)
+        status, csv_text = http_json(url + "/file?format=csv&signals=engine.rpm")
+        lines = csv_text.decode().splitlines()
+        assert lines[0] == "channel,time_ns,rpm" and len(lines) == 1001
+        assert lines[1] == f"engine,{start},{1000.0 + 500}"
+    status, _ = http_json(info["url"] + "/api/tags/lap-1", "DELETE")
+    assert status == 204
+    assert http_json(info["url"] + "/api/tags/lap-1")[0] == 404
+
+
+def test_up_runs_relay_server_and_demo_and_prints_the_url(tmp_path, ipc_dir):
+    import subprocess
+    import sys
+
+    from relay_helpers import wait_for
+
+    info = server_config(tmp_path, ipc_dir, channels=(
+        ("engine", "engine", 10), ("power", "power", 100), ("status", "status", 1)))
+    up = subprocess.Popen([sys.executable, "-m", "speeddata.cli", "up", "-c", str(info["path"]),
+                           "--demo", "-q", "--no-status", "--duration", "60"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def engine_live():
+            status, body = http_json(info["url"] + "/api/channels/engine")
+            return status == 200 and body["records"] > 0 and body
+
+        body = wait_for(engine_live, timeout=40, interval=0.2)
+        assert body["latest"]["engine.rpm"]["value"] is not None
+        status, st = http_json(info["url"] + "/api/status")
+        assert status == 200 and st["channels"]["engine"]["records"] > 0
+    finally:
+        up.terminate()
+        out, err = up.communicate(timeout=30)
+    assert up.returncode == 0, err
+    assert f"open http://127.0.0.1:{info['http'][1]}/" in err
+    log = (info["cache"] / "up.log").read_text()
+    assert "Traceback" not in log and "Exception ignored" not in log
+
+
+def test_serve_command_prints_the_url_and_stops_cleanly_on_ctrl_c(tmp_path, ipc_dir):
+    import signal
+    import subprocess
+    import sys
+
+    from relay_helpers import wait_for
+
+    info = server_config(tmp_path, ipc_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "speeddata.server", "-c", str(info["path"])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: http_json(info["url"] + "/api/status")[0] == 200, timeout=30)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out.strip() == f"speeddata serve: open http://127.0.0.1:{info['http'][1]}/"
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_serve_refuses_a_public_address_without_a_token(tmp_path, ipc_dir, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.delenv("SPEEDDATA_TOKEN", raising=False)
+    info = server_config(tmp_path, ipc_dir)
+    r = subprocess.run([sys.executable, "-m", "speeddata.cli", "serve", "-c", str(info["path"]),
+                        "--listen", "0.0.0.0:1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "server.token" in r.stderr and "SPEEDDATA_TOKEN" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -27,7 +27,9 @@ from .config import load_config
 from .control import ControlError, format_status, request
 from .errors import SpeedDataError
 
-__all__ = ["Supervisor", "Child", "StatusDisplay", "children", "add_arguments", "run"]
+__all__ = [
+    "Supervisor", "Child", "StatusDisplay", "children", "server_url", "add_arguments", "run"
+]
 
 #: seconds a child gets to exit after SIGTERM before SIGKILL
 STOP_GRACE = 5.0
@@ -221,6 +223,13 @@ def _wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:
                 ) from None
 
 
+def server_url(config) -> str:
+    """The URL of the live server ``up`` starts (what to open in a browser)."""
+    host, port = config.server.listen
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}/"
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -272,6 +281,9 @@ def run(args) -> int:
         raise UpError(f"cannot write the log {log_path}: {exc.strerror}") from exc
     names = ", ".join(name for name, _ in procs)
     header = f"speeddata up: {names}; output in {log_path}; Ctrl-C stops"
+    url = server_url(config) if any(name == "live server" for name, _ in procs) else None
+    if url:
+        header += f"\nspeeddata up: open {url}"
     print(header, file=sys.stderr, flush=True)
     code = 0
     try:

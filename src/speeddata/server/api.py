@@ -20,6 +20,7 @@ import tornado.web
 
 from .. import __version__
 from ..control import ControlError, request
+from ..reader import cache_channels
 from ..schema import Schema, SchemaError
 from ..tags import TagError, add_tag, get_tag, list_tags, remove_tag, validate_tag_name
 from .app import MAX_BODY, BaseHandler
@@ -290,11 +291,20 @@ def _tag_json(tag) -> dict:
 
 
 class ExportsHandler(ApiHandler):
-    def post(self) -> None:
+    async def post(self) -> None:
         try:
             spec = parse_spec(self.json_body())
         except ExportError as exc:
             raise tornado.web.HTTPError(400, str(exc)) from None
+        # refuse what cannot work before a worker process is started for it
+        cache = self.server.cache_dir
+        if "tag" in spec:
+            try:
+                await self.blocking(get_tag, cache, spec["tag"])
+            except TagError as exc:
+                raise tornado.web.HTTPError(404, str(exc)) from None
+        elif not await self.blocking(cache_channels, cache):
+            raise tornado.web.HTTPError(422, f"the cache {str(cache)!r} holds no channel")
         state = self.server.exports.start(spec)
         self.set_header("Location", f"/api/exports/{state['id']}")
         self.send(_export_json(state), 202)
@@ -513,7 +523,8 @@ def openapi() -> dict:
                          "security": [{"token": []}, {}],
                          "requestBody": {"required": True, "content": {"application/json": {
                              "schema": _ref("NewExport")}}},
-                         "responses": {"202": _json(_ref("Export"), "started"), **errors}},
+                         "responses": {"202": _json(_ref("Export"), "started"),
+                                       "404": _ERROR, "422": _ERROR, **errors}},
             },
             "/api/exports/{id}": {
                 "parameters": [id_param],

@@ -166,6 +166,8 @@ class LiveServer:
         self._stats_task: asyncio.Task | None = None
         self._bytes_mark: tuple[int, int] | None = None
         self._rate: float | None = None
+        self._stopped = False
+        self.history = None
         self.http = None
         from .metrics import Metrics
 
@@ -192,16 +194,22 @@ class LiveServer:
     def app(self) -> tornado.web.Application:
         return make_app(self)
 
-    def start(self, sockets=None) -> None:
-        """Join the group, start the clocks and listen (call on the IOLoop)."""
+    def start(self, sockets=None, listen: bool = True) -> None:
+        """Join the group, start the clocks and listen (call on the IOLoop); with
+        ``listen=False`` the caller serves ``app()`` itself (tests)."""
+        from tornado.ioloop import IOLoop
+
         from .history import History
 
         self.intake = self.make_intake()
+        self.history = History(self)
         self.hub = Hub(self.intake, self.config.server.frame_hz, self.config.server.group,
-                       history=History(self), metrics=self.metrics, version=__version__)
+                       history=self.history, metrics=self.metrics, version=__version__)
         self.intake.start()
         self.hub.start()
-        self._stats_task = asyncio.ensure_future(self._relay_stats())
+        IOLoop.current().add_callback(self._start_stats)
+        if not listen:
+            return
         if sockets is not None:
             from tornado.httpserver import HTTPServer
 
@@ -210,6 +218,10 @@ class LiveServer:
         else:
             self.http = self.app().listen(self.listen[1], self.listen[0],
                                           max_body_size=MAX_BODY)
+
+    def _start_stats(self) -> None:
+        if self._stats_task is None and not self._stopped:
+            self._stats_task = asyncio.ensure_future(self._relay_stats())
 
     async def _relay_stats(self) -> None:
         """Subscribe to the relay's stats PUB socket (on the IOLoop, zmq.asyncio)."""
@@ -234,13 +246,21 @@ class LiveServer:
                     self.relay_stats = stats
                     self.relay_stats_at = time.time()
                     if self.hub is not None:
-                        self.hub.relays[self.config.relay.stats] = stats
+                        self.hub.relays[self.relay_name] = stats
         except asyncio.CancelledError:
             pass
         except Exception as exc:
             log.warning("relay stats subscription stopped: %s", exc)
         finally:
             sock.close()
+
+    @property
+    def relay_name(self) -> str:
+        """The relay's address as the websocket's status names it (its control host)."""
+        endpoint = self.config.relay.control
+        if endpoint.startswith("tcp://"):
+            return endpoint[6:].rsplit(":", 1)[0]
+        return endpoint
 
     def _note_rate(self, stats: dict) -> None:
         """Bytes per second the relay accepts (from two stats messages): how fast the
@@ -261,6 +281,7 @@ class LiveServer:
         return None if self._rate is None else (self.relay_stats_at, self._rate)
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._stats_task is not None:
             self._stats_task.cancel()
             try:
@@ -274,6 +295,8 @@ class LiveServer:
             self.http.stop()
         if self.intake is not None:
             self.intake.close()
+        if self.history is not None:
+            self.history.shutdown()
         self.exports.shutdown()
 
     @property

@@ -10,6 +10,7 @@ path; the CSV of chosen signals is made from the HDF5 file on request, in a thre
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -36,8 +37,38 @@ def _write_state(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+class ProgressSink(io.TextIOBase):
+    """Stands in for the worker's stderr during a pivot: reads the fraction off the
+    pivot's progress bar (``... 42.0% ...``) and writes it to the export's state file at
+    most 5 times a second. Nothing else of the pivot's output is kept."""
+
+    def __init__(self, state_path: Path, state: dict):
+        self.state_path = state_path
+        self.state = state
+        self.last = 0.0
+
+    def write(self, text: str) -> int:
+        found = _PERCENT.findall(text)
+        if found:
+            done = min(float(found[-1]) / 100.0, 0.99)
+            now = time.monotonic()
+            if done > self.state["done"] and now - self.last >= 0.2:
+                self.last = now
+                self.state["done"] = done
+                _write_state(self.state_path, self.state)
+        return len(text)
+
+    def isatty(self) -> bool:
+        return False
+
+
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
+
+
 def run_export(cache_dir: str, folder: str, export_id: str, spec: dict) -> dict:
     """Worker process body: pivot ``spec`` into ``<folder>/<id>.h5``; returns the state."""
+    import contextlib
+
     from ..pivot import pivot
 
     folder_p = Path(folder)
@@ -47,10 +78,11 @@ def run_export(cache_dir: str, folder: str, export_id: str, spec: dict) -> dict:
     _write_state(state_path, state)
     out = folder_p / f"{export_id}.h5"
     try:
-        pivot(cache_dir, out, tag=spec.get("tag"), start=spec.get("start_ns"),
-              end=spec.get("end_ns"), channels=spec.get("channels"),
-              signals=spec.get("signals"), compression=spec.get("compression", "gzip"),
-              progress=False, threads=1, force=True)
+        with contextlib.redirect_stderr(ProgressSink(state_path, state)):
+            pivot(cache_dir, out, tag=spec.get("tag"), start=spec.get("start_ns"),
+                  end=spec.get("end_ns"), channels=spec.get("channels"),
+                  signals=spec.get("signals"), compression=spec.get("compression", "gzip"),
+                  progress=True, threads=1, force=True)
         state.update(state="done", done=1.0, bytes=out.stat().st_size, finished=time.time())
     except Exception as exc:  # reported to the client as the export's error
         state.update(state="failed", error=str(exc), finished=time.time())
@@ -156,11 +188,12 @@ class Exports:
         except OSError:
             return
         for p in states[:-MAX_KEPT] if len(states) > MAX_KEPT else []:
-            for suffix in (".json", ".h5", ".csv"):
+            for f in self.folder.glob(f"{p.stem}.*"):  # .json, .h5 and its CSVs
                 try:
-                    p.with_suffix(suffix).unlink()
+                    f.unlink()
                 except OSError:
                     pass
+            self.jobs.pop(p.stem, None)
 
     def shutdown(self) -> None:
         if self._pool is not None:

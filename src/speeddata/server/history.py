@@ -38,12 +38,16 @@ def cache_m4(cache_dir: Any, channel: str, fields: list[str], t0: int, t1: int, 
         names = [reader.schema.signal(f).name for f in fields]
         for batch in reader.batches(BATCH_BYTES):
             t = batch["time"]
-            x = np.empty((len(t), len(fields)), np.float64)
-            for j, name in enumerate(names):
-                x[:, j] = batch[name]
-                valid = batch.valid.get(name)
-                if valid is not None:
-                    x[~valid, j] = np.nan
+            if len(names) == 1 and batch[names[0]].dtype == np.float64 and \
+                    batch.valid.get(names[0]) is None:
+                x = batch[names[0]].reshape(-1, 1)  # no copy
+            else:
+                x = np.empty((len(t), len(fields)), np.float64)
+                for j, name in enumerate(names):
+                    x[:, j] = batch[name]
+                    valid = batch.valid.get(name)
+                    if valid is not None:
+                        x[~valid, j] = np.nan
             if len(t) and np.any(t[1:] < t[:-1]):
                 order = np.argsort(t, kind="stable")
                 t, x = t[order], x[order]

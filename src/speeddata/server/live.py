@@ -10,8 +10,8 @@ per datagram or per record; announces (one a second per channel) are the excepti
 
 A :class:`LiveChannel` is keyed by (relay address, channel id) and keeps:
 
-- the recent window: chunks of (time, values) for its numeric signals, within
-  ``server.window`` seconds and its share of ``server.memory``;
+- the recent window: a ring of (time, values) rows for its numeric signals, allocated
+  once at its share of ``server.memory`` (pages are touched as rows arrive);
 - summaries: :class:`Level` rings of per-bucket count/first/min/max/last at decade
   widths (10 ms ... 10 s), updated per batch with ``downsample.bucketize``/``merge``, so
   that the M4 columns of a chart cost in proportion to its pixel columns;
@@ -53,9 +53,14 @@ SUMMARY_WIDTHS = (10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000)
 MAX_MERGE = 100
 #: gap intervals kept per channel
 MAX_GAPS = 4096
-#: raw chunks are joined once a channel holds more than this many
-MAX_CHUNKS = 64
+#: rows not yet summarized that trigger a fold into the summaries without a chart asking
+SYNC_ROWS = 1 << 16
 NUMERIC_TYPES = ("int", "long", "float", "double", "boolean")
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+#: seconds between two drains of the socket: datagrams arriving meanwhile wait in the
+#: kernel and are taken in one batch (fewer, larger batches: the per-batch cost of numpy
+#: is paid ~100 times a second, not once per datagram)
+DRAIN_INTERVAL = 0.01
 
 
 def ladder_width(span_ns: int, pixels: int) -> int:
@@ -191,17 +196,36 @@ class Level:
 
 
 def _bucket_m4(t: np.ndarray, x: np.ndarray, c0: int, n: int, width: int) -> M4:
-    """Dense M4 of rows (sorted ``t``, values ``x`` (rows, k)) in columns c0..c0+n-1."""
+    """Dense M4 of rows (sorted ``t``, values ``x`` (rows, k)) in columns c0..c0+n-1.
+
+    Many rows per column (scroll-back): the column edges are found by binary search
+    (O(columns log rows)) and each aggregate is one ``reduceat``; few rows per column:
+    ``downsample.bucketize``.
+    """
     k = x.shape[1]
     count = np.zeros(n, np.float64)
     out = [np.full((n, k), np.nan) for _ in range(4)]
     lo, hi = np.searchsorted(t, [c0 * width, (c0 + n) * width])
-    if hi > lo:
+    if hi <= lo:
+        return M4(c0, count, *out)
+    if hi - lo < 8 * n:
         b = downsample.bucketize(t[lo:hi], x[lo:hi], width, 0)
         pos = b.index - c0
         count[pos] = b.count
         for dense, sparse in zip(out, (b.first, b.min, b.max, b.last), strict=True):
             dense[pos] = sparse
+        return M4(c0, count, *out)
+    edges = np.searchsorted(t, (c0 + np.arange(n + 1, dtype=np.int64)) * width)
+    per = np.diff(edges)
+    full = np.flatnonzero(per > 0)
+    starts = edges[full]
+    ends = edges[full + 1]
+    count[full] = per[full]
+    out[0][full] = x[starts]
+    xs = x[: edges[-1]]  # the last reduceat segment runs to the end of its input
+    out[1][full] = np.fmin.reduceat(xs, starts, axis=0)
+    out[2][full] = np.fmax.reduceat(xs, starts, axis=0)
+    out[3][full] = x[ends - 1]
     return M4(c0, count, *out)
 
 
@@ -223,12 +247,6 @@ def join_m4(parts: list[M4], c0: int, n: int, k: int) -> M4:
         last[sl] = la
         count[sl] += p.count
     return M4(c0, count, first, mn, mx, last)
-
-
-@dataclass
-class _Chunk:
-    t: np.ndarray  # int64 ns, sorted
-    x: np.ndarray  # float64 (rows, k)
 
 
 @dataclass
@@ -286,20 +304,15 @@ class LiveChannel:
         self.decoder = BlockDecoder(self.schema, names, True, 1) if names else None
         k = len(numeric)
         self.k = k
-        # summaries: capacity per level over the window, the finest cut to the budget
-        per_bucket = 8 * 2 + 32 * k
-        levels = []
-        left = budget // 2
-        for width in reversed(SUMMARY_WIDTHS):
-            want = self.window_ns // width + 2
-            cap = int(min(want, max(left // per_bucket, 0)))
-            if cap >= 16:
-                levels.append(Level(width, cap, k))
-                left -= cap * per_bucket
-        self.levels = sorted(levels, key=lambda lv: lv.width)
-        self.raw_budget = max(budget - sum(lv.nbytes for lv in self.levels), 1 << 16)
-        self.chunks: deque[_Chunk] = deque()
-        self.raw_bytes = 0
+        self.levels: list[Level] = []
+        self.capacity = 0
+        self.ring_t = np.empty(0, np.int64)
+        self.ring_x = np.empty((0, k), np.float64)
+        self.n_rows = 0  # rows ever written
+        self.n_summarized = 0  # rows folded into the summaries
+        self.in_order = True  # every row's time >= the one before (binary search works)
+        self.budget = 0
+        self.resize(budget)
         # latest values
         self.latest_t = np.full(k, np.nan)  # seconds
         self.latest_v = np.full(k, np.nan)
@@ -319,6 +332,65 @@ class LiveChannel:
         self.last_recv_ns = 0
         self._rate_mark = (time.monotonic(), 0)
         self.rate_hz = 0.0
+
+    def resize(self, budget: int) -> None:
+        """(Re)allocate the summaries and the ring within ``budget`` bytes: at most half
+        for the summaries (coarse levels first), the rest for the ring. Rows and buckets
+        that still fit are kept (a shrink keeps the newest)."""
+        if self.capacity:
+            self.sync_summaries()  # rows that may not fit are summarized first
+        self.budget = int(budget)
+        k = self.k
+        per_bucket = 8 * 2 + 32 * k
+        old_levels = {lv.width: lv for lv in self.levels}
+        levels = []
+        left = self.budget // 2
+        for width in reversed(SUMMARY_WIDTHS):
+            want = self.window_ns // width + 2
+            cap = int(min(want, max(left // per_bucket, 0)))
+            if cap < 16:
+                continue
+            lv = old_levels.get(width)
+            if lv is None or lv.capacity != cap:
+                new = Level(width, cap, k)
+                if lv is not None and lv.newest is not None:
+                    # the newest buckets that fit, through the M4 of the old ring
+                    first = max(lv.newest - min(cap, lv.capacity) + 1,
+                                lv.oldest if lv.oldest is not None else lv.newest)
+                    m4 = lv.columns(first, lv.newest - first + 1, 1)
+                    have = m4.count > 0
+                    idx = np.arange(first, lv.newest + 1, dtype=np.int64)[have]
+                    if len(idx):
+                        z = np.zeros(len(idx), np.int64)
+                        new.add(downsample.Buckets(
+                            width, 0, idx, m4.count[have].astype(np.int64), z,
+                            m4.first[have], m4.min[have], m4.max[have], m4.last[have], z))
+                lv = new
+            levels.append(lv)
+            left -= cap * per_bucket
+        self.levels = sorted(levels, key=lambda lv: lv.width)
+        row_bytes = 8 + 8 * k
+        raw_budget = max(self.budget - sum(lv.nbytes for lv in self.levels), 1024 * row_bytes)
+        capacity = max(1024, raw_budget // row_bytes)
+        if capacity == self.capacity:
+            return
+        held = min(self.n_rows - self.first_row, capacity) if self.n_rows else 0
+        t_keep, x_keep = self._rows(self.n_rows - held, self.n_rows) if held else (None, None)
+        # np.empty: the kernel hands out pages as rows reach them
+        self.ring_t = np.empty(capacity, np.int64)
+        self.ring_x = np.empty((capacity, k), np.float64)
+        self.capacity = capacity
+        if held:
+            # rows keep their logical numbers: re-place them at their new slots
+            pos = np.arange(self.n_rows - held, self.n_rows) % capacity
+            self.ring_t[pos] = t_keep
+            self.ring_x[pos] = x_keep
+        self.n_summarized = max(self.n_summarized, self.n_rows - held)
+
+    @property
+    def reserved(self) -> int:
+        """Bytes the ring and the summaries can take."""
+        return self.capacity * (8 + 8 * self.k) + sum(lv.nbytes for lv in self.levels)
 
     # -- description
 
@@ -354,13 +426,30 @@ class LiveChannel:
             self._rate_mark = (now, self.records)
 
     @property
+    def first_row(self) -> int:
+        """Logical index of the oldest row the ring holds."""
+        return max(0, self.n_rows - self.capacity)
+
+    @property
     def window_start(self) -> int | None:
         """Oldest time (ns) of the raw window."""
-        return int(self.chunks[0].t[0]) if self.chunks else None
+        if self.n_rows == 0:
+            return None
+        if self.in_order:
+            oldest = int(self.ring_t[self.first_row % self.capacity])
+        else:
+            oldest = min(int(self.ring_t[a:b].min()) for a, b in self._segments())
+        return max(oldest, (self.t_newest or oldest) - self.window_ns)
+
+    @property
+    def raw_bytes(self) -> int:
+        return (self.n_rows - self.first_row) * (8 + 8 * self.k)
 
     @property
     def nbytes(self) -> int:
-        return self.raw_bytes + sum(lv.nbytes for lv in self.levels)
+        """Memory bound of the window and summaries (the ring's pages count once used)."""
+        ring = min(self.n_rows, self.capacity) * (8 + 8 * self.k)
+        return ring + sum(lv.nbytes for lv in self.levels)
 
     # -- intake
 
@@ -400,7 +489,6 @@ class LiveChannel:
             return
         self._strings(columns, t)
         self._window(t, x)
-        self._summaries(t, x)
         self._latest(t, x)
         t_hi, t_lo = int(t[-1]), int(t[0])
         self.t_newest = t_hi if self.t_newest is None else max(self.t_newest, t_hi)
@@ -482,45 +570,55 @@ class LiveChannel:
         self.latest_t[:] = ts
 
     def _window(self, t: np.ndarray, x: np.ndarray) -> None:
-        self.chunks.append(_Chunk(t, x))
-        self.raw_bytes += t.nbytes + x.nbytes
-        if len(self.chunks) > MAX_CHUNKS:
-            # join the newer half (the older ones are dropped first anyway)
-            keep = [self.chunks.popleft() for _ in range(len(self.chunks) // 2)]
-            rest = list(self.chunks)
-            self.chunks = deque(keep)
-            self.chunks.append(_Chunk(np.concatenate([c.t for c in rest]),
-                                      np.concatenate([c.x for c in rest])))
-        self.trim()
+        n = len(t)
+        if self.n_rows and int(t[0]) < int(self.ring_t[(self.n_rows - 1) % self.capacity]):
+            self.in_order = False
+        if self.n_rows + n - self.n_summarized > self.capacity:
+            self.sync_summaries()  # rows about to be overwritten are summarized first
+        if n > self.capacity:  # one batch larger than the ring: its newest rows
+            self._summarize(t[: n - self.capacity], x[: n - self.capacity])
+            self.n_rows += n - self.capacity
+            self.n_summarized = self.n_rows
+            t, x, n = t[-self.capacity :], x[-self.capacity :], self.capacity
+        pos = self.n_rows % self.capacity
+        first = min(n, self.capacity - pos)
+        self.ring_t[pos : pos + first] = t[:first]
+        self.ring_x[pos : pos + first] = x[:first]
+        if first < n:
+            self.ring_t[: n - first] = t[first:]
+            self.ring_x[: n - first] = x[first:]
+        self.n_rows += n
+        if self.n_rows - self.n_summarized >= SYNC_ROWS:
+            self.sync_summaries()
 
-    def trim(self, budget: int | None = None) -> None:
-        """Drop raw rows older than the window or beyond the memory share."""
-        budget = self.raw_budget if budget is None else budget
-        newest = int(self.chunks[-1].t[-1]) if self.chunks else 0
-        limit = newest - self.window_ns
-        while self.chunks and (self.raw_bytes > budget or int(self.chunks[0].t[-1]) < limit):
-            c = self.chunks[0]
-            if len(self.chunks) == 1 or int(c.t[-1]) >= limit:
-                # cut inside the chunk: keep what fits
-                over = self.raw_bytes - budget
-                row_bytes = 8 + 8 * self.k
-                cut = max(int(np.searchsorted(c.t, limit)), -(-over // row_bytes), 0)
-                cut = min(cut, len(c.t))
-                if cut == 0:
-                    break
-                self.raw_bytes -= cut * row_bytes
-                if cut == len(c.t):
-                    self.chunks.popleft()
-                else:
-                    self.chunks[0] = _Chunk(c.t[cut:].copy(), c.x[cut:].copy())
-                    break
-            else:
-                self.chunks.popleft()
-                self.raw_bytes -= c.t.nbytes + c.x.nbytes
+    def _rows(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        """Logical rows ``lo .. hi-1`` (held by the ring), as arrays (a copy when they
+        wrap around the ring's end, else views)."""
+        a, b = lo % self.capacity, hi % self.capacity or self.capacity
+        if hi - lo <= 0:
+            return self.ring_t[:0], self.ring_x[:0]
+        if a < b:
+            return self.ring_t[a:b], self.ring_x[a:b]
+        return (np.concatenate((self.ring_t[a:], self.ring_t[:b])),
+                np.concatenate((self.ring_x[a:], self.ring_x[:b])))
 
-    def _summaries(self, t: np.ndarray, x: np.ndarray) -> None:
-        if not self.levels:
+    def sync_summaries(self) -> None:
+        """Fold the rows not yet summarized into the summary levels: done when a chart
+        asks for columns, before rows are overwritten, and every SYNC_ROWS rows, so a
+        channel pays for its summaries in large batches."""
+        lo = max(self.n_summarized, self.first_row)
+        if lo >= self.n_rows:
             return
+        t, x = self._rows(lo, self.n_rows)
+        self.n_summarized = self.n_rows
+        self._summarize(t, x)
+
+    def _summarize(self, t: np.ndarray, x: np.ndarray) -> None:
+        if not self.levels or len(t) == 0:
+            return
+        if np.any(t[1:] < t[:-1]):
+            order = np.argsort(t, kind="stable")
+            t, x = t[order], x[order]
         b = downsample.bucketize(t, x, self.levels[0].width, 0)
         self.levels[0].add(b)
         for lower, upper in zip(self.levels, self.levels[1:], strict=False):
@@ -529,33 +627,55 @@ class LiveChannel:
 
     # -- reading
 
+    def _segments(self) -> list[tuple[int, int]]:
+        """The ring's held rows as at most two slices, oldest first."""
+        lo, hi = self.first_row, self.n_rows
+        if hi <= lo:
+            return []
+        a, b = lo % self.capacity, hi % self.capacity or self.capacity
+        return [(a, b)] if a < b else [(a, self.capacity), (0, b)]
+
     def raw_rows(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
-        """The window's rows with ``t0 <= t < t1``."""
+        """The window's rows with ``t0 <= t < t1`` (and within ``window`` of the newest),
+        in time order; copies only the rows selected."""
+        if self.t_newest is not None:
+            t0 = max(t0, self.t_newest - self.window_ns)
         ts, xs = [], []
-        for c in self.chunks:
-            if int(c.t[-1]) < t0 or int(c.t[0]) >= t1:
-                continue
-            lo, hi = np.searchsorted(c.t, [t0, t1])
-            ts.append(c.t[lo:hi])
-            xs.append(c.x[lo:hi])
+        for a, b in self._segments():
+            seg_t = self.ring_t[a:b]
+            if self.in_order:
+                i, j = np.searchsorted(seg_t, [t0, t1])
+                if j > i:
+                    ts.append(seg_t[i:j])
+                    xs.append(self.ring_x[a + i : a + j])
+            else:
+                keep = (seg_t >= t0) & (seg_t < t1)
+                ts.append(seg_t[keep])
+                xs.append(self.ring_x[a:b][keep])
         if not ts:
             return np.zeros(0, np.int64), np.zeros((0, self.k))
-        if len(ts) == 1:
-            return ts[0], xs[0]
-        return np.concatenate(ts), np.concatenate(xs)
+        t = ts[0] if len(ts) == 1 else np.concatenate(ts)
+        x = xs[0] if len(xs) == 1 else np.concatenate(xs)
+        if not self.in_order:
+            order = np.argsort(t, kind="stable")
+            t, x = t[order], x[order]
+        return t, x
 
     def can_serve(self, t0: int) -> bool:
-        """Whether memory holds everything from ``t0`` on (or nothing older ever came)."""
-        if self.t_oldest is None or t0 >= (self.window_start or 0) or t0 < self.t_oldest and \
-                self.window_start == self.t_oldest:
+        """Whether memory holds everything of this channel from ``t0`` on (the raw window
+        or a summary level reaches back that far); else the cache has to be read."""
+        ws = self.window_start
+        if ws is not None and t0 >= ws:
             return True
-        return any(lv.covers_from() is not None and lv.covers_from() <= max(t0, self.t_oldest)
+        self.sync_summaries()
+        return any(lv.covers_from() is not None and lv.covers_from() <= t0
                    for lv in self.levels)
 
     def m4(self, c0: int, n: int, width: int) -> M4:
         """M4 of columns ``c0 .. c0+n-1`` of ``width`` ns for all numeric signals: from
         the finest summary level that holds the range and divides the width, else from
         the raw window."""
+        self.sync_summaries()
         t0 = c0 * width
         ws = self.window_start
         if ws is None or t0 < ws:
@@ -606,13 +726,23 @@ class Intake:
         self.n_batches = 0
         self.sock = self._open(rcvbuf)
         self._loop = None
+        self._watching = False
+        self._timer = None
+        self._last_drain = 0.0
+        self.drain_interval = DRAIN_INTERVAL
+        #: server.memory is split in this many equal shares, one per channel (doubled,
+        #: and every channel shrunk to the new share, when channels outnumber it)
+        self.shares = 4
 
     def _open(self, rcvbuf: int) -> socket.socket:
         addr, port = self.group
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            try:  # past net.core.rmem_max when allowed (CAP_NET_ADMIN), as the relay does
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             sock.bind((addr, port))
             sock.setsockopt(
                 socket.IPPROTO_IP,
@@ -629,17 +759,47 @@ class Intake:
         from tornado.ioloop import IOLoop
 
         self._loop = loop or IOLoop.current()
+        self._watch()
+
+    def _watch(self) -> None:
+        from tornado.ioloop import IOLoop
+
+        self._watching = True
         self._loop.add_handler(self.sock.fileno(), self._on_readable, IOLoop.READ)
 
     def close(self) -> None:
         if self._loop is not None:
-            self._loop.remove_handler(self.sock.fileno())
+            if self._watching:
+                self._loop.remove_handler(self.sock.fileno())
+            if self._timer is not None:
+                self._loop.remove_timeout(self._timer)
             self._loop = None
         self.sock.close()
 
     def _on_readable(self, fd, events) -> None:
-        # a bounded number of batches per wake-up: the IOLoop serves clients in between
-        # (the handler is level-triggered and runs again while datagrams wait)
+        # Drain now, or (if the last drain was less than DRAIN_INTERVAL ago) stop
+        # watching and drain when the interval is over: batches grow with the rate.
+        now = time.monotonic()
+        wait = self._last_drain + self.drain_interval - now
+        if wait <= 0:
+            self.drain()
+            return
+        self._loop.remove_handler(fd)
+        self._watching = False
+        self._timer = self._loop.call_later(wait, self._drain_later)
+
+    def _drain_later(self) -> None:
+        self._timer = None
+        if self._loop is None:
+            return
+        self.drain()
+        self._watch()
+
+    def drain(self) -> None:
+        """Take what waits on the socket, a bounded number of batches (the IOLoop serves
+        clients in between; the handler is level-triggered and comes back)."""
+        self._last_drain = time.monotonic()
+        fd = self.sock.fileno()
         for _ in range(16):
             try:
                 n = self.rx.recv(fd)
@@ -719,9 +879,13 @@ class Intake:
         decimation = int(ann.get("decimation", 1) or 1)
         step = decimation if self.decimated else 1
         n = len(self.channels) + (0 if old else 1)
-        budget = max(self.memory // max(n, 4), 1 << 20)
+        if n > self.shares:  # more channels than shares: halve every channel's share
+            while n > self.shares:
+                self.shares *= 2
+            for c in self.channels.values():
+                c.resize(self.share)
         try:
-            ch = LiveChannel(relay, ann, name, step, budget, self.window_ns)
+            ch = LiveChannel(relay, ann, name, step, self.share, self.window_ns)
         except (SchemaError, KeyError, TypeError, ValueError) as exc:
             self.n_invalid += 1
             log.warning("announce of channel %s from %s refused: %s", cid, relay, exc)
@@ -746,8 +910,17 @@ class Intake:
     def now_ns(self) -> int:
         return time.time_ns()
 
+    @property
+    def share(self) -> int:
+        return self.memory // self.shares
+
     def memory_used(self) -> int:
+        """Bytes of the windows in use and of the summaries, all channels."""
         return sum(ch.nbytes for ch in self.channels.values())
+
+    def memory_reserved(self) -> int:
+        """Bytes the windows and summaries can grow to, all channels (<= server.memory)."""
+        return sum(ch.reserved for ch in self.channels.values())
 
 
 def column_span(width: int, t_end: int, n_columns: int) -> tuple[int, int]:

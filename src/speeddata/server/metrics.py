@@ -34,6 +34,9 @@ class _Collector:
                                    labels=ch_labels)
         gaps = CounterMetricFamily("speeddata_server_multicast_gaps",
                                    "places where datagrams were missing", labels=ch_labels)
+        bad = CounterMetricFamily("speeddata_server_rejected_datagrams",
+                                  "multicast datagrams the server could not decode with "
+                                  "the announced schema", labels=ch_labels)
         mem = GaugeMetricFamily("speeddata_server_window_bytes", "memory of the live window "
                                 "and summaries", labels=ch_labels)
         if intake is not None:
@@ -44,7 +47,8 @@ class _Collector:
                 lost.add_metric(lab, ch.loss.datagrams)
                 gaps.add_metric(lab, ch.loss.n_gaps)
                 mem.add_metric(lab, ch.nbytes)
-        yield from (dg, rec, lost, gaps, mem)
+                bad.add_metric(lab, ch.rejected)
+        yield from (dg, rec, lost, gaps, mem, bad)
         relay = srv.relay_stats or {}
         rl = ["channel"]
         fams = {
@@ -53,8 +57,10 @@ class _Collector:
             "records": CounterMetricFamily("speeddata_relay_records",
                                            "records accepted by the relay", labels=rl),
             "rejected": CounterMetricFamily("speeddata_relay_rejected",
-                                            "datagrams refused by the relay's validator",
-                                            labels=rl),
+                                            "datagrams refused by the relay, by reason "
+                                            "(validator: not whole records of the schema; "
+                                            "framing: shared-port framing or fingerprint)",
+                                            labels=["channel", "reason"]),
             "kernel_drops": CounterMetricFamily("speeddata_relay_kernel_drops",
                                                 "datagrams dropped by the kernel "
                                                 "(SO_RXQ_OVFL)", labels=rl),
@@ -68,12 +74,14 @@ class _Collector:
         for ch in relay.get("channels", []) or []:
             counters = ch.get("counters") or {}
             for key, fam in fams.items():
-                fam.add_metric([str(ch.get("name"))], float(counters.get(key, 0)))
+                labels = [str(ch.get("name"))] + (["validator"] if key == "rejected" else [])
+                fam.add_metric(labels, float(counters.get(key, 0)))
             cache = ch.get("cache") or {}
             cache_bytes.add_metric([str(ch.get("name"))], float(cache.get("bytes") or 0))
         shared = (relay.get("shared") or {}).get("counters") or {}
         if shared:
-            fams["rejected"].add_metric(["(shared port)"], float(shared.get("rejected", 0)))
+            fams["rejected"].add_metric(["(shared port)", "framing"],
+                                        float(shared.get("rejected", 0)))
             fams["kernel_drops"].add_metric(["(shared port)"],
                                             float(shared.get("kernel_drops", 0)))
         yield from fams.values()

@@ -54,13 +54,31 @@ T_COLUMNS, T_LATEST, T_GAPS = 1, 2, 3
 # ----------------------------------------------------------------------------- framing
 
 
-def columns_blocks(sub: int, signals: list[int], cols: list[int], m4: M4) -> list[bytes]:
+def columns_bodies(cols: list[int], m4: M4) -> list[bytes]:
+    """The body of a ``columns`` block for each numeric column ``cols[i]`` of ``m4``."""
+    n = len(m4.count)
+    stack = np.empty((len(cols), 5, n), "<f8")
+    stack[:, 0, :] = m4.count
+    stack[:, 1, :] = m4.first[:, cols].T
+    stack[:, 2, :] = m4.min[:, cols].T
+    stack[:, 3, :] = m4.max[:, cols].T
+    stack[:, 4, :] = m4.last[:, cols].T
+    head2 = COLUMNS_HEAD.pack(float(m4.first_column), n, 0)
+    return [head2 + stack[i].tobytes() for i in range(len(cols))]
+
+
+def columns_blocks(sub: int, signals: list[int], cols: list[int], m4: M4,
+                   bodies: list[bytes] | None = None) -> list[bytes]:
     """One ``columns`` block per signal: ``signals[i]`` is the subscription's index of
-    the channel's numeric column ``cols[i]``."""
+    the channel's numeric column ``cols[i]`` (``bodies``: made already, shared by the
+    clients of a tick)."""
     n = len(m4.count)
     if n == 0 or not signals:
         return []
     length = BLOCK_HEADER.size + COLUMNS_HEAD.size + 40 * n
+    if bodies is not None:
+        return [BLOCK_HEADER.pack(T_COLUMNS, 0, length, sub, sig) + body
+                for sig, body in zip(signals, bodies, strict=True)]
     # (k, 5, n) float64: count, first, min, max, last per signal
     stack = np.empty((len(cols), 5, n), "<f8")
     stack[:, 0, :] = m4.count
@@ -157,6 +175,7 @@ class Subscription:
     history: Any = None  # asyncio Task reading the cache
     pending: list[bytes] | None = None  # blocks from history waiting for a frame
     complete: bool = False
+    request: dict = field(default_factory=dict)  # the subscribe message
 
     @property
     def live(self) -> bool:
@@ -214,7 +233,7 @@ def make_subscription(msg: dict, index: dict[str, tuple[LiveChannel, LiveSignal]
         else:
             part.indexes.append(i)
             part.columns.append(sig.column)
-    s = Subscription(sub, names, list(parts.values()), pixels)
+    s = Subscription(sub, names, list(parts.values()), pixels, request=msg)
     if "range_ns" in msg:
         r = msg["range_ns"]
         if not (isinstance(r, list) and len(r) == 2 and all(
@@ -298,11 +317,13 @@ class Client:
                 if s is not None and s.history is not None:
                     s.history.cancel()
             elif kind in ("pause", "resume"):
-                targets = list(self.subs.values()) if "sub" not in msg else [
-                    self.subs[_int(msg, "sub", 0, 2**32 - 1)]
-                ] if _int(msg, "sub", 0, 2**32 - 1) in self.subs else []
-                if "sub" in msg and not targets:
-                    raise RequestError(f"no subscription {msg['sub']}")
+                if "sub" in msg:
+                    number = _int(msg, "sub", 0, 2**32 - 1)
+                    if number not in self.subs:
+                        raise RequestError(f"no subscription {number}")
+                    targets = [self.subs[number]]
+                else:
+                    targets = list(self.subs.values())
                 for s in targets:
                     s.paused = kind == "pause"
                     if not s.paused:
@@ -358,10 +379,10 @@ class Client:
             return
         if self.in_flight is not None:
             if not self.in_flight.done():
-                if time.monotonic() - self.in_flight_since > LAG_TIMEOUT:
+                if time.monotonic() - self.in_flight_since > self.hub.lag_timeout:
                     self.hub.n_lagging += 1
                     self.send_json({"type": "lagging", "message":
-                                    f"no frame taken for {LAG_TIMEOUT:g} s; closing"})
+                                    f"no frame taken for {self.hub.lag_timeout:g} s; closing"})
                     self.handler.close(CLOSE_LAGGING, "lagging")
                     self.closed = True
                 return
@@ -371,6 +392,7 @@ class Client:
             if not s.paused:
                 blocks.extend(self._blocks(s, now_ns, memo))
         if not blocks:
+            self._completes()
             return
         frame = encode_frame(blocks, now_ns / 1e9)
         try:
@@ -384,11 +406,29 @@ class Client:
         self.frames += 1
         self.bytes += len(frame)
         self.hub.count_frame(len(frame))
+        self._completes()
+
+    def _completes(self) -> None:
+        """``complete`` for the range subscriptions whose columns have all been sent."""
         for s in list(self.subs.values()):
             if s.range_ns is not None and s.first_sent and not s.complete and \
                     s.pending is None and s.history is None:
                 s.complete = True
                 self.send_json({"type": "complete", "sub": s.sub})
+
+    def refresh(self) -> None:
+        """After the channels changed (a relay restarted with another schema, say):
+        subscriptions on a channel that was replaced are made again from their request,
+        or dropped with an ``error`` when their signals are gone."""
+        live = {id(ch) for ch in self.hub.intake.channels.values()}
+        for number, s in list(self.subs.items()):
+            if all(id(p.channel) in live for p in s.parts):
+                continue
+            del self.subs[number]
+            try:
+                self.subscribe(s.request)
+            except RequestError as exc:
+                self.error(number, f"subscription dropped, its channel changed: {exc}")
 
     def _blocks(self, s: Subscription, now_ns: int, memo: dict) -> list[bytes]:
         out: list[bytes] = []
@@ -438,7 +478,11 @@ class Client:
         m4 = memo.get(key)
         if m4 is None:
             m4 = memo[key] = ch.m4(c0, n, w)
-        return columns_blocks(s.sub, p.indexes, p.columns, m4)
+        bkey = (key, tuple(p.columns))
+        bodies = memo.get(bkey)
+        if bodies is None:
+            bodies = memo[bkey] = columns_bodies(p.columns, m4)
+        return columns_blocks(s.sub, p.indexes, p.columns, m4, bodies)
 
     def _gaps(self, s: Subscription, p: _Part, first: bool, now_ns: int) -> list[bytes]:
         ch = p.channel
@@ -482,6 +526,7 @@ class Hub:
         self.n_frames = 0
         self.n_frame_bytes = 0
         self.n_lagging = 0
+        self.lag_timeout = LAG_TIMEOUT
         self._hello_due = False
         self._timers: list[PeriodicCallback] = []
 
@@ -520,8 +565,9 @@ class Hub:
         if self._hello_due:
             self._hello_due = False
             hello = self.hello()
-            for c in self.clients:
+            for c in list(self.clients):
                 c.send_json(hello)
+                c.refresh()
         if not self.clients:
             return
         now = time.time_ns()
@@ -576,8 +622,14 @@ class Hub:
         s.history = asyncio.ensure_future(self._history(client, s))
 
     async def _history(self, client: Client, s: Subscription) -> None:
+        loop = asyncio.get_running_loop()
+
+        def progress(done: float) -> None:  # called from the reader's thread
+            loop.call_soon_threadsafe(
+                client.send_json, {"type": "progress", "sub": s.sub, "done": round(done, 3)})
+
         try:
-            blocks = await self.history(s, lambda d: self._progress(client, s, d))
+            blocks = await self.history(s, progress)
             s.pending = blocks
         except asyncio.CancelledError:
             raise
@@ -586,11 +638,6 @@ class Hub:
             s.pending = []
         finally:
             s.history = None
-
-    def _progress(self, client: Client, s: Subscription, done: float) -> None:
-        loop = asyncio.get_event_loop()
-        loop.call_soon_threadsafe(
-            client.send_json, {"type": "progress", "sub": s.sub, "done": round(done, 3)})
 
 
 class WebSocket(websocket.WebSocketHandler):
