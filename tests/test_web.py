@@ -175,6 +175,7 @@ def test_dashboard_with_every_element(stack, page):
         "power.voltage", "power.current", "power.noise"]
     # fixed range honoured, autoscale elsewhere
     assert js(page, "document.querySelector('#c2')._u.scales.y0.min") == -400
+    page.wait_for_function("() => document.querySelector('#c1')._u.scales.y0.min > 500")
     lo, hi = js(page, "[document.querySelector('#c1')._u.scales.y0.min, "
                       "document.querySelector('#c1')._u.scales.y0.max]")
     assert 500 < lo < hi < 4500
@@ -288,9 +289,13 @@ def test_page_recovers_after_server_restart(stack, page):
     stack.start_server()
     page.wait_for_function("() => window.speeddata.state === 'open'", timeout=30000)
     # resubscribed: values and chart columns flow again
-    page.wait_for_function(
-        "() => document.querySelector('sd-chart')._store !== window.__before && "
-        "document.querySelector('sd-chart')._store?.version > 3 && "
-        "!document.querySelector('sd-value[signal=\"engine.rpm\"]').hasAttribute('stale')",
-        timeout=30000)
+    probe = f"""(() => {{ const c = document.querySelector("sd-chart"); const RPM = {RPM!r};
+        return {{renewed: c._store !== window.__before, version: c._store?.version,
+                stale: document.querySelector(RPM).hasAttribute('stale'),
+                state: window.speeddata.state}}; }})()"""
+    try:
+        wait_until(lambda: (lambda p: p["renewed"] and p["version"] > 3 and not p["stale"])(
+            js(page, probe)), timeout=30)
+    except AssertionError:
+        raise AssertionError(f"{js(page, probe)}\n{stack.logs()}") from None
     assert page.inner_text(".sd-connection") == "live"

@@ -215,13 +215,13 @@ export class Client extends EventTarget {
           for (const s of ch.signals || []) this.signals.set(s.name, { signal: s, channel: ch });
         }
         if (msg.server?.now_ns) this._setNow(msg.server.now_ns / 1e9);
-        if (first) {
-          this._records.clear(); // a restarted server counts from zero
-          // (re)connected: resynchronise every subscription from scratch
-          for (const entry of this._subs.values()) {
-            this._sendSubscribe(entry);
-            if (entry.paused) this._send({ type: "pause", sub: entry.id });
-          }
+        if (first) this._records.clear(); // a restarted server counts from zero
+        // (re)connected, or the channels changed (a restarted server learns them from the
+        // relay's announces, so a first subscribe may have matched nothing): resynchronise
+        // every subscription from scratch
+        for (const entry of this._subs.values()) {
+          this._sendSubscribe(entry);
+          if (entry.paused) this._send({ type: "pause", sub: entry.id });
         }
         this._setState("open");
         this.dispatchEvent(new CustomEvent("hello", { detail: msg }));

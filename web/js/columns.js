@@ -23,6 +23,7 @@ export class ColumnStore {
       this.count.push(new Float64Array(nSlots));
     }
     this.version = 0; // bumped on every change (elements redraw when it moves)
+    this.newest = NaN; // the newest column that holds data (absolute)
   }
 
   setBase(base) {
@@ -86,6 +87,8 @@ export class ColumnStore {
       const c = count[i];
       cnt[j] = c;
       if (c > 0) {
+        const col = base + j;
+        if (!(col <= this.newest)) this.newest = col;
         const f = first[i];
         const l = last[i];
         y[k] = f;
@@ -102,6 +105,11 @@ export class ColumnStore {
       }
     }
     this.version++;
+  }
+
+  /** End (seconds) of the newest column with data, or NaN. */
+  newestEnd() {
+    return (this.newest + 1) * this.widthS;
   }
 
   /** Slot range [j0, j1) whose columns overlap [t0, t1] seconds. */

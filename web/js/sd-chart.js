@@ -108,7 +108,10 @@ export class SdChart extends HTMLElement {
   /** The shown time range [t0, t1] in seconds since the epoch. */
   get view() {
     if (this._paused && this._view) return this._view.slice();
-    const now = this.client.serverNow();
+    // live: the right edge is the newest data's column (data time, so a replay of old
+    // data shows too), the server's clock before any data
+    const end = this._store ? this._store.newestEnd() : NaN;
+    const now = Number.isNaN(end) ? this.client.serverNow() : end;
     return [now - this.windowS, now];
   }
 

@@ -84,7 +84,8 @@ export class SdSpark extends HTMLElement {
     const st = this._store;
     const ctx = this._ctx;
     if (!st || !ctx) return;
-    const now = this.client.serverNow();
+    const end = st.newestEnd();
+    const now = Number.isNaN(end) ? this.client.serverNow() : end;
     const win = parseDuration(this.getAttribute("window"), 60);
     const t0 = now - win;
     if (st.version === this._drawn) return;
