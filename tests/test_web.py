@@ -96,6 +96,10 @@ def test_overview_lists_every_channel_and_charts_a_signal(stack, page):
         "'tr[data-signal=\"engine.rpm\"] sd-value').value)")
     page.wait_for_function(
         "() => document.querySelector('.sd-rate').textContent.includes('records/s')")
+    # a string signal shows its text
+    page.wait_for_function(
+        "() => /[a-z]/.test(document.querySelector("
+        "'tr[data-signal=\"status.message\"] sd-value .sd-num').textContent)", timeout=15000)
     # click a signal: a chart of it; tick two: one chart of both
     page.click("tr[data-signal='engine.rpm'] .sd-signal-link")
     page.check("tr[data-signal='power.voltage'] .sd-pick")

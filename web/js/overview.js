@@ -49,7 +49,6 @@ function render(hello) {
       link.disabled = s.kind === "string";
       let value;
       if (s.kind === "enum") value = el("sd-state", { signal: s.name });
-      else if (s.kind === "string") value = el("span", { class: "sd-string" }, "(text)");
       else value = el("sd-value", { signal: s.name });
       const spark = s.kind === "number" || s.kind === "enum" ? el("sd-spark", { signal: s.name, window: "60s" }) : "";
       tr.append(

@@ -1,7 +1,8 @@
 // <sd-value signal="engine.rpm" digits="1" units stale-after="5s">
 // The latest value of one signal. `units` shows the schema's units (or the attribute's
 // text when it has one); `stale` is set when no new value arrives for `stale-after`.
-// Event out: "sd-value" {signal, time, value} when the value changes (at most per frame).
+// A string signal shows its latest text. Event out: "sd-value" {signal, time, value} when
+// the shown value changes (at most once per frame).
 import { ensureStyles, formatNumber, getClient, parseDuration } from "./client.js";
 
 export class SdValue extends HTMLElement {
@@ -64,6 +65,7 @@ export class SdValue extends HTMLElement {
     this._sub?.close();
     this._time = NaN;
     this._value = NaN;
+    this._text = undefined;
     this._shown = null;
     if (!this.signal) return;
     this._sub = this.client.subscribe({ signals: [this.signal], pixels: 0 }, this);
@@ -72,6 +74,16 @@ export class SdValue extends HTMLElement {
   onLatest(sig, timeS, value) {
     this._time = timeS;
     this._value = value;
+    this._at = performance.now();
+    this.client.schedule(this);
+  }
+
+  /** String signals: the latest text (the server sends it when it changes). */
+  onStrings(values) {
+    const v = values && values[this.signal];
+    if (!v) return;
+    this._text = String(v[1]);
+    this._time = v[0] / 1e9;
     this._at = performance.now();
     this.client.schedule(this);
   }
@@ -87,7 +99,9 @@ export class SdValue extends HTMLElement {
   }
 
   draw() {
-    const text = formatNumber(this._value, this.getAttribute("digits"));
+    const text = this._text !== undefined
+      ? this._text
+      : formatNumber(this._value, this.getAttribute("digits"));
     if (text !== this._shown) {
       this._num.textContent = text;
       this._shown = text;
