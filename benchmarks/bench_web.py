@@ -65,7 +65,8 @@ gap: 4px; padding: 4px }} sd-chart {{ height: 240px }}</style></head>
 PERF_JS = """(() => {
   const p = window.speeddata.perf;
   const n = Math.min(p.count, p.ms.length);
-  return {count: p.count, ms: Array.from(p.ms.slice(0, n)), bytes: window.speeddata.bytes,
+  return {count: p.count, ms: Array.from(p.ms.slice(0, n)), drew: Array.from(p.drew.slice(0, n)),
+          bytes: window.speeddata.bytes,
           frames: window.speeddata.frames, draws: window.speeddata.draws,
           charts: document.querySelectorAll('sd-chart').length};
 })()"""
@@ -81,8 +82,9 @@ def measure(page, seconds: float) -> dict:
     r = page.evaluate(PERF_JS)
     elapsed = time.monotonic() - t0
     ms = sorted(r["ms"])
+    drawing = sorted(m for m, d in zip(r["ms"], r["drew"], strict=True) if d)
     n = len(ms)
-    if n == 0:
+    if n == 0 or not drawing:
         raise AssertionError("no frame with work recorded")
     return {
         "frames": n,
@@ -90,6 +92,9 @@ def measure(page, seconds: float) -> dict:
         "median_ms": ms[n // 2],
         "p99_ms": ms[min(n - 1, int(n * 0.99))],
         "max_ms": ms[-1],
+        # frames in which at least one element drew (the others only parsed messages)
+        "drawing_frames_per_s": len(drawing) / elapsed,
+        "drawing_median_ms": drawing[len(drawing) // 2],
         "bytes_per_s": (r["bytes"] - b0) / elapsed,
         "ws_frames_per_s": (r["frames"] - f0) / elapsed,
         "redraws_per_chart_s": (r["draws"] - d0) / elapsed / max(1, r["charts"]),
@@ -144,6 +149,8 @@ def report(r: dict) -> str:
             lines.append(
                 f"  {arm:13s} median {a['median_ms']:.2f} ms  p99 {a['p99_ms']:.2f} ms  "
                 f"max {a['max_ms']:.2f} ms  {a['frames_per_s']:.1f} frames/s with work  "
+                f"(drawing frames: median {a['drawing_median_ms']:.2f} ms, "
+                f"{a['drawing_frames_per_s']:.1f}/s)  "
                 f"{a['bytes_per_s'] / 1024:.1f} KiB/s received "
                 f"({a['ws_frames_per_s']:.1f} ws frames/s), "
                 f"{a['redraws_per_chart_s']:.1f} redraws/s per chart")

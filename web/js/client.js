@@ -56,7 +56,8 @@ export class Client extends EventTarget {
     this.frames = 0; // binary frames received
     this.draws = 0; // element draws done
     // script time per animation frame (ms), a ring: perf.ms[i % PERF_SIZE], perf.count
-    this.perf = { ms: new Float64Array(PERF_SIZE), count: 0 };
+    // and how many elements drew in that frame: perf.drew[i % PERF_SIZE]
+    this.perf = { ms: new Float64Array(PERF_SIZE), drew: new Uint16Array(PERF_SIZE), count: 0 };
     this._onFrame = () => this._drawFrame();
     this._badge = null;
     this.lastActive = new Map(); // channel name -> performance.now() of the last new record
@@ -353,6 +354,7 @@ export class Client extends EventTarget {
     if (drew || parsed > 0) {
       const p = this.perf;
       p.ms[p.count % PERF_SIZE] = ms;
+      p.drew[p.count % PERF_SIZE] = drew;
       p.count++;
     }
   }
