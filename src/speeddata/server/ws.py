@@ -608,7 +608,7 @@ class Hub:
         w = s.width_ns
         c0 = t0 // w
         n = s.columns
-        from_memory = all(p.channel.can_serve(t0) for p in s.parts)
+        from_memory = all(p.channel.can_serve(t0, w) for p in s.parts)
         if from_memory or self.history is None:
             blocks = []
             for p in s.parts:
