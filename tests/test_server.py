@@ -336,12 +336,24 @@ class TestLive(ServerCase):
             (json.dumps({"type": "subscribe", "sub": 4, "pixels": 10**9,
                          "signals": ["engine.rpm"]}), "'pixels' must be from 0"),
             ("x" * (64 * 1024 + 1), "at most 65536 bytes"),
+            (json.dumps({"type": "pause", "sub": 99}), "no subscription 99"),
         ]:
             conn.write_message(msg)
             err = await self.next_json(conn, "error")
             assert reason in err["message"], (msg[:80], err)
         conn.write_message(json.dumps({"type": "subscribe", "sub": 4, "signals": ["engin.*"]}))
         assert (await self.next_json(conn, "error"))["sub"] == 4
+        # what one connection may ask for is bounded: 6 signals x 16000 columns each,
+        # 21 such subscriptions fit in 2 M signal columns, the 22nd does not
+        for sub in range(100, 122):
+            conn.write_message(json.dumps({"type": "subscribe", "sub": sub, "pixels": 16000,
+                                           "window_s": 16, "signals": ["engine.*"]}))
+        for _ in range(21):
+            await self.next_json(conn, "subscribed")
+        err = await self.next_json(conn, "error")
+        assert err["sub"] == 121 and "at most 2097152 per connection" in err["message"]
+        for sub in range(100, 121):
+            conn.write_message(json.dumps({"type": "unsubscribe", "sub": sub}))
         conn.write_message(json.dumps({"type": "subscribe", "sub": 5, "pixels": 0,
                                        "signals": ["engine.rpm"]}))
         assert (await self.next_json(conn, "subscribed"))["sub"] == 5

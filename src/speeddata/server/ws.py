@@ -38,6 +38,10 @@ MAX_MESSAGE = 64 * 1024  # bytes of a client message
 MAX_PIXELS = 16384
 MAX_SUBSCRIPTIONS = 256
 MAX_SIGNALS = 1024
+#: signals x columns of one subscription, and of all of a connection's (a first frame
+#: carries 40 bytes per cell: 40 MiB and 80 MiB at most)
+MAX_CELLS = 1 << 20
+MAX_CELLS_CONNECTION = 2 << 20
 CLOSE_LAGGING = 4000
 PING_INTERVAL = 10.0  # s between pings
 PING_TIMEOUT = 30.0  # s without a pong before the connection is closed
@@ -256,6 +260,10 @@ def make_subscription(msg: dict, index: dict[str, tuple[LiveChannel, LiveSignal]
         s.window_ns = int(w * 1e9)
         s.width_ns = ladder_width(s.window_ns, pixels)
         s.columns = -(-s.window_ns // s.width_ns)
+    cells = len(names) * s.columns
+    if cells > MAX_CELLS:
+        raise RequestError(f"{len(names)} signals x {s.columns} columns: at most {MAX_CELLS} "
+                           "per subscription (fewer signals or pixels)")
     return s
 
 
@@ -338,6 +346,11 @@ class Client:
         if len(self.subs) >= MAX_SUBSCRIPTIONS and msg.get("sub") not in self.subs:
             raise RequestError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
         s = make_subscription(msg, self.hub.intake.signal_index(), self.hub.intake.window_ns)
+        cells = s.columns * len(s.signals) + sum(
+            o.columns * len(o.signals) for n, o in self.subs.items() if n != s.sub)
+        if cells > MAX_CELLS_CONNECTION:
+            raise RequestError(f"subscriptions of {cells} signal columns in all: at most "
+                               f"{MAX_CELLS_CONNECTION} per connection")
         old = self.subs.pop(s.sub, None)
         if old is not None and old.history is not None:
             old.history.cancel()
