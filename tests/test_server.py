@@ -464,6 +464,11 @@ class TestHttp(ServerCase):
         assert self.fetch("/d/nothing-here").code == 404
         assert self.fetch("/nope").code == 404
         assert json.loads(self.fetch("/nope").body)["status"] == 404
+        # DNS rebinding: a request to this loopback server under another name is refused
+        for path in ("/", "/api/status", "/web/index.html", "/ws", "/metrics"):
+            r = self.fetch(path, headers={"Host": "evil.example:8080"})
+            assert r.code == 403, path
+        assert self.fetch("/api/status", headers={"Host": "localhost"}).code == 200
 
     def test_dashboards_from_the_configured_folder(self):
         folder = self.tmp / "dash"

@@ -656,9 +656,16 @@ class Hub:
 class WebSocket(websocket.WebSocketHandler):
     """``/ws``: JSON control in, JSON + binary frames out (docs/websocket.md)."""
 
-    def initialize(self, hub: Hub) -> None:
+    def initialize(self, hub: Hub, server: Any = None) -> None:
         self.hub = hub
+        self.server = server
         self.client: Client | None = None
+
+    def prepare(self) -> None:
+        if self.server is not None:
+            from .app import check_host
+
+            check_host(self, self.server)
 
     def check_origin(self, origin: str) -> bool:
         # only pages served by this server (same host:port) may open the socket; a client
