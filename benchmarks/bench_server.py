@@ -12,7 +12,7 @@ W1  server CPU (s/s, from /proc) with 10 clients, each watching 16 signals on a
     server and measured over the same seconds.
 W2  server CPU at 1, 10 and 50 clients; the cost of each added client.
 W3  latency: source time of the newest record of a frame -> the client's receipt of it
-    (p50, p99), during W1.
+    (p50, p99), with the W1 clients, after the bare loop has stopped.
 W4  bytes/s to one client watching 16 signals (w4) on 1,000 pixels, source at 100 Hz
     and at 100 kHz (ratio), and the most points per pixel column seen (must be <= 4).
 W5  M4 of one hour of a 1 kHz signal at 1,000 pixels from the cache (the server's
@@ -348,14 +348,26 @@ def live_benchmarks(seconds: float, quick: bool) -> dict:
                 await asyncio.sleep(warm)
                 clients.latency.clear()
                 res[n], bare_cpu[n] = await measure_both(server.pid, bare.pid, seconds)
-                if n == counts[1]:
-                    lat = np.array(clients.latency) * 1e3
-                    out["latency_ms"] = (float(np.percentile(lat, 50)),
-                                         float(np.percentile(lat, 99)), len(lat))
+            first_max = clients.max_columns_over_pixels
             await clients.close()
             out["cpu_by_clients"] = res
             out["bare_cpu_by_clients"] = bare_cpu
-            out["max_columns_over_pixels"] = clients.max_columns_over_pixels
+            # W3 with the W1 clients, once the bare loop no longer takes a core's share
+            bare.send_signal(signal.SIGINT)
+            text = (await asyncio.get_running_loop().run_in_executor(
+                None, lambda: bare.communicate(timeout=30)[0]))
+            b = json.loads(text.strip().splitlines()[-1])
+            out["bare_records_s"] = b["records"] / b["wall_s"]
+            clients = Clients(ws_url)
+            await clients.add(counts[1], signals, latency_signal=12)
+            await asyncio.sleep(warm)
+            clients.latency.clear()
+            await asyncio.sleep(seconds)
+            lat = np.array(clients.latency) * 1e3
+            out["latency_ms"] = (float(np.percentile(lat, 50)), float(np.percentile(lat, 99)),
+                                 len(lat))
+            out["max_columns_over_pixels"] = max(first_max, clients.max_columns_over_pixels)
+            await clients.close()
             # W4: one client on w4 at a slow and a fast source rate
             for label, rate in (("slow", 100), ("fast", 10000 if quick else 100000)):
                 p = sender(info, {"w4": rate}, seconds + warm + 2, tmp / f"w4-{label}.log")
@@ -372,9 +384,6 @@ def live_benchmarks(seconds: float, quick: bool) -> dict:
                 p.wait(seconds + warm + 30)
 
         asyncio.run(clients_phase())
-        bare.send_signal(signal.SIGINT)
-        b = json.loads(bare.communicate(timeout=30)[0].strip().splitlines()[-1])
-        out["bare_records_s"] = b["records"] / b["wall_s"]
         stats = request(info["control"], {"cmd": "status"}, timeout=2)
         out["relay_kernel_drops"] = sum(c["counters"]["kernel_drops"] for c in stats["channels"])
     finally:
