@@ -23,7 +23,8 @@ def bench():
 
 def test_live_benchmarks_quick(bench):
     r = bench.live_benchmarks(seconds=1.0, quick=True)
-    assert r["bare_cpu"] > 0 and r["bare_records_s"] > 0
+    assert r["bare_alone_cpu"] > 0 and r["bare_records_s"] > 0
+    assert set(r["bare_cpu_by_clients"]) == {1, 2, 3}
     assert set(r["cpu_by_clients"]) == {1, 2, 3}
     assert r["latency_ms"][2] > 0  # frames were received and timed
     assert r["w4_slow_bytes_s"] > 0 and r["w4_fast_bytes_s"] > 0

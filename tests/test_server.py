@@ -19,7 +19,7 @@ from tornado.websocket import websocket_connect
 
 from _cachedata import T0, write_channel
 from conftest import SCHEMAS, free_udp_port, random_group
-from relay_helpers import encode, engine_record
+from relay_helpers import encode, engine_record, status_record
 from speeddata import downsample, wire
 from speeddata.config import ChannelConfig, load_config
 from speeddata.schema import Schema
@@ -64,14 +64,15 @@ class FakeRelay:
 
 
 def config_text(tmp: Path, group: tuple[str, int], listen: str = "127.0.0.1:8080",
-                extra: str = "") -> str:
+                extra: str = "", decimated: tuple[str, int] | None = None) -> str:
+    decimated = decimated or (random_group(), free_udp_port())
     return f"""
 [cache]
 dir = "{tmp / 'cache'}"
 [multicast]
 interface = "127.0.0.1"
 full = "{group[0]}:{group[1]}"
-decimated = "{random_group()}:{free_udp_port()}"
+decimated = "{decimated[0]}:{decimated[1]}"
 [relay]
 control = "ipc://{tmp}/control"
 stats = "ipc://{tmp}/stats"
@@ -90,11 +91,15 @@ class ServerCase(AsyncHTTPTestCase):
     def setUp(self) -> None:
         self.tmp = Path(tempfile.mkdtemp(prefix="sd-srv-", dir="/tmp"))
         self.group = (random_group(), free_udp_port())
+        self.decimated_group = (random_group(), free_udp_port())
+        while self.decimated_group[0] == self.group[0]:
+            self.decimated_group = (random_group(), free_udp_port())
         self.relays: list[FakeRelay] = []
         super().setUp()
 
     def get_app(self):
-        cfg = load_config(text=config_text(self.tmp, self.group, self.listen, self.extra))
+        cfg = load_config(text=config_text(self.tmp, self.group, self.listen, self.extra,
+                                           self.decimated_group))
         self.server = LiveServer(cfg)
         self.server.start(listen=False)
         self.hub = self.server.hub
@@ -110,8 +115,8 @@ class ServerCase(AsyncHTTPTestCase):
 
     # helpers
 
-    def relay(self, **kwargs) -> FakeRelay:
-        r = FakeRelay(self.group, **kwargs)
+    def relay(self, group=None, **kwargs) -> FakeRelay:
+        r = FakeRelay(group or self.group, **kwargs)
         self.relays.append(r)
         return r
 
@@ -331,12 +336,24 @@ class TestLive(ServerCase):
             (json.dumps({"type": "subscribe", "sub": 4, "pixels": 10**9,
                          "signals": ["engine.rpm"]}), "'pixels' must be from 0"),
             ("x" * (64 * 1024 + 1), "at most 65536 bytes"),
+            (json.dumps({"type": "pause", "sub": 99}), "no subscription 99"),
         ]:
             conn.write_message(msg)
             err = await self.next_json(conn, "error")
             assert reason in err["message"], (msg[:80], err)
         conn.write_message(json.dumps({"type": "subscribe", "sub": 4, "signals": ["engin.*"]}))
         assert (await self.next_json(conn, "error"))["sub"] == 4
+        # what one connection may ask for is bounded: 6 signals x 16000 columns each,
+        # 21 such subscriptions fit in 2 M signal columns, the 22nd does not
+        for sub in range(100, 122):
+            conn.write_message(json.dumps({"type": "subscribe", "sub": sub, "pixels": 16000,
+                                           "window_s": 16, "signals": ["engine.*"]}))
+        for _ in range(21):
+            await self.next_json(conn, "subscribed")
+        err = await self.next_json(conn, "error")
+        assert err["sub"] == 121 and "at most 2097152 per connection" in err["message"]
+        for sub in range(100, 121):
+            conn.write_message(json.dumps({"type": "unsubscribe", "sub": sub}))
         conn.write_message(json.dumps({"type": "subscribe", "sub": 5, "pixels": 0,
                                        "signals": ["engine.rpm"]}))
         assert (await self.next_json(conn, "subscribed"))["sub"] == 5
@@ -371,12 +388,15 @@ class TestLive(ServerCase):
                      b"Sec-WebSocket-Version: 13\r\n\r\n")
         await self.until(lambda: len(self.hub.clients) == 1)
         (slow_client,) = self.hub.clients
-        big = {"type": "subscribe", "sub": 1, "pixels": 16000, "window_s": 16,
-               "signals": ["engine.*"]}
-        payload = json.dumps(big).encode()
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
-        slow.sendall(bytes([0x81, 0xFE]) + len(payload).to_bytes(2, "big") + mask + masked)
+        # 10 subscriptions of 6 signals x 16000 columns: a first frame of ~38 MB, more
+        # than any socket buffer holds, so the frame stays pending
+        for sub in range(1, 11):
+            big = {"type": "subscribe", "sub": sub, "pixels": 16000, "window_s": 16,
+                   "signals": ["engine.*"]}
+            payload = json.dumps(big).encode()
+            mask = b"\x01\x02\x03\x04"
+            masked = bytes(c ^ mask[i % 4] for i, c in enumerate(payload))
+            slow.sendall(bytes([0x81, 0xFE]) + len(payload).to_bytes(2, "big") + mask + masked)
         fast, _ = await self.ws()
         fast.write_message(json.dumps({"type": "subscribe", "sub": 1, "pixels": 100,
                                        "window_s": 1, "signals": ["engine.rpm"]}))
@@ -395,7 +415,7 @@ class TestLive(ServerCase):
             slow.close()
         # the fast client saw every new value while the slow one's frame was pending
         assert got == [1000.0 + 10 + i for i in range(len(got))]
-        assert slow_client.frames <= 3 and self.hub.n_lagging == 1
+        assert slow_client.frames <= 2 and self.hub.n_lagging == 1
         fast.close()
 
     @gen_test(timeout=60)
@@ -444,6 +464,11 @@ class TestHttp(ServerCase):
         assert self.fetch("/d/nothing-here").code == 404
         assert self.fetch("/nope").code == 404
         assert json.loads(self.fetch("/nope").body)["status"] == 404
+        # DNS rebinding: a request to this loopback server under another name is refused
+        for path in ("/", "/api/status", "/web/index.html", "/ws", "/metrics"):
+            r = self.fetch(path, headers={"Host": "evil.example:8080"})
+            assert r.code == 403, path
+        assert self.fetch("/api/status", headers={"Host": "localhost"}).code == 200
 
     def test_dashboards_from_the_configured_folder(self):
         folder = self.tmp / "dash"
@@ -561,4 +586,62 @@ class TestChanges(ServerCase):
         frames = await self.frames_until(conn, lambda f: any(
             b["type"] == 2 and b["value"] == 42.0 for b in f[-1]["blocks"]))
         assert frames
+        conn.close()
+
+
+class TestDecimated(ServerCase):
+    extra = 'group = "decimated"'
+
+    @gen_test(timeout=30)
+    async def test_decimated_group_expects_seq_steps_of_the_decimation(self):
+        relay = self.relay(group=self.decimated_group, decimation=10)
+        await self.announced(relay)
+        ch = self.intake.by_name("engine")
+        assert ch.step == 10
+        t0 = now_s_floor()
+        for i, seq in enumerate((0, 10, 20, 30, 60, 70)):  # 40 and 50 lost
+            relay.send(records(i * 10, 10, t0), seq=seq)
+        await self.until(lambda: ch.records == 60)
+        assert ch.loss.datagrams == 2 and ch.loss.n_gaps == 1
+        assert list(ch.loss.gaps) == [(t0 + 39 * 1_000_000, t0 + 40 * 1_000_000)]
+        body = json.loads((await self.afetch("/api/status")).body)
+        assert body["server"]["group"] == "decimated"
+
+
+class TestKinds(ServerCase):
+    @gen_test(timeout=30)
+    async def test_strings_enums_nullable_and_nested_signals(self):
+        status = self.relay(name="status", cid=2, schema=Schema(SCHEMAS / "status.avsc"))
+        engine = self.relay()
+        await self.announced(status, 1)
+        await self.announced(engine, 2)
+        conn, hello = await self.ws()
+        (ch,) = [c for c in hello["channels"] if c["name"] == "status"]
+        kinds = {s["name"]: s["kind"] for s in ch["signals"]}
+        assert kinds == {"status.message": "string", "status.uptime": "number",
+                         "status.load": "number", "status.host.cpu_temp": "number",
+                         "status.host.free_disk": "number"}
+        conn.write_message(json.dumps({"type": "subscribe", "sub": 1, "pixels": 0,
+                                       "signals": ["status.*", "engine.state"]}))
+        sub = await self.next_json(conn, "subscribed")
+        assert sub["signals"][-1] == "engine.state" and "status.message" in sub["signals"]
+        t0 = now_s_floor()
+        status.send([status_record(i, t0=t0) for i in range(3)])  # load: 0.0, None, 1.0
+        engine.send(records(0, 2, t0))  # states IDLE, RUN
+        strings = await self.next_json(conn, "strings")
+        assert strings["values"]["status.message"] == [t0 + 2_000_000,
+                                                        status_record(2)["message"]]
+
+        def latest_values(frames):
+            out = {}
+            for fr in frames:
+                for b in fr["blocks"]:
+                    if b["type"] == 2:
+                        out[sub["signals"][b["signal"]]] = b["value"]
+            return out
+
+        frames = await self.frames_until(conn, lambda f: latest_values(f).get(
+            "engine.state") == 1.0 and latest_values(f).get("status.uptime") == 2.0)
+        values = latest_values(frames)
+        assert values["status.load"] == 1.0 and values["status.host.cpu_temp"] == 40.5
         conn.close()

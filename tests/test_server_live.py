@@ -16,6 +16,7 @@ from speeddata.server.ws import (
     encode_frame,
     gaps_block,
     latest_block,
+    latest_blocks,
 )
 
 
@@ -95,8 +96,11 @@ def test_frame_layout_is_aligned_and_round_trips():
     assert parsed["blocks"][2]["value"] == 7.0 and parsed["blocks"][2]["time_s"] == 12.5
     g = parsed["blocks"][3]
     assert list(g["start_s"]) == [1.0] and list(g["end_s"]) == [2.0]
-    # every float64 array starts on an 8-byte boundary of the frame
-    assert (16 + 16 + 16) % 8 == 0
+    # several latest blocks at once: the same bytes as one by one
+    many = latest_blocks(3, np.array([0, 4]), np.array([1.5, 2.5]), np.array([np.nan, 9.0]))
+    assert many == latest_block(3, 0, 1.5, np.nan) + latest_block(3, 4, 2.5, 9.0)
+    parsed = decode_frame(encode_frame([many], 1.0, 2))
+    assert [b["signal"] for b in parsed["blocks"]] == [0, 4]
 
 
 def test_memory_bound_holds_for_many_channels_and_shrinks_keep_the_newest(tmp_path):

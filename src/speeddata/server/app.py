@@ -53,6 +53,21 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def check_host(handler: tornado.web.RequestHandler, server: LiveServer) -> None:
+    """On loopback, only requests addressed to a loopback name: a page whose DNS name
+    was rebound to 127.0.0.1 (DNS rebinding) sends its own name as Host and is refused,
+    so it cannot read the API or open the websocket as if it were same-origin."""
+    if server.needs_token:
+        return
+    host = handler.request.host_name.strip("[]").lower()
+    if host not in LOOPBACK_NAMES and not host.startswith("127.") \
+            and host != server.listen[0]:
+        raise tornado.web.HTTPError(403, f"Host {host!r} is not this server's (loopback)")
+
+
 class BaseHandler(tornado.web.RequestHandler):
     """Security for every route: the token on state-changing requests when the server
     listens beyond loopback; JSON errors with a reason."""
@@ -61,6 +76,7 @@ class BaseHandler(tornado.web.RequestHandler):
         self.server = server
 
     def prepare(self) -> None:
+        check_host(self, self.server)
         if self.request.method not in ("GET", "HEAD", "OPTIONS") and self.server.needs_token:
             self.check_token()
 
@@ -124,6 +140,13 @@ class DashboardHandler(PageHandler):
 
 class StaticHandler(tornado.web.StaticFileHandler):
     """``/web/...``: files of the web root (tornado refuses paths outside it)."""
+
+    def initialize(self, path: str, server: LiveServer) -> None:
+        super().initialize(path)
+        self.server = server
+
+    def prepare(self) -> None:
+        check_host(self, self.server)
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -315,8 +338,8 @@ def make_app(server: LiveServer) -> tornado.web.Application:
         (r"/status", PageHandler, {**s, "page": "status.html"}),
         (r"/channels", PageHandler, {**s, "page": "channels.html"}),
         (r"/d/([^/]*)", DashboardHandler, s),
-        (r"/web/(.*)", StaticHandler, {"path": str(server.web)}),
-        (r"/ws", WebSocket, {"hub": server.hub}),
+        (r"/web/(.*)", StaticHandler, {"path": str(server.web), **s}),
+        (r"/ws", WebSocket, {"hub": server.hub, **s}),
         (r"/metrics", MetricsHandler, s),
         *api_routes(server),
     ]

@@ -661,14 +661,16 @@ class LiveChannel:
             t, x = t[order], x[order]
         return t, x
 
-    def can_serve(self, t0: int) -> bool:
-        """Whether memory holds everything of this channel from ``t0`` on (the raw window
-        or a summary level reaches back that far); else the cache has to be read."""
+    def can_serve(self, t0: int, width: int) -> bool:
+        """Whether memory holds this channel from ``t0`` on at columns of ``width``: the
+        raw window reaches back that far, or a summary level that divides ``width`` does;
+        else the cache has to be read."""
         ws = self.window_start
         if ws is not None and t0 >= ws:
             return True
         self.sync_summaries()
         return any(lv.covers_from() is not None and lv.covers_from() <= t0
+                   and width % lv.width == 0 and width // lv.width <= MAX_MERGE
                    for lv in self.levels)
 
     def m4(self, c0: int, n: int, width: int) -> M4:

@@ -38,6 +38,10 @@ MAX_MESSAGE = 64 * 1024  # bytes of a client message
 MAX_PIXELS = 16384
 MAX_SUBSCRIPTIONS = 256
 MAX_SIGNALS = 1024
+#: signals x columns of one subscription, and of all of a connection's (a first frame
+#: carries 40 bytes per cell: 40 MiB and 80 MiB at most)
+MAX_CELLS = 1 << 20
+MAX_CELLS_CONNECTION = 2 << 20
 CLOSE_LAGGING = 4000
 PING_INTERVAL = 10.0  # s between pings
 PING_TIMEOUT = 30.0  # s without a pong before the connection is closed
@@ -49,6 +53,11 @@ LATEST_BODY = struct.Struct("<dd")
 GAPS_HEAD = struct.Struct("<II")
 MAGIC = b"SDF1"
 T_COLUMNS, T_LATEST, T_GAPS = 1, 2, 3
+#: a whole ``latest`` block as a numpy record: many are made with one ``tobytes``
+LATEST_DTYPE = np.dtype([("type", "<u2"), ("reserved", "<u2"), ("length", "<u4"),
+                         ("sub", "<u4"), ("signal", "<u4"), ("time_s", "<f8"),
+                         ("value", "<f8")])
+assert LATEST_DTYPE.itemsize == 32
 
 
 # ----------------------------------------------------------------------------- framing
@@ -104,8 +113,23 @@ def gaps_block(sub: int, sig: int, gaps: list[tuple[int, int]]) -> bytes:
             + arr.tobytes())
 
 
-def encode_frame(blocks: list[bytes], now_s: float) -> bytes:
-    return FRAME_HEADER.pack(MAGIC, len(blocks), now_s) + b"".join(blocks)
+def latest_blocks(sub: int, signals: np.ndarray, time_s: np.ndarray,
+                  values: np.ndarray) -> bytes:
+    """``latest`` blocks of several signals at once, back to back."""
+    arr = np.zeros(len(signals), LATEST_DTYPE)
+    arr["type"] = T_LATEST
+    arr["length"] = 32
+    arr["sub"] = sub
+    arr["signal"] = signals
+    arr["time_s"] = time_s
+    arr["value"] = values
+    return arr.tobytes()
+
+
+def encode_frame(blocks: list[bytes], now_s: float, n_blocks: int | None = None) -> bytes:
+    """A frame of ``blocks`` (``n_blocks`` when an item holds several blocks)."""
+    n = len(blocks) if n_blocks is None else n_blocks
+    return FRAME_HEADER.pack(MAGIC, n, now_s) + b"".join(blocks)
 
 
 def decode_frame(data: bytes) -> dict:
@@ -158,6 +182,8 @@ class _Part:
     sent_version: int = -1
     sent_gaps: int = 0
     sent_strings: int = -1
+    index_array: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    column_array: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclass
@@ -233,6 +259,9 @@ def make_subscription(msg: dict, index: dict[str, tuple[LiveChannel, LiveSignal]
         else:
             part.indexes.append(i)
             part.columns.append(sig.column)
+    for part in parts.values():
+        part.index_array = np.asarray(part.indexes, np.int64)
+        part.column_array = np.asarray(part.columns, np.int64)
     s = Subscription(sub, names, list(parts.values()), pixels, request=msg)
     if "range_ns" in msg:
         r = msg["range_ns"]
@@ -256,6 +285,10 @@ def make_subscription(msg: dict, index: dict[str, tuple[LiveChannel, LiveSignal]
         s.window_ns = int(w * 1e9)
         s.width_ns = ladder_width(s.window_ns, pixels)
         s.columns = -(-s.window_ns // s.width_ns)
+    cells = len(names) * s.columns
+    if cells > MAX_CELLS:
+        raise RequestError(f"{len(names)} signals x {s.columns} columns: at most {MAX_CELLS} "
+                           "per subscription (fewer signals or pixels)")
     return s
 
 
@@ -276,6 +309,7 @@ class Client:
         self.closed = False
         self.last_ping = time.monotonic()
         self.last_pong = time.monotonic()
+        self._extra_blocks = 0
 
     def keepalive(self, now: float) -> None:
         """Ping every PING_INTERVAL; close when no pong came for PING_TIMEOUT (our own
@@ -338,6 +372,11 @@ class Client:
         if len(self.subs) >= MAX_SUBSCRIPTIONS and msg.get("sub") not in self.subs:
             raise RequestError(f"at most {MAX_SUBSCRIPTIONS} subscriptions per connection")
         s = make_subscription(msg, self.hub.intake.signal_index(), self.hub.intake.window_ns)
+        cells = s.columns * len(s.signals) + sum(
+            o.columns * len(o.signals) for n, o in self.subs.items() if n != s.sub)
+        if cells > MAX_CELLS_CONNECTION:
+            raise RequestError(f"subscriptions of {cells} signal columns in all: at most "
+                               f"{MAX_CELLS_CONNECTION} per connection")
         old = self.subs.pop(s.sub, None)
         if old is not None and old.history is not None:
             old.history.cancel()
@@ -388,13 +427,14 @@ class Client:
                 return
             self.in_flight = None
         blocks: list[bytes] = []
+        self._extra_blocks = 0  # items of ``blocks`` holding several blocks add here
         for s in list(self.subs.values()):
             if not s.paused:
                 blocks.extend(self._blocks(s, now_ns, memo))
         if not blocks:
             self._completes()
             return
-        frame = encode_frame(blocks, now_ns / 1e9)
+        frame = encode_frame(blocks, now_ns / 1e9, len(blocks) + self._extra_blocks)
         try:
             fut = self.handler.write_message(frame, binary=True)
         except websocket.WebSocketClosedError:
@@ -445,11 +485,13 @@ class Client:
                                                                   p.sent_t != ch.t_newest):
                     out.extend(self._columns(s, p, first, memo))
                 if first or p.sent_version != ch.version:
-                    v = ch.latest_version[p.columns]
-                    for j in np.flatnonzero(first | (v > p.sent_version)).tolist():
-                        c = p.columns[j]
-                        out.append(latest_block(s.sub, p.indexes[j], ch.latest_t[c],
-                                                ch.latest_v[c]))
+                    cols = p.column_array
+                    sel = np.flatnonzero(first | (ch.latest_version[cols] > p.sent_version))
+                    if len(sel):
+                        c = cols[sel]
+                        out.append(latest_blocks(s.sub, p.index_array[sel], ch.latest_t[c],
+                                                 ch.latest_v[c]))
+                        self._extra_blocks += len(sel) - 1
                     p.sent_version = ch.version
                 if s.pixels > 0 and (first or p.sent_gaps != ch.loss.n_gaps):
                     out.extend(self._gaps(s, p, first, now_ns))
@@ -608,7 +650,7 @@ class Hub:
         w = s.width_ns
         c0 = t0 // w
         n = s.columns
-        from_memory = all(p.channel.can_serve(t0) for p in s.parts)
+        from_memory = all(p.channel.can_serve(t0, w) for p in s.parts)
         if from_memory or self.history is None:
             blocks = []
             for p in s.parts:
@@ -643,9 +685,16 @@ class Hub:
 class WebSocket(websocket.WebSocketHandler):
     """``/ws``: JSON control in, JSON + binary frames out (docs/websocket.md)."""
 
-    def initialize(self, hub: Hub) -> None:
+    def initialize(self, hub: Hub, server: Any = None) -> None:
         self.hub = hub
+        self.server = server
         self.client: Client | None = None
+
+    def prepare(self) -> None:
+        if self.server is not None:
+            from .app import check_host
+
+            check_host(self, self.server)
 
     def check_origin(self, origin: str) -> bool:
         # only pages served by this server (same host:port) may open the socket; a client
