@@ -303,3 +303,92 @@ def test_page_recovers_after_server_restart(stack, page):
     except AssertionError:
         raise AssertionError(f"{js(page, probe)}\n{stack.logs()}") from None
     assert page.inner_text(".sd-connection") == "live"
+
+
+VIBRATION = (Path(__file__).resolve().parents[1] / "src/speeddata/schemas/fixed.avsc").read_text()
+
+
+def test_channels_page_registers_and_removes(stack, page):
+    from conftest import free_udp_port
+
+    console = Console(page)
+    page.goto(stack.url + "/channels")
+    wait_live(page)
+    page.wait_for_selector("#list tr[data-channel=engine]")
+    port = free_udp_port()
+    page.fill("#name", "vib")
+    page.fill("#port", str(port))
+    # not JSON: said inline before any request
+    page.fill("#schema", "{not json")
+    page.click("#add button[type=submit]")
+    msg = "document.querySelector('#add-msg')"
+    page.wait_for_function(f"() => {msg}.textContent.includes('not JSON')")
+    # JSON but no Avro record: the server's reason, inline
+    page.fill("#schema", '{"type": "record", "name": "vib", "fields": [{"name": "x"}]}')
+    page.click("#add button[type=submit]")
+    page.wait_for_function("() => document.querySelector('#add-msg').className === 'sd-error' && "
+                           "document.querySelector('#add-msg').textContent.length > 10")
+    assert "schema" in page.inner_text("#add-msg")
+    # a good schema: registered, and the channel appears (the server's next hello)
+    page.fill("#schema", VIBRATION)
+    page.click("#add button[type=submit]")
+    page.wait_for_function(f"() => {msg}.textContent.startsWith('registered')", timeout=20000)
+    page.wait_for_selector("#list tr[data-channel=vib]", timeout=20000)
+    # remove: asks once, then removes; the row goes away
+    page.click("#list tr[data-channel=vib] .sd-remove")
+    assert "really" in page.inner_text("#list tr[data-channel=vib] .sd-remove")
+    page.click("#list tr[data-channel=vib] .sd-remove")
+    page.wait_for_function(
+        "() => document.querySelector('#list-msg').textContent === 'removed vib'")
+    page.wait_for_selector("#list tr[data-channel=vib]", state="detached", timeout=20000)
+    assert [e for e in console.errors if "status of 4" not in e] == []
+
+
+def test_status_page_shows_relay_and_cache(stack, page):
+    page.goto(stack.url + "/status")
+    wait_live(page)
+    page.wait_for_selector("#relay tr[data-channel=power]", timeout=15000)
+    row = page.inner_text("#relay tr[data-channel=power]")
+    assert "0 datagrams, 0 gaps" in row  # no multicast loss on loopback
+    cells = js(page, "[...document.querySelector('#relay tr[data-channel=power]').cells]"
+                     ".map(c => c.textContent)")
+    assert int(cells[4].replace(",", "")) > 100  # records counted by the relay
+    assert cells[6] == "0"  # kernel drops
+    cache = page.inner_text("#cache")
+    assert "used" in cache and "reaches back" in cache and "oldest record" in cache
+
+
+def test_chart_draws_gaps_as_gaps(stack, page):
+    """A loss interval from the server cuts the line: uPlot gets it as a clip range."""
+    page.goto(stack.url + "/d/engine")
+    wait_live(page)
+    sel = "sd-chart[signals='engine.rpm engine.torque']"
+    page.wait_for_function(f"() => document.querySelector(\"{sel}\")._store?.version > 5")
+    page.click(f"{sel} .sd-pause")
+    gaps = js(page, f"""(() => {{
+        const c = document.querySelector("{sel}");
+        const [t0, t1] = c.view;
+        const a = t0 + (t1 - t0) * 0.4, b = t0 + (t1 - t0) * 0.5;
+        c.onGaps(0, new Float64Array([a]), new Float64Array([b]));
+        c.draw();
+        return [c._u.series[1]._paths.gaps, c._u.series[2]._paths.gaps,
+                c._u.valToPos(a, "x", true), c._u.valToPos(b, "x", true)];
+    }})()""")
+    rpm_gaps, torque_gaps, pa, pb = gaps
+    assert len(rpm_gaps) == 1 and torque_gaps == []
+    assert abs(rpm_gaps[0][0] - pa) <= 1 and abs(rpm_gaps[0][1] - pb) <= 1
+
+
+def test_dark_theme_follows_the_system(browser, stack):
+    context = browser.new_context(color_scheme="dark", viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    try:
+        page.goto(stack.url + "/d/engine")
+        wait_live(page)
+        bg = js(page, "getComputedStyle(document.body).backgroundColor")
+        assert bg == "rgb(13, 17, 23)"
+        page.wait_for_function("() => document.querySelector('sd-chart')._u")
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "dashboard-dark.png"))
+    finally:
+        context.close()

@@ -5,6 +5,7 @@ import { api, getClient } from "./client.js";
 import "./elements.js";
 
 const client = getClient();
+const removed = new Set(); // removed here: the server may announce them a little longer
 const $ = (id) => document.getElementById(id);
 
 function renderList() {
@@ -12,6 +13,7 @@ function renderList() {
   body.replaceChildren();
   const status = client.status?.channels || {};
   for (const ch of client.channels.values()) {
+    if (removed.has(ch.name)) continue;
     const tr = body.insertRow();
     tr.dataset.channel = ch.name;
     for (const v of [ch.name, ch.key, status[ch.name]?.rate_hz?.toFixed(1) ?? "\u2014", ch.signals.length]) {
@@ -34,6 +36,8 @@ async function remove(name, button) {
   }
   try {
     await api("DELETE", `/api/channels/${encodeURIComponent(name)}`);
+    removed.add(name);
+    button.closest("tr")?.remove();
     $("list-msg").className = "sd-ok-text";
     $("list-msg").textContent = `removed ${name}`;
   } catch (err) {
@@ -68,6 +72,7 @@ $("add").addEventListener("submit", async (e) => {
   msg.textContent = "registering\u2026";
   try {
     await api("POST", "/api/channels", body);
+    removed.delete(body.name);
     msg.className = "sd-ok-text";
     msg.textContent = `registered ${body.name} on UDP port ${body.port}`;
   } catch (err) {
