@@ -387,7 +387,10 @@ def test_dark_theme_follows_the_system(browser, stack):
         wait_live(page)
         bg = js(page, "getComputedStyle(document.body).backgroundColor")
         assert bg == "rgb(13, 17, 23)"
-        page.wait_for_function("() => document.querySelector('sd-chart')._u")
+        page.wait_for_function(
+            f"() => document.querySelector('sd-chart')._store?.version > 5 && "
+            f"!Number.isNaN(document.querySelector({RPM!r}).value) && window.speeddata.status")
+        time.sleep(2)
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SCREENSHOTS / "dashboard-dark.png"))
     finally:

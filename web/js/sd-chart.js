@@ -322,7 +322,7 @@ export class SdChart extends HTMLElement {
       });
     });
     const axes = [
-      { stroke: axisColor, grid: { stroke: gridColor, width: 1 }, ticks: { stroke: gridColor } },
+      { stroke: axisColor, space: 70, grid: { stroke: gridColor, width: 1 }, ticks: { stroke: gridColor } },
     ];
     units.forEach((unit, i) => {
       if (i > 1) return;
