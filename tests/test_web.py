@@ -395,3 +395,26 @@ def test_dark_theme_follows_the_system(browser, stack):
         page.screenshot(path=str(SCREENSHOTS / "dashboard-dark.png"))
     finally:
         context.close()
+
+
+def test_chart_hover_readout_and_resize(stack, page):
+    page.goto(stack.url + "/d/engine")
+    wait_live(page)
+    sel = "sd-chart[signals='engine.rpm engine.torque']"
+    page.wait_for_function(f"() => document.querySelector(\"{sel}\")._store?.version > 5")
+    page.click(f"{sel} .sd-pause")  # a still picture under the pointer
+    box = page.locator(f"{sel} .u-over").bounding_box()
+    # half a second before the newest data (the stack may be only seconds old)
+    x = js(page, f"(() => {{ const c = document.querySelector(\"{sel}\"); "
+                 "return c._u.valToPos(c._store.newestEnd() - 0.5, 'x'); })()")
+    page.mouse.move(box["x"] + x - 20, box["y"] + box["height"] / 2)
+    page.mouse.move(box["x"] + x, box["y"] + box["height"] / 2, steps=4)
+    values = page.locator(f"{sel} .u-legend .u-value").all_inner_texts()
+    assert len(values) == 3  # time, rpm, torque
+    assert ":" in values[0]  # a time of day
+    assert 900 <= float(values[1]) <= 4100
+    # the chart follows its box
+    width = js(page, f"document.querySelector(\"{sel}\")._u.width")
+    js(page, f"document.querySelector(\"{sel}\").style.width = '400px'")
+    page.wait_for_function(f"() => document.querySelector(\"{sel}\")._u.width < {width} - 100")
+    assert js(page, f"document.querySelector(\"{sel}\")._u.width") <= 400
