@@ -384,8 +384,18 @@ def live_benchmarks(seconds: float, quick: bool) -> dict:
                 p.wait(seconds + warm + 30)
 
         asyncio.run(clients_phase())
+        import urllib.request
+
+        with urllib.request.urlopen(url + "/api/status", timeout=5) as r:
+            status = json.loads(r.read())
+        out["server_lost_datagrams"] = sum(v["datagrams"] for v in status["loss"].values())
+        out["server_loss_gaps"] = sum(v["gaps"] for v in status["loss"].values())
+        out["server_loss_by_channel"] = {k: v["datagrams"] for k, v in status["loss"].items()
+                                         if v["datagrams"]}
         stats = request(info["control"], {"cmd": "status"}, timeout=2)
         out["relay_kernel_drops"] = sum(c["counters"]["kernel_drops"] for c in stats["channels"])
+        out["relay_multicast_errors"] = sum(c["counters"]["multicast_errors"]
+                                            for c in stats["channels"])
     finally:
         for p in reversed(procs):
             if p.poll() is None:
@@ -468,7 +478,10 @@ def report(r: dict) -> str:
                      f"{r['w4_fast_bytes_s'] / max(r['w4_slow_bytes_s'], 1):.2f} (target <= 2); "
                      f"most columns per pixel {r['max_columns_over_pixels']:.2f} "
                      "(4 points per column: <= 1 column per pixel)")
-        lines.append(f"relay kernel drops during the run: {r['relay_kernel_drops']}")
+        lines.append(f"relay kernel drops during the run: {r['relay_kernel_drops']}, multicast "
+                     f"send errors {r['relay_multicast_errors']}; datagrams the server lost "
+                     f"(seq gaps): {r['server_lost_datagrams']} in {r['server_loss_gaps']} gaps "
+                     f"{r.get('server_loss_by_channel') or ''}")
     if "w5_ratio" in r:
         lines.append(f"W5 scroll-back M4 of {r['w5_records']:,} records at "
                      f"{r['w5_columns']} columns: {r['w5_m4_s'] * 1e3:.1f} ms vs reader "

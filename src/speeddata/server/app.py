@@ -210,9 +210,10 @@ class LiveServer:
         mc = self.config.multicast
         sc = self.config.server
         group = mc.full if sc.group == "full" else mc.decimated
-        return Intake(group, mc.interface, decimated=sc.group == "decimated",
-                      memory=sc.memory, window=sc.window,
-                      on_change=lambda: self.hub and self.hub.channels_changed())
+        intake = Intake(group, mc.interface, decimated=sc.group == "decimated",
+                        memory=sc.memory, window=sc.window,
+                        on_change=lambda: self.hub and self.hub.channels_changed())
+        return intake
 
     def app(self) -> tornado.web.Application:
         return make_app(self)

@@ -709,7 +709,7 @@ class Intake:
 
     def __init__(self, group: tuple[str, int], interface: str = "127.0.0.1",
                  decimated: bool = False, memory: int = 512 << 20, window: float = 600.0,
-                 batch: int = 256, rcvbuf: int = 8 << 20, on_change=None):
+                 batch: int = 256, rcvbuf: int = 32 << 20, on_change=None):
         from .._mcast import SLOT, BatchReceiver
 
         self.group = group
@@ -800,6 +800,8 @@ class Intake:
     def drain(self) -> None:
         """Take what waits on the socket, a bounded number of batches (the IOLoop serves
         clients in between; the handler is level-triggered and comes back)."""
+        if self._loop is None:
+            return
         self._last_drain = time.monotonic()
         fd = self.sock.fileno()
         for _ in range(16):

@@ -604,6 +604,11 @@ class Hub:
         self.n_frame_bytes += n_bytes
 
     def tick(self) -> None:
+        # take what waits on the multicast socket now: the frames carry data up to this
+        # moment, and the socket is drained once per frame period in large batches
+        drain = getattr(self.intake, "drain", None)
+        if drain is not None:
+            drain()
         if self._hello_due:
             self._hello_due = False
             hello = self.hello()
