@@ -354,6 +354,10 @@ def test_status_page_shows_relay_and_cache(stack, page):
                      ".map(c => c.textContent)")
     assert int(cells[4].replace(",", "")) > 100  # records counted by the relay
     assert cells[6] == "0"  # kernel drops
+    # the relay's stats come once a second and a young cache has no oldest record yet
+    page.wait_for_function(
+        "() => document.querySelector('#cache').textContent.includes('oldest record')",
+        timeout=20000)
     cache = page.inner_text("#cache")
     assert "used" in cache and "reaches back" in cache and "oldest record" in cache
 
@@ -418,3 +422,44 @@ def test_chart_hover_readout_and_resize(stack, page):
     js(page, f"document.querySelector(\"{sel}\").style.width = '400px'")
     page.wait_for_function(f"() => document.querySelector(\"{sel}\")._u.width < {width} - 100")
     assert js(page, f"document.querySelector(\"{sel}\")._u.width") <= 400
+
+
+def test_scroll_back_into_the_cache(browser):
+    """A server whose live window is 4 s: a paused chart shown 10 s back reads the cache."""
+    tmp = Path(tempfile.mkdtemp(prefix="sd-web-cache-", dir="/tmp"))
+    s = Stack(tmp, tmp, extra='window = "4s"\n')
+    (s.dashboards / "short.html").write_text(
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>short</title>'
+        '<link rel="icon" href="data:,"><script type="module" src="/web/js/elements.js">'
+        '</script></head><body><sd-chart signals="engine.rpm" window="3s"></sd-chart>'
+        "</body></html>")
+    context = browser.new_context(viewport={"width": 1000, "height": 600})
+    page = context.new_page()
+    try:
+        s.start()
+        console = Console(page)
+        page.goto(s.url + "/d/short")
+        wait_live(page)
+        page.wait_for_function("() => document.querySelector('sd-chart')._store?.version > 2")
+        wait_until(lambda: time.monotonic() - s.started > 13, timeout=30)
+        t = js(page, """(() => { const c = document.querySelector('sd-chart');
+            const end = c._store.newestEnd(); c.showRange(end - 11, end - 8);
+            return [end - 11, end - 8]; })()""")
+        page.wait_for_function("""() => { const c = document.querySelector('sd-chart');
+            return c._rangeReq && c._store && !c._store.live &&
+                   c._store.count[0].some(v => v > 0); }""", timeout=20000)
+        got = js(page, """(() => { const st = document.querySelector('sd-chart')._store;
+            const xs = [], ys = [];
+            for (let j = 0; j < st.n; j++) if (st.count[0][j] > 0) {
+                xs.push(st.x[4 * j]); ys.push(st.y[0][4 * j]); }
+            return [xs, ys, st.count[0].reduce((a, b) => a + b, 0)]; })()""")
+        xs, ys, records = got
+        assert t[0] - 0.5 <= min(xs) and max(xs) <= t[1] + 0.5
+        assert max(xs) - min(xs) > 2.0  # the 3 s range, from the cache
+        assert 250 <= records <= 350  # 100 records/s over 3 s
+        assert all(999 <= y <= 4001 for y in ys)
+        assert console.errors == []
+    finally:
+        context.close()
+        s.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
