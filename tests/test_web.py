@@ -188,6 +188,10 @@ def test_dashboard_with_every_element(stack, page):
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()""")
     assert painted > 20
+    # the relay's counters reach the table (its stats message, once a second)
+    page.wait_for_function(
+        "() => document.querySelector('#st tr[data-channel=power]').cells[6].textContent === '0'",
+        timeout=15000)
     page.wait_for_function("() => document.querySelector('#stc').hasAttribute('ok')")
     assert "healthy" in page.inner_text("#stc")
     assert console.errors == []

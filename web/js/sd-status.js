@@ -1,6 +1,7 @@
 // <sd-status channels="engine power" compact>
 // Relay and loss health from the server's `status` messages: connection, per channel
-// rate, records and loss (lost datagrams, gaps), and how long since the last record.
+// rate, records, loss seen by the server (lost datagrams, gaps), the relay's rejected
+// datagrams and kernel drops, and how long since the last record.
 // `channels` limits the rows (all when absent); `compact` shows one line of badges.
 // Event out: "sd-health" {ok, problems} when the health changes.
 import { ensureStyles, getClient } from "./client.js";
@@ -42,15 +43,23 @@ export class SdStatus extends HTMLElement {
     const names = [...c.channels.keys()].filter((n) => !filter.length || filter.includes(n));
     const problems = [];
     if (c.state !== "open") problems.push(`server: ${c.state}`);
+    // the relay's own counters (its stats message, passed on in `status.relays`)
+    const relayCounters = new Map();
+    for (const r of Object.values((st && st.relays) || {})) {
+      const list = Array.isArray(r && r.channels) ? r.channels : [];
+      for (const ch of list) if (ch && ch.name) relayCounters.set(ch.name, ch.counters || {});
+    }
     const rows = names.map((name) => {
       const s = (st && st.channels && st.channels[name]) || {};
       const ch = c.channels.get(name) || {};
       const loss = s.loss || ch.loss || {};
       const age = s.last_ns && st.now_ns ? (st.now_ns - s.last_ns) / 1e9 : null;
       const silent = age === null || age > 5;
+      const rc = relayCounters.get(name) || {};
       if (loss.datagrams > 0) problems.push(`${name}: ${loss.datagrams} datagrams lost`);
+      if (rc.kernel_drops > 0) problems.push(`${name}: ${rc.kernel_drops} kernel drops`);
       if (silent) problems.push(`${name}: no data`);
-      return { name, s, loss, age, silent, rate: s.rate_hz ?? ch.rate_hz };
+      return { name, s, loss, age, silent, rc, rate: s.rate_hz ?? ch.rate_hz };
     });
     const ok = problems.length === 0;
     this.toggleAttribute("ok", ok);
@@ -65,7 +74,8 @@ export class SdStatus extends HTMLElement {
       const table = document.createElement("table");
       table.className = "sd-table";
       const head = table.createTHead().insertRow();
-      for (const h of ["channel", "rate", "records", "lost datagrams", "gaps", "last record"]) {
+      for (const h of ["channel", "rate", "records", "lost datagrams", "gaps", "rejected",
+        "kernel drops", "last record"]) {
         const th = document.createElement("th");
         th.textContent = h;
         head.appendChild(th);
@@ -80,13 +90,15 @@ export class SdStatus extends HTMLElement {
           r.s.records ?? "\u2014",
           r.loss.datagrams ?? 0,
           r.loss.gaps ?? 0,
+          r.rc.rejected ?? "\u2014",
+          r.rc.kernel_drops ?? "\u2014",
           r.age === null ? "\u2014" : `${r.age.toFixed(1)} s ago`,
         ];
         cells.forEach((v, i) => {
           const td = tr.insertCell();
           td.textContent = String(v);
-          if (i === 3 || i === 4) td.className = Number(v) > 0 ? "sd-bad" : "sd-ok";
-          if (i === 5) td.className = r.silent ? "sd-warn" : "";
+          if (i >= 3 && i <= 6) td.className = Number(v) > 0 ? "sd-bad" : "sd-ok";
+          if (i === 7) td.className = r.silent ? "sd-warn" : "";
         });
       }
       const conn = document.createElement("div");
