@@ -2,9 +2,27 @@
 
 import os
 
+import shutil
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+# The web UI lives at the repository root (web/) and is installed as speeddata/web/ so that
+# a non-editable install serves it; speeddata.server.web_root() finds either.
+WEB = "web"
+
+
+class BuildPyWithWeb(build_py):
+    """build_py that also copies web/ into the built package as speeddata/web/."""
+
+    def run(self):
+        super().run()
+        if os.path.isdir(WEB) and not self.editable_mode:
+            dest = os.path.join(self.build_lib, "speeddata", "web")
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(WEB, dest)
 
 # SPEEDDATA_DEBUG=1 builds with bounds checks everywhere and without -O3, for gdb/valgrind.
 DEBUG = os.environ.get("SPEEDDATA_DEBUG") == "1"
@@ -30,11 +48,13 @@ EXTENSIONS = [
         ("_relay", False),
         ("_columns", True),
         ("_pivot", True),
+        ("_mcast", False),
     ]
     if os.path.exists(f"src/speeddata/{name}.pyx")
 ]
 
 setup(
+    cmdclass={"build_py": BuildPyWithWeb},
     ext_modules=cythonize(
         EXTENSIONS,
         compiler_directives={"language_level": "3", "embedsignature": True},

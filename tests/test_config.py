@@ -239,7 +239,7 @@ rejected_dir = true
 
 [server]
 listen = "127.0.0.1:9000"
-token = "s3cret"
+token = "s3cret-token"
 window = "2h"
 
 [[channels]]
@@ -280,7 +280,7 @@ def test_readme_style_example_loads(confdir: Path, tmp_path: Path, monkeypatch):
     assert cfg.relay.rcvbuf == 32 * 1024**2
     assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.rejected_dir) == (2, 128, True)
     assert cfg.server.listen == ("127.0.0.1", 9000)
-    assert cfg.server.token == "s3cret" and cfg.server.window == 7200.0
+    assert cfg.server.token == "s3cret-token" and cfg.server.window == 7200.0
     engine, status = cfg.channels
     assert (engine.name, engine.port, engine.id, engine.decimation) == ("engine", 27001, 7, 10)
     assert engine.schema_path == confdir / "schemas" / "engine.avsc"
@@ -485,6 +485,17 @@ ERRORS = {
     "duration-nan": ("[cache]\nflush_interval = nan\n", "cache.flush_interval", "finite"),
     "duration-inf": ("[cache]\nmax_age = inf\n", "cache.max_age", "finite"),
     "duration-negative": ("[server]\nwindow = -5\n", "server.window", "cannot be negative"),
+    "server-token-short": ("[server]\ntoken = 'abc'\n", "server.token", "at least 8"),
+    "server-window-range": ("[server]\nwindow = '3d'\n", "server.window", "from 1 s to 24 h"),
+    "server-memory-range": ("[server]\nmemory = '10 KiB'\n", "server.memory", "from 1 MiB"),
+    "server-memory-unit": ("[server]\nmemory = 'lots'\n", "server.memory", "write bytes"),
+    "server-group": ("[server]\ngroup = 'half'\n", "server.group", "'full' or 'decimated'"),
+    "server-frame-hz": ("[server]\nframe_hz = 1000\n", "server.frame_hz", "from 1 to 240"),
+    "server-frame-hz-type": ("[server]\nframe_hz = '30'\n", "server.frame_hz",
+                             "must be an integer or a number"),
+    "server-dashboards": ("[server]\ndashboards = 'no/such/folder'\n", "server.dashboards",
+                          "does not exist"),
+    "server-unknown": ("[server]\nport = 8080\n", "server.port", "allowed keys in [server]"),
     "dir-type": ("[cache]\ndir = 5\n", "cache.dir", "must be a string"),
     "enabled-type": ("[cache]\nenabled = 1\n", "cache.enabled", "must be true or false"),
 }
@@ -548,3 +559,21 @@ def test_the_readme_config_block_loads(confdir: Path):
     assert [c.name for c in cfg.channels] == ["engine"]
     assert cfg.channels[0].schema.time_field == "time"
     assert cfg.cache.max_age == 7 * 86400.0
+
+
+def test_server_section_defaults_and_values(confdir: Path, monkeypatch):
+    monkeypatch.delenv("SPEEDDATA_TOKEN", raising=False)
+    cfg = load_config(text="")
+    assert cfg.server.listen == ("127.0.0.1", 8080) and cfg.server.token is None
+    assert cfg.server.group == "full" and cfg.server.frame_hz == 30.0
+    assert cfg.server.memory == 512 * 1024**2 and cfg.server.dashboards is None
+    (confdir / "dash").mkdir()
+    path = confdir / "s.toml"
+    path.write_text("[server]\nwindow = '5 min'\nmemory = '64 MiB'\ngroup = 'decimated'\n"
+                    "frame_hz = 10\ndashboards = 'dash'\n")
+    cfg = load_config(path)
+    assert cfg.server.window == 300.0 and cfg.server.memory == 64 * 1024**2
+    assert cfg.server.group == "decimated" and cfg.server.frame_hz == 10
+    assert cfg.server.dashboards == confdir / "dash"  # relative to the config's folder
+    monkeypatch.setenv("SPEEDDATA_TOKEN", "from-the-environment")
+    assert load_config(text="").server.token == "from-the-environment"

@@ -43,9 +43,10 @@ def installed(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("packaging")
     tree = tmp / "tree"
     tree.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in"):
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, tree / name)
+    shutil.copytree(ROOT / "web", tree / "web")  # the web UI, installed as speeddata/web
     # Keep generated .c files (with their times, so Cython only redoes stale ones).
     shutil.copytree(
         ROOT / "src",
@@ -127,3 +128,14 @@ def test_console_script_from_the_install(installed):
     assert help_out.startswith("usage: speeddata")
     version = run([script, "--version"], cwd=installed["cwd"]).stdout.strip()
     assert version == f"speeddata {speeddata.__version__}"
+
+
+def test_web_ui_is_installed_and_served_from_the_install(installed):
+    names = zipfile.ZipFile(installed["wheel"]).namelist()
+    web = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "web").rglob("*") if p.is_file())
+    assert web and "web/index.html" in web
+    for name in web:
+        assert f"speeddata/{name}" in names, name
+    code = "from speeddata.server import web_root; print(web_root())"
+    out = run([installed["python"], "-c", code], cwd=installed["cwd"]).stdout.strip()
+    assert out == f"{installed['site']}/speeddata/web"

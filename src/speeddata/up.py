@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from .control import ControlError, request
 from .errors import SpeedDataError
 
-__all__ = ["Supervisor", "Child", "UpError", "children", "command_argv", "wait_for_relay"]
+__all__ = [
+    "Supervisor", "Child", "UpError", "children", "command_argv", "server_url", "wait_for_relay"
+]
 
 #: seconds a child gets to exit after SIGTERM before SIGKILL
 STOP_GRACE = 5.0
@@ -201,3 +203,10 @@ def wait_for_relay(endpoint: str, relay: Child, timeout: float = 30.0) -> None:
                 raise UpError(
                     f"the relay did not answer on {endpoint} within {timeout:g} s"
                 ) from None
+
+
+def server_url(config) -> str:
+    """The URL of the live server ``up`` starts (what to open in a browser)."""
+    host, port = config.server.listen
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    return f"http://{shown}:{port}/"

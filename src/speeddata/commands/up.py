@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise UpError(f"cannot write the log {log_path}: {exc.strerror}") from exc
     names = ", ".join(name for name, _ in procs)
     header = f"speeddata up: {names}; output in {log_path}; Ctrl-C stops"
+    if any(name == "live server" for name, _ in procs):
+        header += f"\nspeeddata up: open {server_url(config)}"
     print(header, file=sys.stderr, flush=True)
     code = 0
     try:
