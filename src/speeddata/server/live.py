@@ -298,6 +298,7 @@ class LiveChannel:
         self.strings = strings
         #: every numeric signal a non-null double: the decoder's columns can be copied
         #: into the ring as one block (``_column_block``)
+        self._layouts_checked: set[int] = set()
         self.plain_doubles = bool(numeric) and all(
             sig.type == "double" and not sig.nullable
             for sig in self.schema.signals if sig.name in set(numeric))
@@ -592,13 +593,22 @@ class LiveChannel:
             return None
         if self.k == 1:
             return first[None, :]
-        ptrs = np.fromiter((c.__array_interface__["data"][0] for c in cols), np.int64,
-                           self.k)
-        step = np.diff(ptrs)
-        if step[0] < 8 * len(first) or np.any(step != step[0]):
+        p0 = first.__array_interface__["data"][0]
+        step = cols[1].__array_interface__["data"][0] - p0
+        if step < 8 * len(first) or \
+                cols[-1].__array_interface__["data"][0] - p0 != step * (self.k - 1):
             return None
-        return np.lib.stride_tricks.as_strided(first, (self.k, len(first)),
-                                               (int(step[0]), 8), writeable=False)
+        # the layout is a function of the rows reserved: every pointer is checked the
+        # first time a batch size is seen, the two ends after that
+        if len(first) not in self._layouts_checked:
+            ptrs = np.fromiter((c.__array_interface__["data"][0] for c in cols), np.int64,
+                               self.k)
+            if np.any(np.diff(ptrs) != step):
+                return None
+            if len(self._layouts_checked) < 4096:
+                self._layouts_checked.add(len(first))
+        return np.lib.stride_tricks.as_strided(first, (self.k, len(first)), (step, 8),
+                                               writeable=False)
 
     def _window(self, t: np.ndarray, columns: dict, valid: dict,
                 order: np.ndarray | None) -> None:
