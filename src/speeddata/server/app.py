@@ -8,7 +8,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -361,7 +360,3 @@ def make_app(server: LiveServer) -> tornado.web.Application:
 class NotFound(BaseHandler):
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, f"no route {self.request.path}")
-
-
-def env_token() -> str | None:
-    return os.environ.get("SPEEDDATA_TOKEN") or None

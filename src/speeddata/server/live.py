@@ -23,7 +23,6 @@ See docs/server.md.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import time
 from collections import deque
@@ -991,13 +990,3 @@ class Intake:
     def memory_reserved(self) -> int:
         """Bytes the windows and summaries can grow to, all channels (<= server.memory)."""
         return sum(ch.reserved for ch in self.channels.values())
-
-
-def column_span(width: int, t_end: int, n_columns: int) -> tuple[int, int]:
-    """First column and count of a live chart of ``n_columns`` ending at ``t_end``."""
-    last = t_end // width
-    return last - n_columns + 1, n_columns
-
-
-def seconds(t_ns: int | None) -> float:
-    return math.nan if t_ns is None else t_ns / 1e9
