@@ -644,4 +644,10 @@ class TestKinds(ServerCase):
             "engine.state") == 1.0 and latest_values(f).get("status.uptime") == 2.0)
         values = latest_values(frames)
         assert values["status.load"] == 1.0 and values["status.host.cpu_temp"] == 40.5
+        # a null is NaN in the window (and in every M4 aggregate but count)
+        ch = self.intake.by_name("status")
+        t, x = ch.raw_rows(0, 2**62)
+        load = x[:, ch.numeric.index("load")]
+        assert list(t) == [t0, t0 + 1_000_000, t0 + 2_000_000]
+        assert load[0] == 0.0 and np.isnan(load[1]) and load[2] == 1.0
         conn.close()

@@ -159,3 +159,42 @@ def test_export_progress_is_read_off_the_pivot_progress_bar(tmp_path):
                 {"start_ns": 1, "end_ns": 2, "compression": "zip"}, []):
         with pytest.raises(ValueError):
             parse_spec(bad)
+
+
+@pytest.mark.parametrize("block_copy", [True, False])
+def test_all_double_channel_rows_reach_the_ring_whole(block_copy):
+    import time
+
+    from speeddata.schema import Schema
+    from speeddata.server.live import LiveChannel
+    from speeddata.source import Source
+
+    fields = [{"name": f"x{i}", "type": "double"} for i in range(5)]
+    schema = Schema({"type": "record", "name": "wide", "fields": [
+        {"name": "time", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+        *fields]})
+    ann = {"id": 1, "name": "wide", "schema": schema.avsc, "decimation": 1, "time": "time"}
+    ch = LiveChannel("127.0.0.1", ann, "wide", 1, 1 << 16, 600 * 10**9)
+    assert ch.plain_doubles and ch.capacity == 1024  # a small ring: it wraps
+    ch.plain_doubles = block_copy
+    src = Source("wide", schema, ("127.0.0.1", 9))
+    t0 = time.time_ns()
+    n_total = 0
+    for b in range(40):
+        n = 17 + b  # uneven batches
+        arr = np.zeros(n, [(f["name"], "<f8") for f in fields])
+        for i, f in enumerate(fields):
+            arr[f["name"]] = (n_total + np.arange(n)) * 10.0 + i
+        data, ends = src.encode_array(arr, t0 + (n_total + np.arange(n)) * 1000)
+        buf = np.frombuffer(bytes(data), np.uint8)
+        ch.ingest(buf, np.array([0]), np.array([len(buf)]), np.array([n]),
+                  np.array([b], np.uint64), np.array([t0], np.int64))
+        n_total += n
+    src.close()
+    t, x = ch.raw_rows(0, 2**62)
+    assert len(t) == ch.capacity
+    k = np.arange(n_total - ch.capacity, n_total)
+    np.testing.assert_array_equal(t, t0 + k * 1000)
+    for i in range(5):
+        np.testing.assert_array_equal(x[:, i], k * 10.0 + i)
+    assert ch.latest_v[4] == (n_total - 1) * 10.0 + 4

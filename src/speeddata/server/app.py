@@ -8,7 +8,6 @@ import asyncio
 import ipaddress
 import json
 import logging
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -213,6 +212,10 @@ class LiveServer:
         intake = Intake(group, mc.interface, decimated=sc.group == "decimated",
                         memory=sc.memory, window=sc.window,
                         on_change=lambda: self.hub and self.hub.channels_changed())
+        # the hub drains at every frame tick; between ticks datagrams wait in the socket
+        # buffer (32 MiB: seconds at the rates of docs/performance.md), so batches are
+        # large and frames carry data up to their tick (docs/server.md)
+        intake.drain_interval = max(intake.drain_interval, 1.0 / sc.frame_hz)
         return intake
 
     def app(self) -> tornado.web.Application:
@@ -357,7 +360,3 @@ def make_app(server: LiveServer) -> tornado.web.Application:
 class NotFound(BaseHandler):
     def prepare(self) -> None:
         raise tornado.web.HTTPError(404, f"no route {self.request.path}")
-
-
-def env_token() -> str | None:
-    return os.environ.get("SPEEDDATA_TOKEN") or None

@@ -23,7 +23,6 @@ See docs/server.md.
 from __future__ import annotations
 
 import logging
-import math
 import socket
 import time
 from collections import deque
@@ -296,6 +295,12 @@ class LiveChannel:
                 strings.append(sig.name)
         self.numeric = numeric
         self.strings = strings
+        #: every numeric signal a non-null double: the decoder's columns can be copied
+        #: into the ring as one block (``_column_block``)
+        self._layouts_checked: set[int] = set()
+        self.plain_doubles = bool(numeric) and all(
+            sig.type == "double" and not sig.nullable
+            for sig in self.schema.signals if sig.name in set(numeric))
         names = list(numeric) + list(strings)
         if self.time_field:
             names.append(self.time_field)
@@ -307,7 +312,7 @@ class LiveChannel:
         self.levels: list[Level] = []
         self.capacity = 0
         self.ring_t = np.empty(0, np.int64)
-        self.ring_x = np.empty((0, k), np.float64)
+        self.ring_x = np.empty((k, 0), np.float64)  # one row per signal: columns
         self.n_rows = 0  # rows ever written
         self.n_summarized = 0  # rows folded into the summaries
         self.in_order = True  # every row's time >= the one before (binary search works)
@@ -378,13 +383,13 @@ class LiveChannel:
         t_keep, x_keep = self._rows(self.n_rows - held, self.n_rows) if held else (None, None)
         # np.empty: the kernel hands out pages as rows reach them
         self.ring_t = np.empty(capacity, np.int64)
-        self.ring_x = np.empty((capacity, k), np.float64)
+        self.ring_x = np.empty((k, capacity), np.float64)
         self.capacity = capacity
         if held:
             # rows keep their logical numbers: re-place them at their new slots
             pos = np.arange(self.n_rows - held, self.n_rows) % capacity
             self.ring_t[pos] = t_keep
-            self.ring_x[pos] = x_keep
+            self.ring_x[:, pos] = x_keep.T
         self.n_summarized = max(self.n_summarized, self.n_rows - held)
 
     @property
@@ -471,25 +476,19 @@ class LiveChannel:
                 t = t * np.int64(self.time_scale)
         else:
             t = np.repeat(recv_ns.astype(np.int64), count)
-        x = np.empty((n, self.k), np.float64)
-        for j, name in enumerate(self.numeric):
-            v = columns[name]
-            x[:, j] = v
-            m = valid.get(name)
-            if m is not None:
-                x[~m, j] = np.nan
         self._loss(seq, t, count)
+        order = None
         if n and np.any(t[1:] < t[:-1]):
             order = np.argsort(t, kind="stable")
-            t, x = t[order], x[order]
+            t = t[order]
         self.datagrams += n_dg
         self.records += n
         self.last_recv_ns = int(recv_ns[-1])
         if n == 0:
             return
         self._strings(columns, t)
-        self._window(t, x)
-        self._latest(t, x)
+        self._window(t, columns, valid, order)
+        self._latest(t)
         t_hi, t_lo = int(t[-1]), int(t[0])
         self.t_newest = t_hi if self.t_newest is None else max(self.t_newest, t_hi)
         self.t_oldest = t_lo if self.t_oldest is None else min(self.t_oldest, t_lo)
@@ -560,34 +559,100 @@ class LiveChannel:
                 self.strings_version += 1
             self.strings_latest[name] = (int(t[-1]), text)
 
-    def _latest(self, t: np.ndarray, x: np.ndarray) -> None:
+    def _latest(self, t: np.ndarray) -> None:
         ts = float(t[-1]) / 1e9
-        v = x[-1]
+        v = self.ring_x[:, (self.n_rows - 1) % self.capacity].copy()  # the newest row
         changed = ~((v == self.latest_v) | (np.isnan(v) & np.isnan(self.latest_v)))
         changed |= self.latest_t != ts
         self.latest_version[changed] = self.version + 1
-        self.latest_v = v.copy()
+        self.latest_v = v
         self.latest_t[:] = ts
 
-    def _window(self, t: np.ndarray, x: np.ndarray) -> None:
+    def _matrix(self, columns: dict, valid: dict, order: np.ndarray | None) -> np.ndarray:
+        """The batch's numeric signals as one (rows, signals) float64 array."""
+        n = len(next(iter(columns.values()))) if columns else 0
+        x = np.empty((n, self.k), np.float64)
+        for j, name in enumerate(self.numeric):
+            x[:, j] = columns[name]
+            m = valid.get(name)
+            if m is not None:
+                x[~m, j] = np.nan
+        return x if order is None else x[order]
+
+    def _column_block(self, columns: dict, order: np.ndarray | None, n: int
+                      ) -> np.ndarray | None:
+        """The decoder's columns of the numeric signals as one (signals, rows) view, when
+        they lie in its slab at equal distances (they do when all are non-null doubles:
+        the decoder lays out columns one after the other); else None."""
+        if order is not None or self.k == 0:
+            return None
+        cols = [columns[name] for name in self.numeric]
+        first = cols[0]
+        if len(first) < n or first.strides != (8,):
+            return None
+        if self.k == 1:
+            return first[None, :]
+        p0 = first.__array_interface__["data"][0]
+        step = cols[1].__array_interface__["data"][0] - p0
+        if step < 8 * len(first) or \
+                cols[-1].__array_interface__["data"][0] - p0 != step * (self.k - 1):
+            return None
+        # the layout is a function of the rows reserved: every pointer is checked the
+        # first time a batch size is seen, the two ends after that
+        if len(first) not in self._layouts_checked:
+            ptrs = np.fromiter((c.__array_interface__["data"][0] for c in cols), np.int64,
+                               self.k)
+            if np.any(np.diff(ptrs) != step):
+                return None
+            if len(self._layouts_checked) < 4096:
+                self._layouts_checked.add(len(first))
+        return np.lib.stride_tricks.as_strided(first, (self.k, len(first)), (step, 8),
+                                               writeable=False)
+
+    def _window(self, t: np.ndarray, columns: dict, valid: dict,
+                order: np.ndarray | None) -> None:
+        """Write the batch into the ring, each signal's column straight from the
+        decoder's (one copy; invalid values as NaN)."""
         n = len(t)
         if self.n_rows and int(t[0]) < int(self.ring_t[(self.n_rows - 1) % self.capacity]):
             self.in_order = False
         if self.n_rows + n - self.n_summarized > self.capacity:
             self.sync_summaries()  # rows about to be overwritten are summarized first
-        if n > self.capacity:  # one batch larger than the ring: its newest rows
-            self._summarize(t[: n - self.capacity], x[: n - self.capacity])
-            self.n_rows += n - self.capacity
+        skip = 0
+        if n > self.capacity:  # one batch larger than the ring: summarize, keep the newest
+            skip = n - self.capacity
+            x = self._matrix(columns, valid, order)
+            self._summarize(t[:skip], x[:skip])
+            self.n_rows += skip
             self.n_summarized = self.n_rows
-            t, x, n = t[-self.capacity :], x[-self.capacity :], self.capacity
         pos = self.n_rows % self.capacity
-        first = min(n, self.capacity - pos)
-        self.ring_t[pos : pos + first] = t[:first]
-        self.ring_x[pos : pos + first] = x[:first]
-        if first < n:
-            self.ring_t[: n - first] = t[first:]
-            self.ring_x[: n - first] = x[first:]
-        self.n_rows += n
+        m = n - skip
+        first = min(m, self.capacity - pos)
+        spans = [(pos, skip, first)]  # (ring position, batch row, rows)
+        if first < m:
+            spans.append((0, skip + first, m - first))
+        for at, row, rows in spans:
+            self.ring_t[at : at + rows] = t[row : row + rows]
+        block = self._column_block(columns, order, m) if self.plain_doubles else None
+        if block is not None:  # every signal in one strided copy per span
+            for at, row, rows in spans:
+                self.ring_x[:, at : at + rows] = block[:, row : row + rows]
+            self.n_rows += m
+            if self.n_rows - self.n_summarized >= SYNC_ROWS:
+                self.sync_summaries()
+            return
+        for j, name in enumerate(self.numeric):
+            v = columns[name]
+            mask = valid.get(name)
+            if order is not None:
+                v = v[order]
+                mask = None if mask is None else mask[order]
+            for at, row, rows in spans:
+                dst = self.ring_x[j, at : at + rows]
+                dst[:] = v[row : row + rows]
+                if mask is not None:
+                    dst[~mask[row : row + rows]] = np.nan
+        self.n_rows += m
         if self.n_rows - self.n_summarized >= SYNC_ROWS:
             self.sync_summaries()
 
@@ -596,11 +661,11 @@ class LiveChannel:
         wrap around the ring's end, else views)."""
         a, b = lo % self.capacity, hi % self.capacity or self.capacity
         if hi - lo <= 0:
-            return self.ring_t[:0], self.ring_x[:0]
+            return self.ring_t[:0], self.ring_x[:, :0].T
         if a < b:
-            return self.ring_t[a:b], self.ring_x[a:b]
+            return self.ring_t[a:b], self.ring_x[:, a:b].T
         return (np.concatenate((self.ring_t[a:], self.ring_t[:b])),
-                np.concatenate((self.ring_x[a:], self.ring_x[:b])))
+                np.concatenate((self.ring_x[:, a:].T, self.ring_x[:, :b].T)))
 
     def sync_summaries(self) -> None:
         """Fold the rows not yet summarized into the summary levels: done when a chart
@@ -647,11 +712,11 @@ class LiveChannel:
                 i, j = np.searchsorted(seg_t, [t0, t1])
                 if j > i:
                     ts.append(seg_t[i:j])
-                    xs.append(self.ring_x[a + i : a + j])
+                    xs.append(self.ring_x[:, a + i : a + j].T)
             else:
                 keep = (seg_t >= t0) & (seg_t < t1)
                 ts.append(seg_t[keep])
-                xs.append(self.ring_x[a:b][keep])
+                xs.append(self.ring_x[:, a:b][:, keep].T)
         if not ts:
             return np.zeros(0, np.int64), np.zeros((0, self.k))
         t = ts[0] if len(ts) == 1 else np.concatenate(ts)
@@ -925,13 +990,3 @@ class Intake:
     def memory_reserved(self) -> int:
         """Bytes the windows and summaries can grow to, all channels (<= server.memory)."""
         return sum(ch.reserved for ch in self.channels.values())
-
-
-def column_span(width: int, t_end: int, n_columns: int) -> tuple[int, int]:
-    """First column and count of a live chart of ``n_columns`` ending at ``t_end``."""
-    last = t_end // width
-    return last - n_columns + 1, n_columns
-
-
-def seconds(t_ns: int | None) -> float:
-    return math.nan if t_ns is None else t_ns / 1e9
