@@ -201,7 +201,8 @@ def test_up_runs_relay_server_and_demo_and_prints_the_url(tmp_path, ipc_dir):
 
     info = server_config(tmp_path, ipc_dir, channels=(
         ("engine", "engine", 10), ("power", "power", 100), ("status", "status", 1)))
-    up = subprocess.Popen([sys.executable, "-m", "speeddata.commands", "up", "-c", str(info["path"]),
+    up = subprocess.Popen([sys.executable, "-m", "speeddata.commands", "up",
+                           "-c", str(info["path"]),
                            "--demo", "-q", "--no-status", "--duration", "60"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -248,7 +249,8 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path, ipc_dir, monke
 
     monkeypatch.delenv("SPEEDDATA_TOKEN", raising=False)
     info = server_config(tmp_path, ipc_dir)
-    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "serve", "-c", str(info["path"]),
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "serve",
+                        "-c", str(info["path"]),
                         "--listen", "0.0.0.0:1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "server.token" in r.stderr and "SPEEDDATA_TOKEN" in r.stderr

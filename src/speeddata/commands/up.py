@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..control import ControlError, format_status, request
-from ..up import Supervisor, UpError, children, wait_for_relay
+from ..up import Supervisor, UpError, children, server_url, wait_for_relay
 from .options import add_config_argument, add_duration_argument
 
 

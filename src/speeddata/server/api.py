@@ -23,8 +23,8 @@ from ..control import ControlError, request
 from ..reader import cache_channels
 from ..schema import Schema, SchemaError
 from ..tags import TagError, add_tag, get_tag, list_tags, remove_tag, validate_tag_name
-from .app import MAX_BODY, BaseHandler
 from .exports import EXPORT_ID, ExportError, parse_spec, write_csv
+from .handlers import MAX_BODY, BaseHandler
 
 __all__ = ["api_routes", "openapi", "MAX_JSON_BODY"]
 

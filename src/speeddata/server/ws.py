@@ -697,7 +697,7 @@ class WebSocket(websocket.WebSocketHandler):
 
     def prepare(self) -> None:
         if self.server is not None:
-            from .app import check_host
+            from .handlers import check_host
 
             check_host(self, self.server)
 
