@@ -347,15 +347,16 @@ def test_kernel_drops_counted(rig):
     wait_for(lambda: r.processed(1) > 0)
     time.sleep(0.2)
     r.sender.send(ch.port, payload)  # the next datagram carries the cumulative drop count
-    wait_for(
+    # a stats read may fall between a pass's receive and its send: wait for both
+    s = wait_for(
         lambda: (
-            r.stats(1)["kernel_drops"] > 0
-            and r.stats(1)["datagrams"] + r.stats(1)["kernel_drops"] >= 301
+            (st := r.stats(1))["kernel_drops"] > 0
+            and st["datagrams"] + st["kernel_drops"] >= 301
+            and st["multicast_sent"] == st["datagrams"]
+            and st
         )
     )
-    s = r.stats(1)
     assert s["datagrams"] + s["kernel_drops"] == 301
-    assert s["multicast_sent"] == s["datagrams"]
 
 
 def test_control_while_running(rig):

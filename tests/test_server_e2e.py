@@ -255,3 +255,34 @@ def test_serve_refuses_a_public_address_without_a_token(tmp_path, ipc_dir, monke
     assert r.returncode == 2
     assert "server.token" in r.stderr and "SPEEDDATA_TOKEN" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_channel_added_and_removed_through_the_api_comes_and_goes(tmp_path, ipc_dir, procs):
+    from conftest import free_udp_port
+    from relay_helpers import wait_for
+
+    info = server_config(tmp_path, ipc_dir)
+    procs.relay(info)
+    procs.server(info)
+    schema = {"type": "record", "name": "vib",
+              "fields": [{"name": "time", "type": "long"}, {"name": "a", "type": "double"}]}
+    status, body = http_json(info["url"] + "/api/channels", "POST",
+                             {"name": "vib", "port": free_udp_port(), "schema": schema})
+    assert status in (200, 201), body
+
+    def listed():
+        chans = http_json(info["url"] + "/api/channels")[1]["channels"]
+        return any(c["name"] == "vib" for c in chans)
+
+    assert wait_for(listed, timeout=15, interval=0.2)  # learnt from the relay's announce
+    status, _ = http_json(info["url"] + "/api/channels/vib", "DELETE")
+    assert status == 204
+    assert not listed()
+    assert http_json(info["url"] + "/api/channels/vib")[0] == 404
+
+    async def hello_channels():
+        async with websockets.connect(info["ws"]) as ws:
+            hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            return [c["name"] for c in hello["channels"]]
+
+    assert "vib" not in asyncio.run(hello_channels())

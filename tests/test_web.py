@@ -349,9 +349,20 @@ def test_channels_page_registers_and_removes(stack, page):
 
 
 def test_status_page_shows_relay_and_cache(stack, page):
+    import socket
+
+    # two datagrams the relay rejects, for the "rejected by reason" column
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        for bad in (b"\x02", b""):  # a varint that promises more bytes; an empty datagram
+            s.sendto(bad, ("127.0.0.1", stack.info["ports"]["status"]))
     page.goto(stack.url + "/status")
     wait_live(page)
     page.wait_for_selector("#relay tr[data-channel=power]", timeout=15000)
+    page.wait_for_function(
+        "() => /truncated: 1/.test(document.querySelector('#relay tr[data-channel=status]')"
+        "?.textContent) && /empty: 1/.test(document.querySelector("
+        "'#relay tr[data-channel=status]').textContent)", timeout=20000)
     row = page.inner_text("#relay tr[data-channel=power]")
     assert "0 datagrams, 0 gaps" in row  # no multicast loss on loopback
     cells = js(page, "[...document.querySelector('#relay tr[data-channel=power]').cells]"

@@ -45,9 +45,13 @@ function num(...xs) {
   return undefined;
 }
 
-function rejectedOf(c) {
-  // the relay counts rejects in `rejected`; per reason when it has `rejected_<reason>` keys
+function rejectedOf(c, reasons) {
+  // the relay counts rejects in `rejected`, and per reason in the channel's `rejects`
+  // ({reason: count}, docs/relay-internals.md); older relays: `rejected_<reason>` keys
   const parts = [];
+  if (reasons && typeof reasons === "object") {
+    for (const [k, v] of Object.entries(reasons)) if (typeof v === "number" && v > 0) parts.push(`${k}: ${v}`);
+  }
   let total = typeof c.rejected === "number" ? c.rejected : 0;
   if (c.rejected && typeof c.rejected === "object") {
     for (const [k, v] of Object.entries(c.rejected)) if (v > 0) parts.push(`${k}: ${v}`);
@@ -86,7 +90,7 @@ function renderRelay(st) {
     cell(tr, fmtNum(num(srv.rate_hz)), "num");
     cell(tr, fmtNum(num(c.datagrams)), "num");
     cell(tr, fmtNum(num(c.records)), "num");
-    const rej = rejectedOf(c);
+    const rej = rejectedOf(c, rc.rejects);
     cell(tr, rej.text, rej.total > 0 ? "sd-bad num" : "num");
     const drops = num(c.kernel_drops) ?? 0;
     cell(tr, String(drops), drops > 0 ? "sd-bad num" : "num");

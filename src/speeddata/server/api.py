@@ -166,6 +166,8 @@ class ChannelHandler(ChannelsHandler):
         if not _RELAY_NAME.fullmatch(name):
             raise tornado.web.HTTPError(400, f"{name!r} is not a channel name")
         await self._control({"cmd": "remove", "name": name})
+        if self.server.intake is not None:  # gone from hello, /api/channels and /metrics
+            self.server.intake.forget(name)
         self.set_status(204)
         self.finish()
 

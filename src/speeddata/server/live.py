@@ -965,6 +965,18 @@ class Intake:
         if self.on_change is not None:
             self.on_change()
 
+    def forget(self, name: str) -> bool:
+        """Drop the channel ``name`` (its window and summaries) after the relay stopped
+        serving it; a later announce of it is learnt again as new."""
+        key = next((k for k, c in self.channels.items() if c.name == name), None)
+        if key is None:
+            return False
+        del self.channels[key]
+        log.info("channel %s forgotten (removed from the relay)", name)
+        if self.on_change is not None:
+            self.on_change()
+        return True
+
     # -- lookups
 
     def by_name(self, name: str) -> LiveChannel | None:
