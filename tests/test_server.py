@@ -479,6 +479,27 @@ class TestHttp(ServerCase):
         r = self.fetch("/d/pit")
         assert r.code == 200 and r.body == b"<html>pit wall</html>"
 
+    def test_a_dashboard_saved_through_the_api_is_served(self):
+        def post(body):
+            return self.fetch("/api/dashboards", method="POST", body=json.dumps(body),
+                              headers={"Content-Type": "application/json"})
+
+        page = {"name": "pit", "html": "<html>pit wall</html>"}
+        r = post(page)  # no server.dashboards folder: nowhere to save
+        assert r.code == 409 and "server.dashboards" in json.loads(r.body)["error"]
+        folder = self.tmp / "saved"
+        folder.mkdir()
+        self.server.config = self.server.config.replace(
+            server=self.server.config.server.__class__(dashboards=folder))
+        assert post(page).code == 201
+        r = self.fetch("/d/pit")
+        assert r.code == 200 and r.body == b"<html>pit wall</html>"
+        assert post({**page, "html": "<html>other</html>"}).code == 409  # never overwritten
+        assert (folder / "pit.html").read_text() == "<html>pit wall</html>"
+        assert post({"name": "../up", "html": "x"}).code == 400
+        assert post({"name": "big", "html": "x" * (300 * 1024)}).code == 413
+        assert sorted(p.name for p in folder.iterdir()) == ["pit.html"]
+
     def test_bad_json_oversized_bodies_and_names_are_refused(self):
         def post(path, body, **headers):
             headers = {"Content-Type": "application/json", **headers}

@@ -112,15 +112,23 @@ def test_overview_lists_every_channel_and_charts_a_signal(stack, page):
     charts = js(page, "[...document.querySelectorAll('#charts sd-chart')]"
                       ".map(c => c.resolvedSignals)")
     assert charts == [["power.voltage", "power.current"], ["engine.rpm"]]
-    # save as a dashboard: the server has no POST for it, so the page downloads the file
+    # save as a dashboard: the server stores it in its dashboards folder (POST
+    # /api/dashboards) and the page links to it
     page.fill("#dash-name", "mine")
-    with page.expect_download() as dl:
-        page.click("#save")
-    html = Path(dl.value.path()).read_text()
+    page.click("#save")
+    page.wait_for_selector("#save-msg a[href='/d/mine']")
+    html = (stack.dashboards / "mine.html").read_text()
     assert '<sd-chart signals="power.voltage power.current"' in html
     assert '/web/js/elements.js' in html
+    # a name taken already: the server refuses to overwrite it, the page downloads instead
+    with page.expect_download() as dl:
+        page.click("#save")
+    assert Path(dl.value.path()).read_text() == html
+    assert "exists already" in page.inner_text("#save-msg")
+    # the refused POST is the one console error Chromium logs here ("... status of 409")
+    assert all("409" in e for e in console.errors), console.errors
+    console.errors.clear()
     # the saved file works as a dashboard
-    (stack.dashboards / "mine.html").write_text(html)
     page.goto(stack.url + "/d/mine")
     wait_live(page)
     page.wait_for_function(

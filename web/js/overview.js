@@ -129,6 +129,7 @@ async function save() {
   // the server may offer to store it in its dashboards folder (its OpenAPI says so);
   // otherwise the page downloads the file
   let canPost = false;
+  let note = "";
   try {
     const spec = await api("GET", "/api/openapi.json");
     canPost = !!spec?.paths?.["/api/dashboards"]?.post;
@@ -141,14 +142,14 @@ async function save() {
       msg.replaceChildren("saved: ", el("a", { href: `/d/${encodeURIComponent(name)}` }, `/d/${name}`));
       return;
     } catch (err) {
-      msg.textContent = `${err.message}; downloading instead`;
+      note = `not saved on the server: ${err.message}; `;
     }
   }
   const a = el("a", { href: URL.createObjectURL(new Blob([html], { type: "text/html" })), download: `${name}.html` });
   document.body.append(a);
   a.click();
   a.remove();
-  msg.textContent = `downloaded ${name}.html: put it in the server's dashboards folder, then open /d/${name}`;
+  msg.textContent = `${note}downloaded ${name}.html: put it in the server's dashboards folder, then open /d/${name}`;
 }
 
 $("chart-selected").addEventListener("click", () => {

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import re
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import tornado.web
@@ -285,6 +287,51 @@ class TagHandler(ApiHandler):
         self.finish()
 
 
+_DASHBOARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MAX_DASHBOARD = 256 * 1024  # bytes of a dashboard's HTML
+
+
+class DashboardsHandler(ApiHandler):
+    """``POST /api/dashboards``: store a page (the overview's "save as dashboard") as
+    ``<name>.html`` in ``server.dashboards``, served at ``/d/<name>``. Never overwrites."""
+
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict) or set(body) - {"name", "html"}:
+            raise tornado.web.HTTPError(400, "send {\"name\": ..., \"html\": ...}")
+        name, html = body.get("name"), body.get("html")
+        if not isinstance(name, str) or not _DASHBOARD_NAME.fullmatch(name):
+            raise tornado.web.HTTPError(
+                400, "'name' must be 1-64 letters, digits, '_' or '-', starting with a letter "
+                "or digit")
+        if not isinstance(html, str) or not html.strip():
+            raise tornado.web.HTTPError(400, "'html' must be the page's HTML text")
+        if len(html.encode()) > MAX_DASHBOARD:
+            raise tornado.web.HTTPError(413, f"a dashboard is at most {MAX_DASHBOARD} bytes")
+        folder = self.server.config.server.dashboards
+        if folder is None:
+            raise tornado.web.HTTPError(
+                409, "this server has no dashboards folder to save into; set "
+                "server.dashboards in its config")
+        try:
+            await self.blocking(_write_new, Path(folder) / f"{name}.html", html)
+        except FileExistsError:
+            raise tornado.web.HTTPError(409, f"a dashboard {name!r} exists already") from None
+        except OSError as exc:
+            raise tornado.web.HTTPError(507, f"cannot save: {exc.strerror}") from None
+        self.send({"name": name, "url": f"/d/{name}"}, 201)
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all, and never over an existing file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    try:
+        os.link(tmp, path)  # fails with FileExistsError rather than replacing
+    finally:
+        tmp.unlink()
+
+
 def _tag_json(tag) -> dict:
     d = tag.to_json()
     d["n_segments"] = tag.n_segments
@@ -384,6 +431,7 @@ def api_routes(server) -> list:
         (r"/api/status", StatusHandler, s),
         (r"/api/tags", TagsHandler, s),
         (r"/api/tags/([^/]+)", TagHandler, s),
+        (r"/api/dashboards", DashboardsHandler, s),
         (r"/api/exports", ExportsHandler, s),
         (r"/api/exports/([^/]+)", ExportHandler, s),
         (r"/api/exports/([^/]+)/file", ExportFileHandler, s),
@@ -519,6 +567,18 @@ def openapi() -> dict:
                 "delete": {"summary": "remove a tag", "security": [{"token": []}, {}],
                            "responses": {"204": {"description": "removed"}, "404": _ERROR,
                                          **errors}},
+            },
+            "/api/dashboards": {
+                "post": {"summary": "save a dashboard page into server.dashboards",
+                         "security": [{"token": []}, {}],
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"type": "object", "required": ["name", "html"],
+                                        "additionalProperties": False, "properties": {
+                                            "name": {"type": "string",
+                                                     "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"},
+                                            "html": {"type": "string", "minLength": 1}}}}}},
+                         "responses": {"201": _json({"type": "object"}, "saved"),
+                                       "409": _ERROR, "507": _ERROR, **errors}},
             },
             "/api/exports": {
                 "post": {"summary": "pivot a tag or a range to HDF5 (worker process)",
