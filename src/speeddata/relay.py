@@ -788,11 +788,14 @@ class Relay:
         with self._lock:
             names = list(self.channels)
         summary = {name: cachelib.channel_summary(self.cache_dir, name) for name in names}
-        total = sum(cachelib.segment_bytes(s) for s in cachelib.cache_segments(self.cache_dir))
+        segments = cachelib.cache_segments(self.cache_dir)
+        # bytes: of data; allocated: on disk (segments being written are pre-allocated)
+        total = sum(cachelib.segment_data_bytes(s) for s in segments)
+        allocated = sum(cachelib.segment_bytes(s) for s in segments)
         with self._lock:
             self._deleted_segments += len(deleted)
             self._cache_summary = summary
-            self._cache_total = {"bytes": total, "budget_bytes": budget}
+            self._cache_total = {"bytes": total, "allocated": allocated, "budget_bytes": budget}
 
     # -- stop --------------------------------------------------------------------------
 
