@@ -94,6 +94,44 @@ def test_up_ctrl_c_stops_all_children(tmp_path, ipc_dir):
     assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
 
 
+def _children_of(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_started_with_sigint_ignored_stops_on_sigint_and_sigterm(tmp_path, ipc_dir, sig):
+    """Issue 10, item 10: started from a script in the background (`speeddata up &`),
+    SIGINT is ignored at start and Python installs no KeyboardInterrupt handler; up
+    installs its own, stops on SIGINT (and SIGTERM) and leaves no child behind."""
+    info = up_config(tmp_path, ipc_dir)
+    up = subprocess.Popen(
+        _up(info, "--demo", "-q", "--engine", "python"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        wait_for(lambda: _status(info["control"]), timeout=30)
+        # the relay and the demo source both run
+        wait_for(lambda: len(_children_of(up.pid)) >= 2, timeout=20)
+        kids = _children_of(up.pid)
+        up.send_signal(sig)
+        out, err = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, err
+    assert "Traceback" not in err
+    assert not any(_alive(pid) for pid in kids), "a child of up is left running"
+    assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
+
+
 def _status(endpoint):
     try:
         return request(endpoint, {"cmd": "status"}, timeout=0.5)
