@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="tag name: letters, digits, '_', '.', '-' (max 64)")
     p.add_argument("--start", required=True,
                    help="ISO time, ns, 'now' or e.g. 'now-10min' (or --start=-10min)")
-    p.add_argument("--end", required=True, help="ISO time, ns, 'now' or e.g. 'now-1min'")
+    p.add_argument("--end", required=True,
+                   help="ISO time, ns, 'now' or e.g. 'now-1min'; excluded: the tag keeps "
+                        "[start, end)")
     p.add_argument("--channels", nargs="+", metavar="CHANNEL", help="default: every channel")
     p.add_argument("--note", default="", help="free text kept with the tag")
     add_cache_arguments(p)
