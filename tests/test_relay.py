@@ -425,6 +425,10 @@ def test_port_in_use_exits_2(tmp_path, ipc_dir):
         blocker.close()
     assert r.returncode == 2, r.stderr
     assert "cannot bind channel 'engine'" in r.stderr and "Traceback" not in r.stderr
+    # issue 10, item 20: it said "INFO stopped"; the log says it failed, at ERROR
+    assert "INFO stopped" not in r.stderr
+    assert "ERROR failed to start: cannot bind channel 'engine'" in r.stderr
+    assert "ERROR stopped: the relay failed to start" in r.stderr
 
 
 def test_status_without_relay_exits_2(ipc_dir):

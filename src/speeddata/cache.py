@@ -615,7 +615,11 @@ LOCK_FILE = "relay.lock"
 
 
 class CacheBusy(SpeedDataError, RuntimeError):
-    """Another relay writes this cache folder."""
+    """Another relay writes this cache folder; ``pid`` is its process id (or None)."""
+
+    def __init__(self, pid: int | None, message: str):
+        super().__init__(message)
+        self.pid = pid
 
 
 def lock_cache(cache_dir: Path) -> int:
@@ -631,6 +635,7 @@ def lock_cache(cache_dir: Path) -> int:
         pid = _lock_pid(fd)
         os.close(fd)
         raise CacheBusy(
+            pid,
             f"{cache_dir} is written by another relay (pid {pid or '?'}): one relay per "
             "cache folder; stop it, or give this one another cache.dir"
         ) from None

@@ -186,6 +186,7 @@ class Relay:
         self._rep = self._pub = None
         self.started_ns = time.time_ns()
         self.exit_code = 0
+        self._started = False  # start() succeeded
         self.segment_size = config.cache.segment_size  # fitted to the space by start()
         self.problems = ProblemLog()
 
@@ -211,9 +212,12 @@ class Relay:
             for ch, runtime in channels:
                 self._serve(ch, runtime)
             self._steer()
-        except BaseException:
+        except BaseException as exc:
             self._close_sockets()
+            self.exit_code = 2
+            log.error("failed to start: %s", exc if isinstance(exc, RelayError) else repr(exc))
             raise
+        self._started = True
         for i, engine in enumerate(self.engines):
             t = threading.Thread(
                 target=self._run_engine, args=(engine,), name=f"engine-{i}", daemon=True
@@ -834,7 +838,12 @@ class Relay:
         for t in self._threads:
             t.join(5)
         self._close_sockets()
-        log.info("stopped")
+        if not self._started:
+            log.error("stopped: the relay failed to start")
+        elif self.exit_code:
+            log.error("stopped after a failure (exit status %d)", self.exit_code)
+        else:
+            log.info("stopped")
 
     def _close_sockets(self) -> None:
         for s in self.channels.values():

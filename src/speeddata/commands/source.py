@@ -48,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --replay: shift the time field so the first record is stamped now",
     )
-    add_config_argument(parser)
+    add_config_argument(
+        parser, "config file: the relay's ports and the channels' schemas (default: the "
+        "built-in demo config; with --replay, give the config of the relay to replay to)"
+    )
     parser.add_argument(
         "--rate",
         action="append",
@@ -71,10 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help=(
-            "relay host (default 127.0.0.1). Anything is accepted; tests and benchmarks must "
-            "use loopback only"
-        ),
+        help="relay host (default 127.0.0.1)",
     )
     parser.add_argument(
         "--shared",
@@ -143,9 +143,10 @@ def run_replay(args: argparse.Namespace) -> int:
         served = {c.name: c for c in config.channels}
         where = args.config or "the built-in config"
         if channel not in served:
+            hint = "" if args.config else "give the config that has it with -c FILE, "
             raise SourceError(
                 f"channel {channel!r} is not in {where} (channels: {', '.join(sorted(served))}); "
-                "name one with --channel, or give --port"
+                f"{hint}name one with --channel, or give --port"
             )
         expect = served[channel].schema
         port = config.relay.shared_port if args.shared else served[channel].port
