@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..config import parse_duration
-from ..reader import ChannelReader, ReadError
+from ..reader import ChannelReader, ReadError, column_names
 from ..schema import Schema
 from .errors import PivotError
 
@@ -157,7 +157,7 @@ def plan_channels(
             except ReadError as exc:
                 raise PivotError(str(exc)) from None
             names = [s.name for s in reader.schema.signals]
-            available += [f"{channel}.{n}" for n in names]
+            available += [f"{channel}.{n}" for n in column_names(reader.schema)]
             if patterns:
                 hit = []
                 for pat in patterns:
