@@ -235,7 +235,7 @@ listen = "127.0.0.1"
 rcvbuf = "32 MiB"
 workers = 2
 batch = 128
-rejected_dir = true
+keep_rejected = true
 
 [server]
 listen = "127.0.0.1:9000"
@@ -278,7 +278,7 @@ def test_readme_style_example_loads(confdir: Path, tmp_path: Path, monkeypatch):
     assert cfg.relay.control == "ipc:///tmp/speeddata-control"
     assert cfg.relay.shared_port is None  # 0 disables it
     assert cfg.relay.rcvbuf == 32 * 1024**2
-    assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.rejected_dir) == (2, 128, True)
+    assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.keep_rejected) == (2, 128, True)
     assert cfg.server.listen == ("127.0.0.1", 9000)
     assert cfg.server.token == "s3cret" and cfg.server.window == 7200.0
     engine, status = cfg.channels
@@ -548,3 +548,21 @@ def test_the_readme_config_block_loads(confdir: Path):
     assert [c.name for c in cfg.channels] == ["engine"]
     assert cfg.channels[0].schema.time_field == "time"
     assert cfg.cache.max_age == 7 * 86400.0
+
+
+def test_rejected_dir_is_the_deprecated_name_of_keep_rejected(tmp_path, caplog):
+    """Issue 10, item 20: ``relay.rejected_dir`` is a boolean named like a path; it is
+    ``relay.keep_rejected`` now, the old name accepted with a warning in the log."""
+    with caplog.at_level("WARNING", logger="speeddata.config"):
+        cfg = load_config(text="[relay]\nrejected_dir = true\n")
+    assert cfg.relay.keep_rejected is True
+    assert "relay.rejected_dir is deprecated" in caplog.text
+    assert "relay.keep_rejected = true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="speeddata.config"):
+        assert load_config(text="[relay]\nkeep_rejected = true\n").relay.keep_rejected
+    assert caplog.text == ""
+    with pytest.raises(ConfigError, match="old name of relay.keep_rejected"):
+        load_config(text="[relay]\nrejected_dir = true\nkeep_rejected = false\n")
+    with pytest.raises(ConfigError, match="relay.rejected_dir: must be true or false"):
+        load_config(text='[relay]\nrejected_dir = "/tmp/rej"\n')

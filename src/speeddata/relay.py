@@ -341,7 +341,7 @@ class Relay:
             flush_interval=c.cache.flush_interval,
             batch=c.relay.batch,
             rejected_dir=self.cache_dir / "rejected"
-            if c.relay.rejected_dir and self.cache_dir
+            if c.relay.keep_rejected and self.cache_dir
             else None,
         )
 
