@@ -206,7 +206,11 @@ class RelayConfig:
 class ServerConfig:
     listen: tuple[str, int] = ("127.0.0.1", 8080)
     token: str | None = None  # required for state-changing requests when not on loopback
-    window: float = 600.0  # seconds of recent data kept per signal
+    window: float = 600.0  # seconds of recent data kept per channel
+    memory: int = 512 * 1024**2  # bound of the live window and its summaries, all channels
+    group: str = "full"  # multicast group subscribed to: "full" or "decimated"
+    frame_hz: float = 30.0  # websocket frames per second per client, at most
+    dashboards: Path | None = None  # folder of HTML dashboards (/d/<name>)
 
 
 @dataclass(frozen=True)
@@ -421,13 +425,30 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
     if relay.control == relay.stats:
         r.fail("relay.stats", f"must differ from relay.control ({relay.control!r})")
 
-    s = _Section(where, "server", doc.get("server", {}), ("listen", "token", "window"))
+    s = _Section(where, "server", doc.get("server", {}), _field_names(ServerConfig))
     d = ServerConfig()
+    dashboards = s.get("dashboards", None, types=(str,))
     server = ServerConfig(
         listen=s.get("listen", d.listen, parse_address, (str,)),
         token=s.get("token", d.token, types=(str,)),
         window=s.get("window", d.window, parse_duration, (str, int, float)),
+        memory=s.get("memory", d.memory, parse_size, (str, int)),
+        group=s.get("group", d.group, types=(str,)),
+        frame_hz=s.get("frame_hz", d.frame_hz, types=(int, float)),
+        dashboards=None if dashboards is None else (
+            Path(dashboards) if Path(dashboards).is_absolute() else base / dashboards
+        ),
     )
+    if not 1.0 <= server.window <= 86400.0:
+        s.fail("server.window", f"must be from 1 s to 24 h, not {server.window:g} s")
+    if not 1 << 20 <= server.memory <= 1 << 40:
+        s.fail("server.memory", "must be from 1 MiB to 1 TiB (e.g. '512 MiB')")
+    if server.group not in ("full", "decimated"):
+        s.fail("server.group", f"must be 'full' or 'decimated', not {server.group!r}")
+    if not 1.0 <= server.frame_hz <= 240.0:
+        s.fail("server.frame_hz", f"must be from 1 to 240 per second, not {server.frame_hz!r}")
+    if server.dashboards is not None and not server.dashboards.is_dir():
+        s.fail("server.dashboards", f"folder {str(server.dashboards)!r} does not exist")
 
     raw_channels = doc.get("channels", [])
     if not isinstance(raw_channels, list):
