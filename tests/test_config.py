@@ -547,7 +547,7 @@ def test_the_readme_config_block_loads(confdir: Path):
     cfg = load_config(path)
     assert [c.name for c in cfg.channels] == ["engine"]
     assert cfg.channels[0].schema.time_field == "time"
-    assert cfg.cache.max_age == 7 * 86400.0
+    assert cfg.cache.max_age is None  # shown commented out: no default (tests/test_readme.py)
 
 
 def test_rejected_dir_is_the_deprecated_name_of_keep_rejected(tmp_path, caplog):
@@ -566,3 +566,23 @@ def test_rejected_dir_is_the_deprecated_name_of_keep_rejected(tmp_path, caplog):
         load_config(text="[relay]\nrejected_dir = true\nkeep_rejected = false\n")
     with pytest.raises(ConfigError, match="relay.rejected_dir: must be true or false"):
         load_config(text='[relay]\nrejected_dir = "/tmp/rej"\n')
+
+
+def test_server_keys(tmp_path):
+    """The live server's keys (README "Configure"): memory, group, frame_hz, dashboards."""
+    (tmp_path / "dash").mkdir()
+    path = tmp_path / "s.toml"
+    path.write_text('[server]\nmemory = "64 MiB"\ngroup = "decimated"\nframe_hz = 10\n'
+                    'dashboards = "dash"\nwindow = "30s"\n')
+    s = load_config(path).server
+    assert (s.memory, s.group, s.frame_hz, s.window) == (64 * 1024**2, "decimated", 10, 30.0)
+    assert s.dashboards == tmp_path / "dash"
+    for text, message in (
+        ('group = "all"', "server.group: must be 'full' or 'decimated'"),
+        ("frame_hz = 1000", "server.frame_hz: must be from 1 to 240"),
+        ('memory = "1 kB"', "server.memory: must be from 1 MiB"),
+        ('window = "2d"', "server.window: must be from 1 s to 24 h"),
+        ('dashboards = "nope"', "server.dashboards: folder .* does not exist"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(text=f"[server]\n{text}\n")
