@@ -189,3 +189,21 @@ def test_up_without_demo_runs_the_relay_and_killed_up_leaves_no_relay(tmp_path, 
             up.wait()
         if status is not None and _alive(status["pid"]):
             os.kill(status["pid"], signal.SIGKILL)
+
+
+def test_status_display_fits_80_columns_on_a_terminal(tmp_path):
+    """Issue 10, item 19: what `speeddata up` shows (header, table or why there is none)
+    fits an 80-column terminal."""
+    import io
+
+    from speeddata.commands.up import StatusDisplay
+
+    out = io.StringIO()
+    header = f"speeddata up: relay, demo source; output in {tmp_path / ('x' * 60)}/up.log; " \
+             "Ctrl-C stops"
+    ipc = tmp_path / "nobody-here"
+    display = StatusDisplay(f"ipc://{ipc}", header, out=out, tty=True)
+    display.refresh()  # no relay: "(no status: no relay answers on ...)"
+    text = out.getvalue().replace("\x1b[H\x1b[2J", "")
+    assert "no status" in text and len(text.splitlines()) > 2
+    assert max(len(line) for line in text.splitlines()) <= 80, text

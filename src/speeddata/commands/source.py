@@ -122,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
         with runner:
             runner.run(duration=args.duration)  # returns on Ctrl-C or SIGTERM too
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
     return 0
 
 
@@ -171,18 +170,27 @@ def run_replay(args: argparse.Namespace) -> int:
             out=None if args.quiet else sys.stdout,
         )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
     return 0
 
 
-def _sigterm_as_interrupt():
-    """Make SIGTERM stop the demo as Ctrl-C does (clean exit, totals printed)."""
+def _sigterm_as_interrupt() -> dict:
+    """Make SIGTERM stop the demo as Ctrl-C does (clean exit, totals printed), and Ctrl-C
+    raise KeyboardInterrupt also when SIGINT was ignored at start (``speeddata source
+    --demo &`` in a script); the previous handlers, for :func:`_restore`."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread
-        return None
+        pass
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
