@@ -7,7 +7,9 @@ once a second (speeddata.commands.up); the children's output goes to ``<cache di
 
 A small :class:`Supervisor` starts each part with :mod:`subprocess` and stops them all
 (SIGTERM, then SIGKILL after a grace period) on Ctrl-C, SIGTERM, ``--duration`` or when
-any child exits. Ctrl-C ends with exit status 0 and no traceback.
+any child exits. Ctrl-C ends with exit status 0 and no traceback. The supervisor installs
+its SIGINT and SIGTERM handlers itself, so that it also stops when it was started with
+SIGINT ignored (a background job of a script).
 """
 
 from __future__ import annotations
