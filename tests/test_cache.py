@@ -201,6 +201,7 @@ def test_channel_summary(tmp_path, schema):
     assert channel_summary(root, "engine") == {
         "segments": 0,
         "bytes": 0,
+        "allocated": 0,
         "oldest_ns": None,
         "newest_ns": None,
     }
@@ -212,6 +213,22 @@ def test_channel_summary(tmp_path, schema):
     assert s["oldest_ns"] == engine_record(0)["time"]
     assert s["newest_ns"] == engine_record(4)["time"]  # the empty newest segment is skipped
     assert s["bytes"] == sum(cache.segment_bytes(x) for x in list_segments(root, "engine"))
+    assert s["allocated"] == s["bytes"]  # all closed: trimmed to their data
+
+
+def test_channel_summary_counts_data_not_preallocation(tmp_path, schema):
+    """Issue 10, item 19: a segment being written is pre-allocated (64 KiB here); the
+    summary reports the bytes of data it holds, the allocation separately."""
+    root = tmp_path / "cache"
+    w = write_segment(root / "engine", schema, [[0]], t_open_ns=T0, close=False)
+    try:
+        s = channel_summary(root, "engine")
+        assert s["allocated"] >= 64 * 1024
+        assert s["bytes"] == w.end + 40 + 16 < 2000  # header + block, one index entry, one recv
+        assert cache.segment_data_bytes(w.segment) == s["bytes"]
+    finally:
+        w.close()
+    assert channel_summary(root, "engine")["bytes"] == cache.segment_bytes(w.segment)
 
 
 def test_budget_bytes(tmp_path):

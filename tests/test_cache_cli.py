@@ -69,7 +69,9 @@ def test_second_relay_on_one_cache_folder_is_refused(tmp_path, ipc_dirs):
             second.start()
         second.close()
         r = cli("recover", "--cache", str(a["cache"]))
-        assert r.returncode == 2 and "another relay" in r.stderr
+        assert r.returncode == 2 and "another cache.dir" not in r.stderr  # issue 10, item 20
+        assert f"being written by a running relay (pid {os.getpid()}): stop the relay first" \
+            in r.stderr and "recovers the cache when it starts" in r.stderr
         r = cli("info", "--cache", str(a["cache"]), "--json")
         assert json.loads(r.stdout)["relay_pid"] == os.getpid()
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 import subprocess
 import sys
 import types
@@ -149,3 +150,28 @@ def test_broken_module_is_not_hidden(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "COMMANDS", {"broken": ("speeddata_test_broken_cmd", "broken")})
     with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
         cli.build_parser()
+
+
+@pytest.mark.parametrize("command", [["pivot"], ["tag", "add"]])
+def test_help_says_the_end_of_a_range_is_excluded(command):
+    """Issue 10, item 16: only read()'s docstring said so."""
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", *command, "--help"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0
+    assert "excluded" in r.stdout and "[start, end)" in r.stdout
+
+
+def test_source_help_has_no_internal_note():
+    """Issue 10, item 20: `source --help` showed a note for the project's own tests."""
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "source", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "--host" in r.stdout
+    assert "tests" not in r.stdout and "benchmarks" not in r.stdout and "loopback" not in r.stdout
+
+
+def test_tag_rm_name_has_help():
+    """Issue 10, item 20: `tag rm`'s name had no help text."""
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "tag", "rm", "--help"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "the tag to remove" in r.stdout

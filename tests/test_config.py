@@ -235,7 +235,7 @@ listen = "127.0.0.1"
 rcvbuf = "32 MiB"
 workers = 2
 batch = 128
-rejected_dir = true
+keep_rejected = true
 
 [server]
 listen = "127.0.0.1:9000"
@@ -278,7 +278,7 @@ def test_readme_style_example_loads(confdir: Path, tmp_path: Path, monkeypatch):
     assert cfg.relay.control == "ipc:///tmp/speeddata-control"
     assert cfg.relay.shared_port is None  # 0 disables it
     assert cfg.relay.rcvbuf == 32 * 1024**2
-    assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.rejected_dir) == (2, 128, True)
+    assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.keep_rejected) == (2, 128, True)
     assert cfg.server.listen == ("127.0.0.1", 9000)
     assert cfg.server.token == "s3cret-token" and cfg.server.window == 7200.0
     engine, status = cfg.channels
@@ -558,7 +558,7 @@ def test_the_readme_config_block_loads(confdir: Path):
     cfg = load_config(path)
     assert [c.name for c in cfg.channels] == ["engine"]
     assert cfg.channels[0].schema.time_field == "time"
-    assert cfg.cache.max_age == 7 * 86400.0
+    assert cfg.cache.max_age is None  # shown commented out: no default (tests/test_readme.py)
 
 
 def test_server_section_defaults_and_values(confdir: Path, monkeypatch):
@@ -577,3 +577,41 @@ def test_server_section_defaults_and_values(confdir: Path, monkeypatch):
     assert cfg.server.dashboards == confdir / "dash"  # relative to the config's folder
     monkeypatch.setenv("SPEEDDATA_TOKEN", "from-the-environment")
     assert load_config(text="").server.token == "from-the-environment"
+
+
+def test_rejected_dir_is_the_deprecated_name_of_keep_rejected(tmp_path, caplog):
+    """Issue 10, item 20: ``relay.rejected_dir`` is a boolean named like a path; it is
+    ``relay.keep_rejected`` now, the old name accepted with a warning in the log."""
+    with caplog.at_level("WARNING", logger="speeddata.config"):
+        cfg = load_config(text="[relay]\nrejected_dir = true\n")
+    assert cfg.relay.keep_rejected is True
+    assert "relay.rejected_dir is deprecated" in caplog.text
+    assert "relay.keep_rejected = true" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="speeddata.config"):
+        assert load_config(text="[relay]\nkeep_rejected = true\n").relay.keep_rejected
+    assert caplog.text == ""
+    with pytest.raises(ConfigError, match="old name of relay.keep_rejected"):
+        load_config(text="[relay]\nrejected_dir = true\nkeep_rejected = false\n")
+    with pytest.raises(ConfigError, match="relay.rejected_dir: must be true or false"):
+        load_config(text='[relay]\nrejected_dir = "/tmp/rej"\n')
+
+
+def test_server_keys(tmp_path):
+    """The live server's keys (README "Configure"): memory, group, frame_hz, dashboards."""
+    (tmp_path / "dash").mkdir()
+    path = tmp_path / "s.toml"
+    path.write_text('[server]\nmemory = "64 MiB"\ngroup = "decimated"\nframe_hz = 10\n'
+                    'dashboards = "dash"\nwindow = "30s"\n')
+    s = load_config(path).server
+    assert (s.memory, s.group, s.frame_hz, s.window) == (64 * 1024**2, "decimated", 10, 30.0)
+    assert s.dashboards == tmp_path / "dash"
+    for text, message in (
+        ('group = "all"', "server.group: must be 'full' or 'decimated'"),
+        ("frame_hz = 1000", "server.frame_hz: must be from 1 to 240"),
+        ('memory = "1 kB"', "server.memory: must be from 1 MiB"),
+        ('window = "2d"', "server.window: must be from 1 s to 24 h"),
+        ('dashboards = "nope"', "server.dashboards: folder .* does not exist"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_config(text=f"[server]\n{text}\n")

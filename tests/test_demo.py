@@ -344,3 +344,29 @@ def test_up_demo_duration_exits_zero(tmp_path):
     assert "Traceback" not in log
     sent = re.search(r"engine (\d+) records in (\d+) datagrams", log)
     assert sent is not None, log  # the demo source ran under the supervisor, stopped cleanly
+
+
+def test_source_demo_started_with_sigint_ignored_stops_on_sigint(tmp_path, sockets):
+    """Issue 10, item 10 for `speeddata source --demo &` in a script: SIGINT ignored at
+    start; the source installs its own handler and stops cleanly, with its totals."""
+    import signal
+
+    socks = {name: sockets() for name in ("engine", "power", "status")}
+    cfg = write_config(tmp_path, {n: s.getsockname()[1] for n, s in socks.items()})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speeddata.commands", "source", "--demo", "-c", str(cfg)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not drain(socks["engine"]) and time.monotonic() < deadline:
+            time.sleep(0.1)  # sending
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err

@@ -356,6 +356,11 @@ def test_bad_inputs_leave_no_file(demo_cache, tmp_path):
         (dict(channels=["nope*"]),
          r"no channel matches 'nope\*'; channels: \['engine', 'status'\]"),
         (dict(signals=["engine.volts"]), r"no signal matches 'engine.volts'"),
+        # issue 10, item 16: the signals are listed, not the channels
+        (dict(signals=["nope"]), r"no signal matches 'nope'; signals: engine.time, "
+                                 r"engine.rpm, .*status.host.cpu_temp"),
+        # --agg without --resample was silently ignored
+        (dict(agg="max"), r"--agg max needs --resample PERIOD"),
         (dict(start=T0 - 10**10, end=T0 - 10**9), r"no records between .* available: engine: "
                                                   r"2025-11-24T16:00:00"),
         (dict(start=T0 + MS, end=T0), "empty time range"),
@@ -431,6 +436,9 @@ def test_cli(demo_cache, tmp_path):
         assert load(out, "status").n_rows == 17
         r = _cli("pivot", "--start=-5min", "--cache", str(demo_cache), "-o", str(out))
         assert r.returncode == 2 and "--tag NAME, or both --start and --end" in r.stderr
+        r = _cli("pivot", "--tag", "cli", "--agg", "max", "--force", "--cache", str(demo_cache),
+                 "-o", str(out))
+        assert r.returncode == 2 and "--agg max needs --resample" in r.stderr, r.stderr
     finally:
         speeddata.remove_tag(demo_cache, "cli")
 

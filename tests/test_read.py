@@ -95,6 +95,9 @@ def test_signal_globs_and_errors(all_types_cache):
         speeddata.read(cache, "nope")
     with pytest.raises(ReadError, match="empty time range"):
         speeddata.read(cache, "alltypes", T0 + 10, T0 + 10)
+    # issue 10, item 20: it said "channels: none"
+    with pytest.raises(ReadError, match=r"no such folder '.*nodir': give the cache folder"):
+        speeddata.read(cache / "nodir", "alltypes")
     empty = speeddata.read(cache, "alltypes", T0 - 10_000, T0 - 5_000, ["d", "s"])
     assert empty.n_rows == 0 and empty["d"].dtype == np.float64 and list(empty) == [
         "time", "d", "s"]
@@ -337,3 +340,24 @@ def test_batches_into_memory_handed_back(all_types_cache, decoder):
             np.testing.assert_array_equal(a[k], b[k])
         for k in a.valid:
             np.testing.assert_array_equal(a.valid[k], b["valid"][k])
+
+
+def test_a_time_field_named_ts_is_listed_as_time(tmp_path):
+    """Issue 10, item 20: a time field ``ts`` is the ``time`` column in read() and HDF5,
+    but read()'s error listed ``ts``: errors list the names the user can use."""
+    schema = Schema({"type": "record", "name": "probe", "fields": [
+        {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-nanos"}},
+        {"name": "volts", "type": "double"}]})
+
+    def record(k, rng):
+        return {"ts": T0 + k * 1000, "volts": float(k)}
+
+    write_channel(tmp_path, "probe", schema, record, 20)
+    cols = speeddata.read(tmp_path, "probe")
+    assert list(cols) == ["time", "volts"]
+    with pytest.raises(ReadError, match=r"signals: \['time', 'volts'\]$"):
+        speeddata.read(tmp_path, "probe", signals=["nope"])
+    from speeddata.pivot import PivotError, pivot
+
+    with pytest.raises(PivotError, match=r"signals: probe.time, probe.volts$"):
+        pivot(tmp_path, tmp_path / "x.h5", start=T0, end=T0 + 10**9, signals=["nope"])

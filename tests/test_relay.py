@@ -181,10 +181,11 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "datagrams" in lines[1] and "kernel drops" in lines[1] and "newest" in lines[1]
+    assert "datagrams" in lines[2] and "drops" in lines[2] and "newest" in lines[2]
+    assert max(len(line) for line in lines) <= 80
     row = next(line.split() for line in lines if line.startswith("engine "))
-    # datagrams, records, bytes (number and unit), rejected
-    assert row[1:3] == ["20", "60"] and row[4] == "kB" and row[5] == "1"
+    # datagrams, records, rejected, kernel drops, multicast, data (number and unit)
+    assert row[1:5] == ["20", "60", "1", "0"] and row[7] == "kB"
     # ... and says why: rejects by reason under the table, the first one in the log
     reason = PyValidator(engine).reason(b"not avro at all")
     assert proc.channel("engine")["rejects"] == {reason: 1}
@@ -424,6 +425,10 @@ def test_port_in_use_exits_2(tmp_path, ipc_dir):
         blocker.close()
     assert r.returncode == 2, r.stderr
     assert "cannot bind channel 'engine'" in r.stderr and "Traceback" not in r.stderr
+    # issue 10, item 20: it said "INFO stopped"; the log says it failed, at ERROR
+    assert "INFO stopped" not in r.stderr
+    assert "ERROR failed to start: cannot bind channel 'engine'" in r.stderr
+    assert "ERROR stopped: the relay failed to start" in r.stderr
 
 
 def test_status_without_relay_exits_2(ipc_dir):
@@ -604,7 +609,7 @@ def test_status_watch_until_ctrl_c(relay):
             watch.kill()
             watch.wait()
     assert watch.returncode == 0, err
-    assert out.count("kernel drops") >= 2  # refreshed
+    assert out.count("multicast") >= 2  # refreshed
     assert "Traceback" not in err
     assert proc.terminate() == 0
 

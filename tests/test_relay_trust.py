@@ -286,3 +286,39 @@ def test_config_schema_that_is_not_a_file(tmp_path):
     path.write_text(f'[[channels]]\nname = "x"\nschema = "{fifo}"\n')
     with pytest.raises(ConfigError, match="not a regular file"):
         load_config(path)
+
+
+def _wide_status(name: str, n: int) -> dict:
+    counters = {"datagrams": n, "records": 10 * n, "bytes": 300 * n, "rejected": n // 7,
+                "kernel_drops": n // 3, "multicast_sent": n}
+    cache = {"segments": 12345, "bytes": 10**12 + 7, "allocated": 10**12 + 67 * 10**6,
+             "oldest_ns": 1_780_000_000 * 10**9, "newest_ns": 1_790_000_000 * 10**9}
+    return {
+        "pid": 4194304, "engine": "compiled", "workers": 16, "uptime": 3.6e6,
+        "cache": {"enabled": True, "dir": "/srv/telemetry/" + "deep/" * 20 + "cache",
+                  "bytes": 31_000, "allocated": 67_100_000, "budget_bytes": 4 * 10**12},
+        "channels": [
+            {"name": name, "counters": counters, "cache": cache},
+            {"name": "engine", "counters": counters, "cache": cache},
+        ],
+        "shared": {"port": 26000, "counters": {"rejected": n, "kernel_drops": n}},
+    }
+
+
+@pytest.mark.parametrize("name", ["engine", "a_long_channel_name_0123456789", "x" * 64])
+@pytest.mark.parametrize("n", [0, 12_345, 987_654_321, 2**63 - 1])
+def test_status_table_fits_80_columns(name, n):
+    """Issue 10, item 19: the table was 107 columns wide and wrapped."""
+    text = format_status(_wide_status(name, n))
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n" + text
+    assert sum(line.startswith("engine ") for line in lines) >= 1
+    if n == 12_345:  # exact counts while they fit
+        assert "123,450" in text
+
+
+def test_status_reports_data_and_allocation_apart():
+    """Issue 10, item 19: "cache 67.1 MB" for 31 kB of data."""
+    text = format_status(_wide_status("engine", 5))
+    assert "31.0 kB of data (67.1 MB allocated)" in text
+    assert "1.0 TB" in text  # the channel's data column

@@ -207,6 +207,11 @@ def test_cli_replay_to_config_channel(tmp_path):
     assert r.returncode == 2 and "not the one the relay has for channel 'status'" in r.stderr
     r = cli("--replay", str(path), "-c", str(config), "--channel", "nope", cwd=tmp_path)
     assert r.returncode == 2 and "'nope' is not in" in r.stderr and "engine, status" in r.stderr
+    assert "-c FILE" not in r.stderr  # a config was given
+    # without -c, the built-in config is used: the message says how to give another
+    r = cli("--replay", str(path), "--channel", "nope", cwd=tmp_path)
+    assert r.returncode == 2 and "is not in the built-in config" in r.stderr
+    assert "give the config that has it with -c FILE" in r.stderr  # issue 10, item 20
     r = cli("--replay", str(path), "--demo", cwd=tmp_path)
     assert r.returncode == 2 and "not both" in r.stderr
 

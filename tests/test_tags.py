@@ -98,6 +98,29 @@ def test_range_must_be_in_the_cache(cache):
     assert list_tags(cache) == []
 
 
+def test_a_range_without_data_is_refused_inside_the_span_as_outside(tmp_path, schemas_dir):
+    """Issue 10, item 20: a range in a gap of the data was accepted (an empty tag) while
+    one after the data was refused; both are refused now, with the range that holds data."""
+
+    def gapped(k, rng):  # 5 s of data, a 10 s gap, 5 s of data
+        return dict(engine_record(k, rng), time=T0 + k * 10_000_000 + (10 * SECOND if k >= 500
+                                                                       else 0))
+
+    write_channel(tmp_path, "engine", Schema(schemas_dir / "engine.avsc"), gapped, 1000,
+                  records_per_datagram=5, datagrams_per_block=4, blocks_per_segment=5,
+                  recv_step_ns=50_000_000)
+    later = T0 + 100 * SECOND
+    with pytest.raises(TagError, match=r"no data of engine from .* \(end excluded\).*available"):
+        add_tag(tmp_path, "gap", T0 + 7 * SECOND, T0 + 12 * SECOND, now_ns=later)
+    # the end is excluded: a range ending where the data resumes holds none of it
+    with pytest.raises(TagError, match="no data of engine"):
+        add_tag(tmp_path, "gap", T0 + 6 * SECOND, T0 + 15 * SECOND, now_ns=later)
+    assert list_tags(tmp_path) == []
+    tag = add_tag(tmp_path, "edge", T0 + 6 * SECOND, T0 + 15 * SECOND + 1, now_ns=later)
+    assert tag.n_segments == 1
+    assert speeddata.read(tmp_path, "engine", tag="edge")["counter"].tolist() == [500]
+
+
 def test_tag_pins_segments_against_retention(cache):
     """Fill the cache past its budget: the tagged range survives retention, the rest
     rotates away; after the tag is removed it can go too."""
@@ -249,3 +272,29 @@ def test_tag_channel_without_kept_blocks_reads_no_rows(cache):
     meta["segments"]["power"] = {}
     (folder / "tag.json").write_text(json.dumps(meta))
     assert speeddata.read(cache, "power", tag="half").n_rows == 0
+
+
+def test_a_tag_reports_its_data_not_the_preallocated_space(tmp_path, schemas_dir):
+    """Issue 10, item 19: "3 segments (201.6 MB) pinned" for 0.7 MB of records: a segment
+    still being written is pre-allocated; the tag reports its data, the allocation apart."""
+    from relay_helpers import encode
+    from relay_helpers import engine_record as relay_record
+    from speeddata.cache import SegmentWriter
+
+    schema = Schema(schemas_dir / "engine.avsc")
+    w = SegmentWriter(tmp_path / "engine", schema, "engine", 1, 1024 * 1024, t_open_ns=T0)
+    try:
+        recs = [relay_record(i) for i in range(10)]
+        times = [r["time"] for r in recs]
+        w.append([encode(schema, [r]) for r in recs], times, list(range(10)), [1] * 10,
+                 min(times), max(times))
+        tag = add_tag(tmp_path, "open", min(times), max(times) + 1,
+                      now_ns=max(times) + SECOND)
+        assert tag.n_allocated >= 1024 * 1024 > 10 * tag.n_bytes
+        assert tag.n_bytes == w.end + 40 + 10 * 16
+        assert get_tag(tmp_path, "open").n_bytes == tag.n_bytes
+        r = subprocess.run([sys.executable, "-m", "speeddata.commands", "tag", "list",
+                            "--cache", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert "kB of data (1.0 MB on disk)" in r.stdout, r.stdout
+    finally:
+        w.close()

@@ -55,7 +55,9 @@ def test_up_demo_duration(tmp_path, ipc_dir, engine):
     log = (info["cache"] / "up.log").read_text()
     assert "Traceback" not in r.stderr + log and "Exception ignored" not in r.stderr + log
     # the status table was shown (refreshed), one row per channel
-    assert r.stdout.count("kernel drops") >= 2
+    assert r.stdout.count("multicast") >= 2
+    # ... and fits an 80-column terminal (issue 10, item 19)
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
     rows = {line.split()[0] for line in r.stdout.splitlines() if line.strip()}
     assert {"engine", "power", "status"} <= rows
     # the relay was stopped cleanly: every segment trimmed, readable by fastavro
@@ -89,6 +91,44 @@ def test_up_ctrl_c_stops_all_children(tmp_path, ipc_dir):
     assert "Traceback" not in err
     with pytest.raises(ProcessLookupError):  # the relay is gone (stopped and reaped)
         os.kill(relay_pid, 0)
+    assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
+
+
+def _children_of(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_up_started_with_sigint_ignored_stops_on_sigint_and_sigterm(tmp_path, ipc_dir, sig):
+    """Issue 10, item 10: started from a script in the background (`speeddata up &`),
+    SIGINT is ignored at start and Python installs no KeyboardInterrupt handler; up
+    installs its own, stops on SIGINT (and SIGTERM) and leaves no child behind."""
+    info = up_config(tmp_path, ipc_dir)
+    up = subprocess.Popen(
+        _up(info, "--demo", "-q", "--engine", "python"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        wait_for(lambda: _status(info["control"]), timeout=30)
+        # the relay and the demo source both run
+        wait_for(lambda: len(_children_of(up.pid)) >= 2, timeout=20)
+        kids = _children_of(up.pid)
+        up.send_signal(sig)
+        out, err = up.communicate(timeout=30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, err
+    assert "Traceback" not in err
+    assert not any(_alive(pid) for pid in kids), "a child of up is left running"
     assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
 
 
@@ -149,3 +189,21 @@ def test_up_without_demo_runs_the_relay_and_killed_up_leaves_no_relay(tmp_path, 
             up.wait()
         if status is not None and _alive(status["pid"]):
             os.kill(status["pid"], signal.SIGKILL)
+
+
+def test_status_display_fits_80_columns_on_a_terminal(tmp_path):
+    """Issue 10, item 19: what `speeddata up` shows (header, table or why there is none)
+    fits an 80-column terminal."""
+    import io
+
+    from speeddata.commands.up import StatusDisplay
+
+    out = io.StringIO()
+    header = f"speeddata up: relay, demo source; output in {tmp_path / ('x' * 60)}/up.log; " \
+             "Ctrl-C stops"
+    ipc = tmp_path / "nobody-here"
+    display = StatusDisplay(f"ipc://{ipc}", header, out=out, tty=True)
+    display.refresh()  # no relay: "(no status: no relay answers on ...)"
+    text = out.getvalue().replace("\x1b[H\x1b[2J", "")
+    assert "no status" in text and len(text.splitlines()) > 2
+    assert max(len(line) for line in text.splitlines()) <= 80, text

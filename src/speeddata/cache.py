@@ -42,6 +42,7 @@ __all__ = [
     "write_json_atomic",
     "preallocate",
     "segment_bytes",
+    "segment_data_bytes",
     "segment_needs_recovery",
     "segment_schema_json",
     "recover_cache",
@@ -419,6 +420,34 @@ def segment_bytes(segment: Segment) -> int:
     return total
 
 
+def segment_data_bytes(segment: Segment, n_blocks: int | None = None) -> int:
+    """The bytes of data a segment holds: its ``.avro`` up to the end of its last complete
+    block (or of its first ``n_blocks``), its ``.idx`` and ``.recv``. Unlike
+    :func:`segment_bytes` (the files' sizes), the pre-allocated rest of a segment being
+    written is not counted."""
+    try:
+        size = segment.avro.stat().st_size
+    except FileNotFoundError:
+        return 0
+    index = segment.read_index()
+    if n_blocks is not None:
+        index = index[:n_blocks]
+    try:
+        if len(index):
+            end = int(index["offset"][-1]) + int(index["size"][-1])
+        else:
+            end = segment.header_size()
+    except (OSError, ValueError, IndexError):
+        end = size
+    total = min(size, end) + len(index) * IDX_DTYPE.itemsize
+    n_datagrams = int(index["n_datagrams"].sum()) if len(index) else 0
+    try:
+        recv = segment.recv.stat().st_size
+    except FileNotFoundError:
+        recv = 0
+    return total + min(recv, n_datagrams * RECV_DTYPE.itemsize)
+
+
 def enforce_retention(
     cache_dir: Path,
     budget_bytes: int,
@@ -537,7 +566,9 @@ def budget_bytes(budget: tuple[str, float], cache_dir: Path) -> int:
 
 
 def channel_summary(cache_dir: Path, channel: str) -> dict:
-    """What the cache holds for a channel: segments, bytes, oldest and newest time (ns).
+    """What the cache holds for a channel: segments, bytes (of data), allocated (bytes on
+    disk, with the pre-allocated rest of the segment being written), oldest and newest
+    time (ns).
 
     Times come from the block indexes (source time; receive time for channels without a
     time field); a segment without blocks yet counts by its open time. Reads only the
@@ -557,7 +588,8 @@ def channel_summary(cache_dir: Path, channel: str) -> dict:
             break
     return {
         "segments": len(segments),
-        "bytes": sum(segment_bytes(s) for s in segments),
+        "bytes": sum(segment_data_bytes(s) for s in segments),
+        "allocated": sum(segment_bytes(s) for s in segments),
         "oldest_ns": oldest,
         "newest_ns": newest,
     }
@@ -583,7 +615,11 @@ LOCK_FILE = "relay.lock"
 
 
 class CacheBusy(SpeedDataError, RuntimeError):
-    """Another relay writes this cache folder."""
+    """Another relay writes this cache folder; ``pid`` is its process id (or None)."""
+
+    def __init__(self, pid: int | None, message: str):
+        super().__init__(message)
+        self.pid = pid
 
 
 def lock_cache(cache_dir: Path) -> int:
@@ -599,6 +635,7 @@ def lock_cache(cache_dir: Path) -> int:
         pid = _lock_pid(fd)
         os.close(fd)
         raise CacheBusy(
+            pid,
             f"{cache_dir} is written by another relay (pid {pid or '?'}): one relay per "
             "cache folder; stop it, or give this one another cache.dir"
         ) from None

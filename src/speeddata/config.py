@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -47,6 +48,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(SpeedDataError, ValueError):
@@ -197,7 +200,7 @@ class RelayConfig:
     workers: int = 1
     batch: int = 256  # datagrams per recvmmsg (docs/performance.md: +3-7 % over 64)
     nice: int = -10  # scheduling priority of the receive loops (needs root/CAP_SYS_NICE)
-    rejected_dir: bool = False  # keep rejected datagrams under <cache>/rejected/
+    keep_rejected: bool = False  # keep rejected datagrams under <cache>/rejected/
 
 
 @dataclass(frozen=True)
@@ -392,8 +395,20 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
     if multicast.full == multicast.decimated:
         m.fail("multicast.decimated", "must differ from multicast.full (another group or port)")
 
-    r = _Section(where, "relay", doc.get("relay", {}), _field_names(RelayConfig))
+    r = _Section(
+        where, "relay", doc.get("relay", {}), (*_field_names(RelayConfig), "rejected_dir")
+    )
     d = RelayConfig()
+    keep_rejected = r.get("keep_rejected", d.keep_rejected, types=(bool,))
+    if "rejected_dir" in r.table:  # the old name of keep_rejected: a boolean, not a path
+        if "keep_rejected" in r.table:
+            r.fail("relay.rejected_dir", "is the old name of relay.keep_rejected; keep only "
+                   "relay.keep_rejected")
+        keep_rejected = r.get("rejected_dir", d.keep_rejected, types=(bool,))
+        log.warning(
+            "%s: relay.rejected_dir is deprecated (it is true or false, not a folder): write "
+            "relay.keep_rejected = %s", where, "true" if keep_rejected else "false"
+        )
     relay = RelayConfig(
         control=r.get("control", d.control, _zmq_endpoint, (str,)),
         stats=r.get("stats", d.stats, _zmq_endpoint, (str,)),
@@ -405,7 +420,7 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         workers=r.get("workers", d.workers, lambda v: _positive_int(v, 1, 256)),
         batch=r.get("batch", d.batch, lambda v: _positive_int(v, 1, 1024)),
         nice=r.get("nice", d.nice, lambda v: _positive_int(v, -20, 19)),
-        rejected_dir=r.get("rejected_dir", d.rejected_dir, types=(bool,)),
+        keep_rejected=keep_rejected,
     )
     if not 4096 <= relay.rcvbuf <= 2**31 - 1:  # SO_RCVBUF takes a C int
         r.fail("relay.rcvbuf", "must be from 4 KiB to 2 GiB")

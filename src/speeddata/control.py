@@ -8,6 +8,7 @@ and returns its JSON reply; ``format_status(status)`` renders a status reply as 
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from datetime import datetime, timezone
 
@@ -15,7 +16,9 @@ import zmq
 
 from .errors import SpeedDataError
 
-__all__ = ["ControlError", "request", "format_status", "format_bytes", "format_count"]
+__all__ = [
+    "ControlError", "request", "format_status", "format_bytes", "format_count", "format_compact"
+]
 
 
 class ControlError(SpeedDataError, RuntimeError):
@@ -76,88 +79,129 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600:d}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+#: the status table fits a terminal of this many columns (issue 10, item 19)
+WIDTH = 80
+
 COLUMNS = (
     ("channel", "<"),
     ("datagrams", ">"),
     ("records", ">"),
-    ("bytes", ">"),
     ("rejected", ">"),
-    ("kernel drops", ">"),
+    ("drops", ">"),  # kernel drops (receive buffer overflows)
     ("multicast", ">"),
-    ("segments", ">"),
-    ("cache", ">"),
-    ("oldest", "<"),
-    ("newest", "<"),
+    ("data", ">"),  # bytes of data in the cache (not the pre-allocated space)
+    ("newest", "<"),  # newest record's time, UTC
 )
 
 
-def format_status(status: dict) -> str:
-    """The relay status (a ``status`` reply) as a text table, one row per channel."""
-    rows = []
-    for ch in status.get("channels", []):
-        c = ch.get("counters", {})
-        cache = ch.get("cache") or {}
-        rows.append(
-            (
-                ch["name"],
-                format_count(c.get("datagrams")),
-                format_count(c.get("records")),
-                format_bytes(c.get("bytes")),
-                format_count(c.get("rejected")),
-                format_count(c.get("kernel_drops")),
-                format_count(c.get("multicast_sent")),
-                format_count(cache.get("segments")),
-                format_bytes(cache.get("bytes")),
-                format_time(cache.get("oldest_ns")),
-                format_time(cache.get("newest_ns")),
-            )
-        )
-    shared = status.get("shared")
-    if shared:
-        c = shared.get("counters", {})
-        rows.append(
-            (
-                f"(shared :{shared.get('port')})",
-                "-",
-                "-",
-                "-",
-                format_count(c.get("rejected")),
-                format_count(c.get("kernel_drops")),
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-            )
-        )
-    widths = [
-        max(len(name), *(len(r[i]) for r in rows)) if rows else len(name)
-        for i, (name, _) in enumerate(COLUMNS)
-    ]
+def format_compact(n: int | None) -> str:
+    """A count in at most 6 characters: ``987``, ``12.3k``, ``4.56M``."""
+    if n is None:
+        return "-"
+    if abs(n) < 10_000:
+        return f"{n:,}"
+    for unit, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        v = n / scale
+        if abs(v) < 999.5 or unit == "T":
+            return f"{v:.3g}{unit}"
+    return f"{n:.3g}"  # pragma: no cover
 
-    def line(cells) -> str:
-        return "  ".join(
-            f"{cell:{align}{w}}" for cell, (_, align), w in zip(cells, COLUMNS, widths, strict=True)
-        ).rstrip()
+
+def _clock(ns: int | None) -> str:
+    if not ns:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).strftime("%H:%M:%S")
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, its middle elided."""
+    if len(text) <= width:
+        return text
+    keep = width - 1
+    return text[: keep // 2] + "~" + text[len(text) - (keep - keep // 2) :]
+
+
+def format_status(status: dict, width: int = WIDTH) -> str:
+    """The relay status (a ``status`` reply) as a text table, one row per channel, that
+    fits ``width`` columns (80: a default terminal). Counts are exact while they fit,
+    else shortened (``12.3M``); ``data`` is the bytes of records the cache holds, the
+    space allocated on disk is in the head line."""
+    channels = status.get("channels", [])
+
+    def rows(count) -> list[tuple[str, ...]]:
+        out = []
+        for ch in channels:
+            c = ch.get("counters", {})
+            cache = ch.get("cache") or {}
+            out.append(
+                (
+                    str(ch["name"]),
+                    count(c.get("datagrams")),
+                    count(c.get("records")),
+                    count(c.get("rejected")),
+                    count(c.get("kernel_drops")),
+                    count(c.get("multicast_sent")),
+                    format_bytes(cache.get("bytes")) if cache else "-",
+                    _clock(cache.get("newest_ns")),
+                )
+            )
+        shared = status.get("shared")
+        if shared:
+            c = shared.get("counters", {})
+            out.append(
+                (
+                    f"shared:{shared.get('port')}",
+                    "-",
+                    "-",
+                    count(c.get("rejected")),
+                    count(c.get("kernel_drops")),
+                    "-",
+                    "-",
+                    "-",
+                )
+            )
+        return out
+
+    def table(body) -> list[str]:
+        widths = [
+            max(len(name), *(len(r[i]) for r in body)) if body else len(name)
+            for i, (name, _) in enumerate(COLUMNS)
+        ]
+        rest = sum(widths[1:]) + 2 * (len(COLUMNS) - 1)
+        widths[0] = max(7, min(widths[0], width - rest))  # long names are cut
+
+        def line(cells) -> str:
+            cells = [_fit(cells[0], widths[0]), *cells[1:]]
+            return "  ".join(
+                f"{cell:{align}{w}}"
+                for cell, (_, align), w in zip(cells, COLUMNS, widths, strict=True)
+            ).rstrip()
+
+        return [line([name for name, _ in COLUMNS])] + [line(r) for r in body]
+
+    lines = table(rows(format_count))
+    if max(len(x) for x in lines) > width:
+        lines = table(rows(format_compact))
 
     cache = status.get("cache") or {}
-    head = (
+    head = [
         f"relay pid {status.get('pid')}, {status.get('engine')} engine, "
         f"{status.get('workers')} worker(s), up {_duration(status.get('uptime', 0))}"
-    )
+    ]
     if cache.get("enabled"):
-        head += (
-            f"; cache {cache.get('dir')}: {format_bytes(cache.get('bytes'))} of "
-            f"{format_bytes(cache.get('budget_bytes'))}"
+        text = (
+            f": {format_bytes(cache.get('bytes'))} of data"
+            f" ({format_bytes(cache.get('allocated'))} allocated),"
+            f" budget {format_bytes(cache.get('budget_bytes'))}"
         )
+        head.append("cache " + _fit(str(cache.get("dir")), max(10, width - 6 - len(text))) + text)
     else:
-        head += "; cache off"
-    out = [head, line([name for name, _ in COLUMNS])]
-    out.extend(line(r) for r in rows)
-    if not rows:
+        head.append("cache off")
+    out = head + lines
+    if not channels and not status.get("shared"):
         out.append("(no channels)")
-    out.extend(_why_lines(status))
-    out.extend(_clock_notes(status))
+    for note in _why_lines(status) + _clock_notes(status):
+        out.extend(textwrap.wrap(note, width, subsequent_indent="  ", break_on_hyphens=False))
     return "\n".join(out)
 
 

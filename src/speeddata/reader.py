@@ -79,6 +79,7 @@ __all__ = [
     "cache_channels",
     "resolve_cache_dir",
     "select_signals",
+    "column_names",
     "column_name",
 ]
 
@@ -174,6 +175,17 @@ def column_name(sig: Signal, schema: Schema) -> str:
     return sig.name
 
 
+def column_names(schema: Schema) -> list[str]:
+    """The columns :func:`read` returns for ``schema``'s signals, ``time`` first, in
+    schema order: the names a user selects with ``signals=`` and sees in errors (a time
+    field in ns, whatever its name in the schema, is the ``time`` column)."""
+    names = ["time"]
+    for sig in schema.signals:
+        if not (sig.name == schema.time_field and schema.time_scale == 1):
+            names.append(column_name(sig, schema))
+    return names
+
+
 def select_signals(schema: Schema, patterns: Any, channel: str = "") -> list[str]:
     """Signal names of ``schema`` matching ``patterns`` (names or fnmatch globs, against the
     signal name or ``<channel>.<signal>``), in schema order. None selects all. Raises
@@ -197,7 +209,9 @@ def select_signals(schema: Schema, patterns: Any, channel: str = "") -> list[str
             continue  # the abscissa columns are always there
         if not hits:
             where = f"channel {channel!r}" if channel else f"schema {schema.name!r}"
-            raise ReadError(f"no signal of {where} matches {pattern!r}; signals: {names}")
+            raise ReadError(
+                f"no signal of {where} matches {pattern!r}; signals: {column_names(schema)}"
+            )
         chosen |= hits
     return [n for n in names if n in chosen]
 
@@ -442,6 +456,11 @@ class ChannelReader:
             # of a segment of the channel
             self._kept.update({p[0].name: 0 for p in candidates[:1] if not tagged})
             candidates = tagged or candidates[:1]
+        if not candidates and not self.cache_dir.is_dir():
+            raise ReadError(
+                f"no such folder {str(self.cache_dir)!r}: give the cache folder (cache.dir "
+                "of the relay's config; relative to the folder the relay was started in)"
+            )
         if not candidates:
             available = cache_channels(self.cache_dir)
             raise ReadError(

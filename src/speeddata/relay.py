@@ -186,6 +186,7 @@ class Relay:
         self._rep = self._pub = None
         self.started_ns = time.time_ns()
         self.exit_code = 0
+        self._started = False  # start() succeeded
         self.segment_size = config.cache.segment_size  # fitted to the space by start()
         self.problems = ProblemLog()
 
@@ -211,9 +212,12 @@ class Relay:
             for ch, runtime in channels:
                 self._serve(ch, runtime)
             self._steer()
-        except BaseException:
+        except BaseException as exc:
             self._close_sockets()
+            self.exit_code = 2
+            log.error("failed to start: %s", exc if isinstance(exc, RelayError) else repr(exc))
             raise
+        self._started = True
         for i, engine in enumerate(self.engines):
             t = threading.Thread(
                 target=self._run_engine, args=(engine,), name=f"engine-{i}", daemon=True
@@ -337,7 +341,7 @@ class Relay:
             flush_interval=c.cache.flush_interval,
             batch=c.relay.batch,
             rejected_dir=self.cache_dir / "rejected"
-            if c.relay.rejected_dir and self.cache_dir
+            if c.relay.keep_rejected and self.cache_dir
             else None,
         )
 
@@ -788,11 +792,14 @@ class Relay:
         with self._lock:
             names = list(self.channels)
         summary = {name: cachelib.channel_summary(self.cache_dir, name) for name in names}
-        total = sum(cachelib.segment_bytes(s) for s in cachelib.cache_segments(self.cache_dir))
+        segments = cachelib.cache_segments(self.cache_dir)
+        # bytes: of data; allocated: on disk (segments being written are pre-allocated)
+        total = sum(cachelib.segment_data_bytes(s) for s in segments)
+        allocated = sum(cachelib.segment_bytes(s) for s in segments)
         with self._lock:
             self._deleted_segments += len(deleted)
             self._cache_summary = summary
-            self._cache_total = {"bytes": total, "budget_bytes": budget}
+            self._cache_total = {"bytes": total, "allocated": allocated, "budget_bytes": budget}
 
     # -- stop --------------------------------------------------------------------------
 
@@ -831,7 +838,12 @@ class Relay:
         for t in self._threads:
             t.join(5)
         self._close_sockets()
-        log.info("stopped")
+        if not self._started:
+            log.error("stopped: the relay failed to start")
+        elif self.exit_code:
+            log.error("stopped after a failure (exit status %d)", self.exit_code)
+        else:
+            log.info("stopped")
 
     def _close_sockets(self) -> None:
         for s in self.channels.values():

@@ -42,7 +42,9 @@ from .cache import (
     Segment,
     cache_channels,
     resolve_cache_dir,
+    segment_bytes,
     segment_candidates,
+    segment_data_bytes,
     segment_time_ns,
     write_json_atomic,
 )
@@ -78,9 +80,12 @@ class Tag:
     channels: tuple[str, ...]
     note: str = ""
     created_ns: int = 0
-    #: segments pinned (links to .avro files), and the bytes they hold
+    #: segments pinned (links to .avro files), the bytes of data the tag kept in them,
+    #: and the bytes they take on disk (more while a segment is still being written:
+    #: segments are pre-allocated)
     n_segments: int = 0
     n_bytes: int = 0
+    n_allocated: int = 0
     #: channel -> segment file name -> blocks it held when the tag was made: what the
     #: tag reads (None: a tag made before tags kept this; it reads its links' blocks)
     segments: dict[str, dict[str, int]] | None = field(default=None, compare=False)
@@ -88,7 +93,7 @@ class Tag:
     def to_json(self) -> dict:
         d = asdict(self)
         d["channels"] = list(self.channels)
-        del d["n_segments"], d["n_bytes"]
+        del d["n_segments"], d["n_bytes"], d["n_allocated"]
         if d["segments"] is None:
             del d["segments"]
         return d
@@ -141,9 +146,11 @@ def add_tag(
 ) -> Tag:
     """Create tag ``name`` over ``[start, end)`` of ``channels`` (all when None).
 
-    Times as in ``speeddata.read``. Raises TagError when the name is invalid or taken, a
-    channel is unknown, or the range is not in the cache (the message gives the range
-    that is), e.g. it starts before the oldest data or ends in the future.
+    Times as in ``speeddata.read``; the end is excluded. Raises TagError when the name is
+    invalid or taken, a channel is unknown, or the range is not in the cache (the
+    message gives the range that is): it starts before the oldest data, ends in the
+    future, or holds no data of the channels, inside the span of the data (a gap) as
+    outside it.
     """
     validate_tag_name(name)
     cache = resolve_cache_dir(cache_dir)
@@ -181,6 +188,14 @@ def add_tag(
             f"pinned now; {available}"
         )
 
+    if not any(_holds_data(cache, c, start_ns, end_ns) for c in chosen):
+        # the same answer inside the span of the data (a gap) as outside it
+        raise TagError(
+            f"no data of {', '.join(chosen)} from {format_time(start_ns)} to "
+            f"{format_time(end_ns)} (end excluded): a tag keeps data, and there is none "
+            f"to keep; {available}"
+        )
+
     tags = cache / "tags"
     final = tags / name
     if final.exists():
@@ -189,7 +204,7 @@ def add_tag(
     work = tags / f".new-{name}-{os.getpid()}-{time.monotonic_ns()}"
     work.mkdir()
     try:
-        n_segments = n_bytes = 0
+        n_segments = n_bytes = n_allocated = 0
         kept: dict[str, dict[str, int]] = {}
         for channel in chosen:
             kept[channel] = {}
@@ -202,7 +217,8 @@ def add_tag(
                 linked = _link_segment(paths, work / channel)
                 if linked:
                     n_segments += 1
-                    n_bytes += linked
+                    n_allocated += linked
+                    n_bytes += segment_data_bytes(seg, len(index))
                     kept[channel][seg.avro.name] = len(index)
         tag = Tag(name, start_ns, end_ns, tuple(chosen), note or "", time.time_ns(),
                   segments=kept)
@@ -214,7 +230,18 @@ def add_tag(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return Tag(**{**asdict(tag), "n_segments": n_segments, "n_bytes": n_bytes})
+    return Tag(**{**asdict(tag), "n_segments": n_segments, "n_bytes": n_bytes,
+                  "n_allocated": n_allocated})
+
+
+def _holds_data(cache: Path, channel: str, start_ns: int, end_ns: int) -> bool:
+    """Whether a block of ``channel`` (by its index: its first and last time) overlaps
+    ``[start_ns, end_ns)``."""
+    for paths in segment_candidates(cache, channel, None):
+        index = _index(Segment(paths[0]))
+        if len(index) and ((index["t_max"] >= start_ns) & (index["t_min"] < end_ns)).any():
+            return True
+    return False
 
 
 def _overlaps(seg: Segment, start_ns: int, end_ns: int, index: np.ndarray) -> bool:
@@ -265,15 +292,15 @@ def _load(folder: Path) -> Tag:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise TagError(f"{folder}: not a readable tag ({exc})") from None
-    n_segments = n_bytes = 0
+    n_segments = n_bytes = n_allocated = 0
     for avro in folder.glob("*/*.avro"):
         n_segments += 1
-        for p in (avro, avro.with_suffix(".idx"), avro.with_suffix(".recv")):
-            try:
-                n_bytes += p.stat().st_size
-            except FileNotFoundError:
-                pass
-    return Tag(**{**asdict(tag), "n_segments": n_segments, "n_bytes": n_bytes})
+        n_allocated += segment_bytes(Segment(avro))
+        kept = None if tag.segments is None else tag.segments.get(avro.parent.name, {})
+        n_blocks = None if kept is None else kept.get(avro.name, 0)
+        n_bytes += segment_data_bytes(Segment(avro), n_blocks)
+    return Tag(**{**asdict(tag), "n_segments": n_segments, "n_bytes": n_bytes,
+                  "n_allocated": n_allocated})
 
 
 def get_tag(cache_dir: Any, name: str) -> Tag:

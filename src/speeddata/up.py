@@ -7,7 +7,9 @@ once a second (speeddata.commands.up); the children's output goes to ``<cache di
 
 A small :class:`Supervisor` starts each part with :mod:`subprocess` and stops them all
 (SIGTERM, then SIGKILL after a grace period) on Ctrl-C, SIGTERM, ``--duration`` or when
-any child exits. Ctrl-C ends with exit status 0 and no traceback.
+any child exits. Ctrl-C ends with exit status 0 and no traceback. The supervisor installs
+its SIGINT and SIGTERM handlers itself, so that it also stops when it was started with
+SIGINT ignored (a background job of a script).
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ class Child:
         return None if self.process is None else self.process.poll()
 
 
-class _Stop(Exception):
-    """Raised by the SIGTERM handler to leave the wait loop."""
+class _Stop(KeyboardInterrupt):
+    """Raised by the SIGTERM handler: stop as on Ctrl-C."""
 
 
 class Supervisor:
@@ -88,7 +90,7 @@ class Supervisor:
         and then every ``tick_interval`` seconds (``up`` shows the relay status)."""
         deadline = math.inf if duration is None else time.monotonic() + duration
         next_tick = time.monotonic()
-        previous = _install_sigterm()
+        previous = _install_stop_handlers()
         try:
             while True:
                 if tick is not None and time.monotonic() >= next_tick:
@@ -109,7 +111,7 @@ class Supervisor:
         except (KeyboardInterrupt, _Stop):
             return 0
         finally:
-            _restore_sigterm(previous)
+            _restore_handlers(previous)
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """SIGTERM every running child, wait up to ``grace`` seconds, then SIGKILL."""
@@ -130,10 +132,17 @@ class Supervisor:
                     continue  # a second Ctrl-C while stopping: keep stopping
 
     def __enter__(self) -> Supervisor:
+        # Ctrl-C and SIGTERM stop us however we were started: a process started with
+        # SIGINT ignored (`cmd &` in a script) gets no KeyboardInterrupt from Python
+        # (signal(2): an ignored disposition is inherited across exec).
+        self._previous = _install_stop_handlers()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        try:
+            self.stop()
+        finally:
+            _restore_handlers(self._previous)
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
@@ -143,19 +152,25 @@ def _signal(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _install_sigterm():
-    def handler(signum, frame):
+def _install_stop_handlers() -> dict:
+    """SIGINT raises KeyboardInterrupt and SIGTERM :class:`_Stop` (a KeyboardInterrupt),
+    also when SIGINT was ignored at start; the previous handlers, to restore."""
+
+    def on_sigterm(signum, frame):
         raise _Stop()
 
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: SIGTERM is not ours to handle
-        return None
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        pass
+    return previous
 
 
-def _restore_sigterm(previous) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
+def _restore_handlers(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def command_argv(*args: str) -> list[str]:

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ..cache import (
+    CacheBusy,
     cache_writer_pid,
     channel_summary,
     list_segments,
@@ -44,7 +45,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_recover(cache_dir: Path) -> int:
-    fd = lock_cache(cache_dir)  # never under a running relay: it recovers on start itself
+    try:
+        fd = lock_cache(cache_dir)  # never under a running relay: it recovers on start itself
+    except CacheBusy as exc:
+        raise CacheBusy(
+            exc.pid,
+            f"{cache_dir} is being written by a running relay (pid {exc.pid or '?'}): stop "
+            "the relay first, then recover; or just restart the relay, which recovers the "
+            "cache when it starts"
+        ) from None
     try:
         recovered = recover_cache(cache_dir, validator_factory())
     finally:

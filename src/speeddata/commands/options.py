@@ -22,11 +22,12 @@ def cache_dir_from_args(args: argparse.Namespace) -> Path:
     return Path(load_config(getattr(args, "config", None)).cache.dir)
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
+def add_config_argument(
+    parser: argparse.ArgumentParser,
+    help: str = "config file (default: the built-in demo config)",  # noqa: A002
+) -> None:
     """``-c/--config FILE`` of the commands that run parts of SpeedData."""
-    parser.add_argument(
-        "-c", "--config", metavar="FILE", help="config file (default: the built-in demo config)"
-    )
+    parser.add_argument("-c", "--config", metavar="FILE", help=help)
 
 
 def add_duration_argument(parser: argparse.ArgumentParser) -> None:

@@ -10,11 +10,14 @@ from .options import add_cache_arguments, cache_dir_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    rng = parser.add_argument_group("what to write (a tag, or --start and --end)")
+    rng = parser.add_argument_group(
+        "what to write (a tag, or --start and --end: the range [start, end), its end excluded)"
+    )
     rng.add_argument("--tag", help="the tag's range, channels and note")
     rng.add_argument("--start", help="ISO time, ns since the epoch, 'now', 'now-5min' "
                      "(or --start=-5min: a leading '-' needs the '=')")
-    rng.add_argument("--end", help="ISO time, ns since the epoch, 'now', 'now-1min'")
+    rng.add_argument("--end", help="ISO time, ns since the epoch, 'now', 'now-1min'; "
+                     "excluded: a record at exactly --end is not written")
     rng.add_argument("--channels", nargs="+", metavar="GLOB", help="channel names or globs")
     rng.add_argument("--signals", nargs="+", metavar="GLOB",
                      help="signals or globs, as SIGNAL or CHANNEL.SIGNAL (e.g. 'engine.*')")
@@ -22,8 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ex = red.add_mutually_exclusive_group()
     ex.add_argument("--every", type=int, metavar="N", help="keep every Nth record")
     ex.add_argument("--resample", metavar="PERIOD", help="time buckets, e.g. 10ms, 1s")
-    red.add_argument("--agg", default="mean,min,max",
-                     help=f"aggregates for --resample, from {','.join(AGGREGATES)}")
+    red.add_argument("--agg", metavar="A,B",
+                     help=f"with --resample: aggregates per bucket, from {','.join(AGGREGATES)} "
+                          "(default mean,min,max)")
     out = parser.add_argument_group("output")
     out.add_argument("-o", "--output", required=True, metavar="FILE.h5")
     out.add_argument("--compression", default="gzip",

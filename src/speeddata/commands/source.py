@@ -48,7 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --replay: shift the time field so the first record is stamped now",
     )
-    add_config_argument(parser)
+    add_config_argument(
+        parser, "config file: the relay's ports and the channels' schemas (default: the "
+        "built-in demo config; with --replay, give the config of the relay to replay to)"
+    )
     parser.add_argument(
         "--rate",
         action="append",
@@ -71,10 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help=(
-            "relay host (default 127.0.0.1). Anything is accepted; tests and benchmarks must "
-            "use loopback only"
-        ),
+        help="relay host (default 127.0.0.1)",
     )
     parser.add_argument(
         "--shared",
@@ -122,8 +122,7 @@ def run(args: argparse.Namespace) -> int:
         with runner:
             runner.run(duration=args.duration)  # returns on Ctrl-C or SIGTERM too
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
     return 0
 
 
@@ -143,9 +142,10 @@ def run_replay(args: argparse.Namespace) -> int:
         served = {c.name: c for c in config.channels}
         where = args.config or "the built-in config"
         if channel not in served:
+            hint = "" if args.config else "give the config that has it with -c FILE, "
             raise SourceError(
                 f"channel {channel!r} is not in {where} (channels: {', '.join(sorted(served))}); "
-                "name one with --channel, or give --port"
+                f"{hint}name one with --channel, or give --port"
             )
         expect = served[channel].schema
         port = config.relay.shared_port if args.shared else served[channel].port
@@ -170,18 +170,27 @@ def run_replay(args: argparse.Namespace) -> int:
             out=None if args.quiet else sys.stdout,
         )
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        _restore(previous)
     return 0
 
 
-def _sigterm_as_interrupt():
-    """Make SIGTERM stop the demo as Ctrl-C does (clean exit, totals printed)."""
+def _sigterm_as_interrupt() -> dict:
+    """Make SIGTERM stop the demo as Ctrl-C does (clean exit, totals printed), and Ctrl-C
+    raise KeyboardInterrupt also when SIGINT was ignored at start (``speeddata source
+    --demo &`` in a script); the previous handlers, for :func:`_restore`."""
 
     def handler(signum, frame):
         raise KeyboardInterrupt
 
+    previous = {}
     try:
-        return signal.signal(signal.SIGTERM, handler)
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, handler)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     except ValueError:  # not the main thread
-        return None
+        pass
+    return previous
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 from ..config import load_config
-from ..control import ControlError, format_status, request
+from ..control import WIDTH, ControlError, format_status, request
 from ..up import Supervisor, UpError, children, server_url, wait_for_relay
 from .options import add_config_argument, add_duration_argument
 
@@ -96,11 +97,21 @@ class StatusDisplay:
         except ControlError as exc:
             text = f"(no status: {exc})"
         if self.tty:
-            self.out.write("\x1b[H\x1b[2J" + self.header + "\n" + text + "\n")
+            text = _fit_lines(self.header + "\n" + text, WIDTH)
+            self.out.write("\x1b[H\x1b[2J" + text + "\n")
         else:
-            self.out.write(text + "\n\n")
+            self.out.write(_fit_lines(text, WIDTH) + "\n\n")
         self.out.flush()
         self.shown += 1
+
+
+def _fit_lines(text: str, width: int) -> str:
+    """Every line of ``text`` wrapped to ``width`` columns (the table already fits)."""
+    return "\n".join(
+        "\n".join(textwrap.wrap(line, width, subsequent_indent="  ", break_on_hyphens=False))
+        if len(line) > width else line
+        for line in text.splitlines()
+    )
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..config import parse_duration
-from ..reader import ChannelReader, ReadError
+from ..reader import ChannelReader, ReadError, column_names
 from ..schema import Schema
 from .errors import PivotError
 
@@ -148,6 +148,7 @@ def plan_channels(
     patterns = [signals] if isinstance(signals, str) else list(signals or [])
     plans: list[Plan] = []
     matched = {p: False for p in patterns}
+    available: list[str] = []  # CHANNEL.SIGNAL of every chosen channel, for errors
     try:
         for channel in chosen:
             try:
@@ -156,6 +157,7 @@ def plan_channels(
             except ReadError as exc:
                 raise PivotError(str(exc)) from None
             names = [s.name for s in reader.schema.signals]
+            available += [f"{channel}.{n}" for n in column_names(reader.schema)]
             if patterns:
                 hit = []
                 for pat in patterns:
@@ -171,8 +173,9 @@ def plan_channels(
             plans.append(Plan(channel, reader, names))
         missing = [p for p, ok in matched.items() if not ok]
         if missing:
-            listing = {p.channel: [s.name for s in p.reader.schema.signals] for p in plans}
-            raise PivotError(f"no signal matches {missing[0]!r}; signals: {listing or chosen}")
+            raise PivotError(
+                f"no signal matches {missing[0]!r}; signals: {', '.join(available) or 'none'}"
+            )
     except BaseException:
         for p in plans:
             p.reader.close()

@@ -98,7 +98,7 @@ def pivot(
     signals: Any = None,
     every: int | None = None,
     resample: Any = None,
-    agg: Any = ("mean", "min", "max"),
+    agg: Any = None,
     compression: str = "gzip",
     recv_time: bool = False,
     force: bool = False,
@@ -112,7 +112,8 @@ def pivot(
 
     ``channels``/``signals``: names or globs (signals match ``<signal>`` or
     ``<channel>.<signal>``). ``every``: keep every Nth record. ``resample``: bucket length
-    (``"10ms"``, or ns as int) with ``agg`` (``"mean,min,max"``; also first, last, sum).
+    (``"10ms"``, or ns as int) with ``agg`` (default ``"mean,min,max"``; also first, last,
+    sum; only with ``resample``).
     ``compression``: see speeddata.pivot. ``progress``: a progress bar on stderr
     (None: when stderr is a terminal). ``threads``: compression threads (None: CPUs).
     Raises PivotError (a SpeedDataError) with what to change; no file is left on error.
@@ -127,9 +128,15 @@ def pivot(
         raise PivotError("choose --every or --resample, not both")
     if every is not None and (isinstance(every, bool) or int(every) < 1):
         raise PivotError(f"--every must be a positive integer, not {every!r}")
+    if agg is not None and resample is None:
+        raise PivotError(
+            f"--agg {agg if isinstance(agg, str) else ','.join(agg)} needs --resample PERIOD "
+            "(aggregates summarise time buckets); without --resample every record is written"
+        )
     period_ns = None
     aggs: list[str] = []
     if resample is not None:
+        agg = ("mean", "min", "max") if agg is None else agg
         period_ns = parse_period(resample)
         aggs = [a.strip() for a in (agg.split(",") if isinstance(agg, str) else agg) if a.strip()]
         bad = [a for a in aggs if a not in AGGREGATES]
