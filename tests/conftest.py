@@ -45,6 +45,24 @@ def group() -> str:
     return random_group()
 
 
+@pytest.fixture
+def receiver():
+    """``receiver()`` -> a UDP socket on 127.0.0.1 (kernel-chosen port, 4 MiB receive
+    buffer), closed after the test."""
+    socks = []
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        return s
+
+    yield make
+    for s in socks:
+        s.close()
+
+
 # --- Fail on "Exception ignored" ------------------------------------------------------------
 # Python prints "Exception ignored in: ..." when an exception cannot propagate (a __del__, a
 # callback from C, a thread or child process at exit). In-process ones already fail the test

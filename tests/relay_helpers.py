@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import io
 import select
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +19,7 @@ from conftest import SCHEMAS, free_udp_port, random_group
 from speeddata import wire
 from speeddata.cache import list_segments
 from speeddata.config import ChannelConfig, MulticastConfig
+from speeddata.control import ControlError, request, wait_for_relay
 from speeddata.schema import Schema
 
 LOOPBACK = "127.0.0.1"
@@ -320,3 +324,66 @@ def harness_factory(cls, engine_cls, tmp_path):
     finally:
         for h in made:
             h.close()
+
+
+class RelayProcess:
+    """A relay child process (``python -m speeddata.relay``); its log goes to a file."""
+
+    def __init__(self, info: dict, engine: str, log: Path):
+        self.info = info
+        self.engine = engine
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> RelayProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "speeddata.relay", "-c", str(self.info["path"])]
+                + ["--engine", self.engine],
+                stdout=log,
+                stderr=log,
+            )
+        try:
+            wait_for_relay(self.info["control"], timeout=timeout)
+        except ControlError:
+            self.kill()
+            raise AssertionError(f"relay did not start:\n{self.log_text()[-4000:]}") from None
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def request(self, cmd: dict, check: bool = True, timeout: float = 5.0) -> dict:
+        return request(self.info["control"], cmd, timeout=timeout, check=check)
+
+    def status(self) -> dict:
+        return self.request({"cmd": "status"})
+
+    def channel(self, name: str, status: dict | None = None) -> dict:
+        for ch in (status or self.status())["channels"]:
+            if ch["name"] == name:
+                return ch
+        raise KeyError(name)
+
+    def counters(self, name: str) -> dict:
+        return self.channel(name)["counters"]
+
+    def counter(self, name: str, counter: str) -> int:
+        return self.counters(name).get(counter, 0)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM; the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

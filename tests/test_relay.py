@@ -27,6 +27,7 @@ from relay_helpers import (
     ENGINE_NAMES as ENGINES,
 )
 from relay_helpers import (
+    RelayProcess,
     Sender,
     encode,
     engine_record,
@@ -40,59 +41,9 @@ from relay_helpers import (
 )
 from speeddata.cache import cache_segments, list_segments, segment_bytes, segment_needs_recovery
 from speeddata.config import load_config
-from speeddata.control import ControlError, request, wait_for_relay
 from speeddata.relay import Relay
 from speeddata.schema import Schema
 from speeddata.validate import PyValidator
-
-
-class RelayProcess:
-    """A relay child process; its log goes to a file (a pipe nobody reads could block it)."""
-
-    def __init__(self, info: dict, engine: str, log: Path):
-        self.info = info
-        self.engine = engine
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> RelayProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "speeddata.relay", "-c", str(self.info["path"])]
-                + ["--engine", self.engine],
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            wait_for_relay(self.info["control"], timeout=20)
-        except ControlError:
-            self.kill()
-            raise AssertionError(f"relay did not start:\n{self.log.read_text()}") from None
-        return self
-
-    def request(self, cmd: dict, check: bool = True) -> dict:
-        return request(self.info["control"], cmd, timeout=5, check=check)
-
-    def status(self) -> dict:
-        return self.request({"cmd": "status"})
-
-    def channel(self, name: str) -> dict:
-        for ch in self.status()["channels"]:
-            if ch["name"] == name:
-                return ch
-        raise KeyError(name)
-
-    def counter(self, name: str, counter: str) -> int:
-        return self.channel(name)["counters"].get(counter, 0)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(20)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -206,7 +157,7 @@ def test_status_stats_and_sigterm(relay, tmp_path, sender):
     assert {c["name"] for c in published["channels"]} == {"engine", "status"}
 
     # SIGTERM: exit 0, every segment trimmed and readable
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
     segments = cache_segments(info["cache"])
     assert segments and not any(segment_needs_recovery(s) for s in segments)
     assert read_channel(info["cache"], "engine") == sent_engine
@@ -293,7 +244,7 @@ def test_control_add_remove_rotate_persisted(relay, tmp_path, sender):
     assert saved["added"][0]["schema"] == power.avsc  # stored inline
 
     # a restart keeps the runtime changes
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
     proc.start()
     st = proc.status()
     by_name = {c["name"]: c for c in st["channels"]}
@@ -341,7 +292,7 @@ def test_kill9_then_recovery(relay, tmp_path, sender):
     records = read_channel(info["cache"], "engine")
     assert [r["counter"] for r in records[:50]] == list(range(50))
     assert "recovered" in (tmp_path / "relay.log").read_text()
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
 
 
 def test_retention_budget_keeps_pinned(relay, tmp_path, sender):
@@ -382,7 +333,7 @@ def test_retention_budget_keeps_pinned(relay, tmp_path, sender):
     assert names == sorted(names)
     assert remaining[-1].avro.name == max(s.avro.name for s in remaining)
     wait_for(lambda: proc.status()["cache"].get("deleted_segments", 0) >= 1)
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
     assert read_all_cleanly(info["cache"]) > 0
 
 
@@ -471,7 +422,7 @@ def test_workers_spread_channels(relay, sender):
     status = Schema(SCHEMAS / "status.avsc")
     send_paced(proc, sender, "engine", [encode(engine, [engine_record(i)]) for i in range(10)])
     send_paced(proc, sender, "status", [encode(status, [status_record(i)]) for i in range(10)])
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
     assert len(read_channel(proc.info["cache"], "engine")) == 10
     assert len(read_channel(proc.info["cache"], "status")) == 10
 
@@ -521,7 +472,7 @@ def test_workers_shared_port_steered_by_fingerprint(relay, sender):
     assert {c["name"]: c["counters"]["datagrams"] for c in st["channels"]} == {
         "engine": 35, "status": 35, "vib": 35}
     assert st["shared"]["counters"]["rejected"] == 1
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
     for name in want:
         assert len(read_channel(proc.info["cache"], name)) == 35
 
@@ -573,7 +524,7 @@ def test_replay_a_segment_into_the_relay(relay, sender):
     assert r.returncode == 0, r.stderr
     assert "replayed 50 records of 'engine'" in r.stdout
     wait_for(lambda: proc.counter("engine", "records") == 100)
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
     got = read_channel(proc.info["cache"], "engine")
     assert got[:50] == read_all_segments(segments)
     replayed = got[50:]
@@ -611,7 +562,7 @@ def test_status_watch_until_ctrl_c(relay):
     assert watch.returncode == 0, err
     assert out.count("multicast") >= 2  # refreshed
     assert "Traceback" not in err
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
 
 
 def test_corrupt_channels_file_exits_2(tmp_path, ipc_dir):
@@ -638,7 +589,7 @@ def test_add_schema_path_relative_to_config(relay, tmp_path):
     ch = proc.channel("vib")
     assert ch["fingerprint"] == Schema(SCHEMAS / "fixed.avsc").fingerprint_hex
     assert ch["time"] is None and ch["port"] is None
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
 
 
 def test_set_thread_nice(monkeypatch, caplog):

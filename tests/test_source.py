@@ -89,22 +89,6 @@ def impl(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def receiver():
-    socks = []
-
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        return s
-
-    yield make
-    for s in socks:
-        s.close()
-
-
 def addr(sock: socket.socket) -> tuple[str, int]:
     return sock.getsockname()
 

@@ -26,6 +26,7 @@ from speeddata.relay_ref import PyEngine
 from speeddata.schema import Schema
 from speeddata.source import Source, SourceError
 from test_engine import Rig
+from test_source import decode
 
 I32 = (-(2**31), 2**31 - 1)
 I64 = (-(2**63), 2**63 - 1)
@@ -60,23 +61,6 @@ def good(i: int) -> dict:
     }  # fmt: skip
 
 
-@pytest.fixture
-def receiver():
-    made = []
-
-    def make() -> socket.socket:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        s.bind(("127.0.0.1", 0))
-        s.setblocking(False)
-        made.append(s)
-        return s
-
-    yield make
-    for s in made:
-        s.close()
-
-
 def drain(sock: socket.socket, settle: float = 0.05) -> list[bytes]:
     """Every datagram queued on ``sock`` (after ``settle`` seconds for loopback delivery)."""
     sock.settimeout(settle)
@@ -86,14 +70,6 @@ def drain(sock: socket.socket, settle: float = 0.05) -> list[bytes]:
             out.append(sock.recv(65536))
     except (BlockingIOError, TimeoutError):
         pass
-    return out
-
-
-def decode(data: bytes, schema: Schema) -> list[dict]:
-    buf = io.BytesIO(data)
-    out = []
-    while buf.tell() < len(data):
-        out.append(fastavro.schemaless_reader(buf, schema.parsed))
     return out
 
 

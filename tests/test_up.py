@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,27 @@ def _up(info, *extra) -> list[str]:
     return [sys.executable, "-m", "speeddata.commands", "up", "-c", str(info["path"]), *extra]
 
 
+@contextmanager
+def _running_up(info, *extra, **popen) -> Iterator[subprocess.Popen]:
+    """``speeddata up`` as a child with piped text output, killed if left running."""
+    up = subprocess.Popen(_up(info, *extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **popen)  # fmt: skip
+    try:
+        yield up
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+
+
+def _stop_cleanly(up: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to up: it must exit 0 without a traceback."""
+    up.send_signal(sig)
+    _, err = up.communicate(timeout=30)
+    assert up.returncode == 0, err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("engine", ENGINE_NAMES)
 def test_up_demo_duration(tmp_path, ipc_dir, engine):
     info = up_config(tmp_path, ipc_dir)
@@ -70,25 +93,12 @@ def test_up_demo_duration(tmp_path, ipc_dir, engine):
 
 def test_up_ctrl_c_stops_all_children(tmp_path, ipc_dir):
     info = up_config(tmp_path, ipc_dir)
-    up = subprocess.Popen(
-        _up(info, "--demo", "-q", "--engine", "python"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _running_up(info, "--demo", "-q", "--engine", "python") as up:
         status = wait_for(lambda: _status(info["control"]), timeout=30)
         relay_pid = status["pid"]
         wait_for(lambda: (_status(info["control"]) or {}).get("channels", [{}])[0]["counters"]
                  .get("datagrams", 0) > 0, timeout=20)  # fmt: skip
-        up.send_signal(signal.SIGINT)
-        out, err = up.communicate(timeout=30)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    assert up.returncode == 0, err
-    assert "Traceback" not in err
+        _stop_cleanly(up, signal.SIGINT)
     with pytest.raises(ProcessLookupError):  # the relay is gone (stopped and reaped)
         os.kill(relay_pid, 0)
     assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
@@ -108,26 +118,13 @@ def test_up_started_with_sigint_ignored_stops_on_sigint_and_sigterm(tmp_path, ip
     SIGINT is ignored at start and Python installs no KeyboardInterrupt handler; up
     installs its own, stops on SIGINT (and SIGTERM) and leaves no child behind."""
     info = up_config(tmp_path, ipc_dir)
-    up = subprocess.Popen(
-        _up(info, "--demo", "-q", "--engine", "python"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    )
-    try:
+    with _running_up(info, "--demo", "-q", "--engine", "python",
+                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) as up:
         wait_for(lambda: _status(info["control"]), timeout=30)
         # the relay and the demo source both run
         wait_for(lambda: len(_children_of(up.pid)) >= 2, timeout=20)
         kids = _children_of(up.pid)
-        up.send_signal(sig)
-        out, err = up.communicate(timeout=30)
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-    assert up.returncode == 0, err
-    assert "Traceback" not in err
+        _stop_cleanly(up, sig)
     assert not any(_alive(pid) for pid in kids), "a child of up is left running"
     assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
 

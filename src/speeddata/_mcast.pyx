@@ -9,7 +9,6 @@ many: no Python object per datagram. See docs/server.md.
 """
 
 from libc.stdint cimport uint8_t, uint32_t
-from libc.string cimport memset
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 
 from speeddata.includes.system cimport (
@@ -81,6 +80,9 @@ cdef class BatchReceiver:
         for i in range(batch):
             self.iov[i].iov_base = &self.slab_v[i, 0]
             self.iov[i].iov_len = C_SLOT
+            self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
+            self.msgs[i].msg_hdr.msg_iovlen = 1
+            self.msgs[i].msg_hdr.msg_name = &self.names[i]
 
     def __dealloc__(self):
         PyMem_Free(self.msgs)
@@ -91,11 +93,9 @@ cdef class BatchReceiver:
         """Datagrams received now (0 when none is waiting); OSError on a socket error."""
         cdef int i, n, err = 0
         with nogil:
+            # recvmsg(2): msg_namelen is value-result (the kernel writes the address
+            # length back); msg_len and msg_flags are outputs only
             for i in range(self.batch):
-                memset(&self.msgs[i], 0, sizeof(mmsghdr))
-                self.msgs[i].msg_hdr.msg_iov = &self.iov[i]
-                self.msgs[i].msg_hdr.msg_iovlen = 1
-                self.msgs[i].msg_hdr.msg_name = &self.names[i]
                 self.msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
             while True:
                 n = recvmmsg(fd, self.msgs, self.batch, MSG_DONTWAIT, NULL)

@@ -78,27 +78,26 @@ cdef class Validator:
         self.program = np.ascontiguousarray(self.schema.program, dtype=np.int32)
         self.time_op = self.schema.time_op
 
-    def count(self, const uint8_t[::1] data not None):
-        """Number of whole records in ``data``, or -1 if it is not exactly whole records."""
-        cdef validation v
+    cdef void _validate(self, const uint8_t[::1] data, validation* out) noexcept:
+        """Walk ``data`` with this schema's program (without the GIL) into ``out``."""
         cdef Py_ssize_t n = data.shape[0]
         cdef const uint8_t* p = &data[0] if n > 0 else NULL
         with nogil:
             validate_records(
-                p, n, &self.program[0, 0], self.program.shape[0], self.time_op, &v
+                p, n, &self.program[0, 0], self.program.shape[0], self.time_op, out
             )
+
+    def count(self, const uint8_t[::1] data not None):
+        """Number of whole records in ``data``, or -1 if it is not exactly whole records."""
+        cdef validation v
+        self._validate(data, &v)
         return v.n_records if v.bad_offset < 0 else -1
 
     def check(self, const uint8_t[::1] data not None):
         """``(n_records, bad_offset, t_min, t_max)``; bad_offset is -1 when valid and
         t_min/t_max are None when the schema has no time field or nothing was valid."""
         cdef validation v
-        cdef Py_ssize_t n = data.shape[0]
-        cdef const uint8_t* p = &data[0] if n > 0 else NULL
-        with nogil:
-            validate_records(
-                p, n, &self.program[0, 0], self.program.shape[0], self.time_op, &v
-            )
+        self._validate(data, &v)
         if v.bad_offset >= 0 or self.time_op < 0:
             return (v.n_records if v.bad_offset < 0 else -1, v.bad_offset, None, None)
         return (v.n_records, -1, v.t_min, v.t_max)
@@ -107,10 +106,5 @@ cdef class Validator:
         """Why ``data`` would be rejected (a name of ``speeddata.validate.REJECT_REASONS``),
         or None when it is exactly whole valid records."""
         cdef validation v
-        cdef Py_ssize_t n = data.shape[0]
-        cdef const uint8_t* p = &data[0] if n > 0 else NULL
-        with nogil:
-            validate_records(
-                p, n, &self.program[0, 0], self.program.shape[0], self.time_op, &v
-            )
+        self._validate(data, &v)
         return None if v.bad_offset < 0 else REJECT_REASONS[v.reason]

@@ -15,9 +15,7 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,8 +26,7 @@ from pathlib import Path
 import fastavro
 
 from conftest import SCHEMAS, free_udp_port, random_group
-from relay_helpers import wait_for
-from speeddata.control import ControlError, request, wait_for_relay
+from relay_helpers import RelayProcess, wait_for
 
 #: the long mode of ``make fuzz``
 FUZZ = os.environ.get("SPEEDDATA_FUZZ", "") not in ("", "0")
@@ -99,66 +96,6 @@ def relay_config(
         ]
     path.write_text("\n".join(lines) + "\n")
     return info
-
-
-class RelayProcess:
-    """A relay child process (``python -m speeddata.relay``); its log goes to a file."""
-
-    def __init__(self, info: dict, engine: str, log: Path):
-        self.info = info
-        self.engine = engine
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30.0) -> RelayProcess:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "speeddata.relay", "-c", str(self.info["path"])]
-                + ["--engine", self.engine],
-                stdout=log,
-                stderr=log,
-            )
-        try:
-            wait_for_relay(self.info["control"], timeout=timeout)
-        except ControlError:
-            self.kill()
-            raise AssertionError(f"relay did not start:\n{self.log_text()[-4000:]}") from None
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def request(self, cmd: dict, check: bool = True, timeout: float = 5.0) -> dict:
-        return request(self.info["control"], cmd, timeout=timeout, check=check)
-
-    def status(self) -> dict:
-        return self.request({"cmd": "status"})
-
-    def channel(self, name: str, status: dict | None = None) -> dict:
-        for ch in (status or self.status())["channels"]:
-            if ch["name"] == name:
-                return ch
-        raise KeyError(name)
-
-    def counters(self, name: str) -> dict:
-        return self.channel(name)["counters"]
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> int:
-        """SIGTERM; the exit code."""
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 def short_tmpdir(prefix: str) -> Path:

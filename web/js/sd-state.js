@@ -2,7 +2,7 @@
 // An enum signal's current symbol (from the schema's symbols in `hello`). The symbol is
 // also set as the `state` attribute, so a page can style it: sd-state[state="FAULT"] {...}.
 // Event out: "sd-state" {signal, time, index, symbol} when it changes.
-import { ensureStyles, getClient, parseDuration } from "./client.js";
+import { LatestElement } from "./latest-element.js";
 
 const DEFAULT_COLORS = {
   FAULT: "#cf222e", ERROR: "#cf222e", ALARM: "#cf222e", FAIL: "#cf222e",
@@ -12,43 +12,27 @@ const DEFAULT_COLORS = {
 };
 const CYCLE = ["#1f6feb", "#8250df", "#bf3989", "#0a7f8c", "#7d4e00"];
 
-export class SdState extends HTMLElement {
+export class SdState extends LatestElement {
   static observedAttributes = ["signal", "colors", "stale-after"];
 
   constructor() {
     super();
-    this._sub = null;
     this._index = -1;
     this._time = NaN;
-    this._at = 0;
     this._shown = -2;
     this._sym = null;
-    this._timer = 0;
     this._onHello = () => {
       this._shown = -2;
       this.client.schedule(this);
     };
   }
 
-  connectedCallback() {
-    ensureStyles();
-    if (!this._sym) {
-      this._sym = document.createElement("span");
-      this._sym.className = "sd-sym";
-      this._sym.textContent = "\u2014";
-      this.replaceChildren(this._sym);
-    }
-    this.client = getClient();
-    this.client.addEventListener("hello", this._onHello);
-    this._subscribe();
-    this._timer = setInterval(() => this._checkStale(), 1000);
-  }
-
-  disconnectedCallback() {
-    this._sub?.close();
-    this._sub = null;
-    this.client?.removeEventListener("hello", this._onHello);
-    clearInterval(this._timer);
+  _build() {
+    if (this._sym) return;
+    this._sym = document.createElement("span");
+    this._sym.className = "sd-sym";
+    this._sym.textContent = "\u2014";
+    this.replaceChildren(this._sym);
   }
 
   attributeChangedCallback(name, old, value) {
@@ -56,10 +40,6 @@ export class SdState extends HTMLElement {
     if (name === "signal") this._subscribe();
     this._shown = -2;
     this.client.schedule(this);
-  }
-
-  get signal() {
-    return this.getAttribute("signal") || "";
   }
 
   /** The current symbol ("" before the first value). */
@@ -85,16 +65,6 @@ export class SdState extends HTMLElement {
     this._time = timeS;
     this._at = performance.now();
     this.client.schedule(this);
-  }
-
-  onReset() {
-    this._at = 0;
-    this._checkStale();
-  }
-
-  onError(message) {
-    this.title = message;
-    this.setAttribute("error", "");
   }
 
   _color(symbol, index) {
@@ -125,15 +95,6 @@ export class SdState extends HTMLElement {
     this.dispatchEvent(new CustomEvent("sd-state", {
       detail: { signal: this.signal, time: this._time, index: this._index, symbol },
     }));
-  }
-
-  _checkStale() {
-    const limit = parseDuration(this.getAttribute("stale-after"), 5) * 1000;
-    const info = this.client?.signalInfo(this.signal);
-    const chActive = info ? this.client.lastActive.get(info.channel.name) || 0 : 0;
-    const last = Math.max(this._at, chActive);
-    const stale = this.client?.state !== "open" || !last || performance.now() - last > limit;
-    this.toggleAttribute("stale", stale);
   }
 }
 

@@ -3,46 +3,35 @@
 // text when it has one); `stale` is set when no new value arrives for `stale-after`.
 // A string signal shows its latest text. Event out: "sd-value" {signal, time, value} when
 // the shown value changes (at most once per frame).
-import { ensureStyles, formatNumber, getClient, parseDuration } from "./client.js";
+import { formatNumber } from "./client.js";
+import { LatestElement } from "./latest-element.js";
 
-export class SdValue extends HTMLElement {
+export class SdValue extends LatestElement {
   static observedAttributes = ["signal", "digits", "units", "stale-after"];
 
   constructor() {
     super();
-    this._sub = null;
     this._time = NaN;
     this._value = NaN;
-    this._at = 0; // performance.now() of the last value
     this._shown = null;
     this._num = null;
     this._units = null;
-    this._timer = 0;
     this._onHello = () => this._render();
   }
 
-  connectedCallback() {
-    ensureStyles();
-    if (!this._num) {
-      this._num = document.createElement("span");
-      this._num.className = "sd-num";
-      this._num.textContent = "\u2014";
-      this._units = document.createElement("span");
-      this._units.className = "sd-units";
-      this.replaceChildren(this._num, this._units);
-    }
-    this.client = getClient();
-    this.client.addEventListener("hello", this._onHello);
-    this._subscribe();
-    this._timer = setInterval(() => this._checkStale(), 1000);
-    this._render();
+  _build() {
+    if (this._num) return;
+    this._num = document.createElement("span");
+    this._num.className = "sd-num";
+    this._num.textContent = "\u2014";
+    this._units = document.createElement("span");
+    this._units.className = "sd-units";
+    this.replaceChildren(this._num, this._units);
   }
 
-  disconnectedCallback() {
-    this._sub?.close();
-    this._sub = null;
-    this.client?.removeEventListener("hello", this._onHello);
-    clearInterval(this._timer);
+  connectedCallback() {
+    super.connectedCallback();
+    this._render();
   }
 
   attributeChangedCallback(name, old, value) {
@@ -50,10 +39,6 @@ export class SdValue extends HTMLElement {
     if (name === "signal") this._subscribe();
     this._shown = null;
     this._render();
-  }
-
-  get signal() {
-    return this.getAttribute("signal") || "";
   }
 
   /** The last value received (NaN before the first). */
@@ -88,16 +73,6 @@ export class SdValue extends HTMLElement {
     this.client.schedule(this);
   }
 
-  onReset() {
-    this._at = 0;
-    this._checkStale();
-  }
-
-  onError(message) {
-    this.title = message;
-    this.setAttribute("error", "");
-  }
-
   draw() {
     const text = this._text !== undefined
       ? this._text
@@ -119,15 +94,6 @@ export class SdValue extends HTMLElement {
     if (attr !== null) units = attr || (info && info.signal.units) || "";
     this._units.textContent = units;
     if (info && info.signal.doc && !this.title) this.title = `${this.signal}: ${info.signal.doc}`;
-  }
-
-  _checkStale() {
-    const limit = parseDuration(this.getAttribute("stale-after"), 5) * 1000;
-    const info = this.client?.signalInfo(this.signal);
-    const chActive = info ? this.client.lastActive.get(info.channel.name) || 0 : 0;
-    const last = Math.max(this._at, chActive);
-    const stale = this.client?.state !== "open" || !last || performance.now() - last > limit;
-    this.toggleAttribute("stale", stale);
   }
 }
 

@@ -935,17 +935,16 @@ class Intake:
             self.n_invalid += 1
             return
         key = (source << 32) | cid
+        decimation = int(ann.get("decimation", 1) or 1)
         old = self.channels.get(key)
         if old is not None and old.fingerprint == ann.get("fingerprint") and \
-                old.base_name == ann.get("name") and \
-                old.decimation == int(ann.get("decimation", 1) or 1):
+                old.base_name == ann.get("name") and old.decimation == decimation:
             return
         relay = socket.inet_ntoa(source.to_bytes(4, "big"))
         name = str(ann.get("name"))
         taken = {c.name for k, c in self.channels.items() if k != key}
         if name in taken:
             name = f"{name}@{relay}"
-        decimation = int(ann.get("decimation", 1) or 1)
         step = decimation if self.decimated else 1
         n = len(self.channels) + (0 if old else 1)
         if n > self.shares:  # more channels than shares: halve every channel's share

@@ -66,6 +66,7 @@ assert LATEST_DTYPE.itemsize == 32
 def columns_bodies(cols: list[int], m4: M4) -> list[bytes]:
     """The body of a ``columns`` block for each numeric column ``cols[i]`` of ``m4``."""
     n = len(m4.count)
+    # (k, 5, n) float64: count, first, min, max, last per signal
     stack = np.empty((len(cols), 5, n), "<f8")
     stack[:, 0, :] = m4.count
     stack[:, 1, :] = m4.first[:, cols].T
@@ -85,21 +86,10 @@ def columns_blocks(sub: int, signals: list[int], cols: list[int], m4: M4,
     if n == 0 or not signals:
         return []
     length = BLOCK_HEADER.size + COLUMNS_HEAD.size + 40 * n
-    if bodies is not None:
-        return [BLOCK_HEADER.pack(T_COLUMNS, 0, length, sub, sig) + body
-                for sig, body in zip(signals, bodies, strict=True)]
-    # (k, 5, n) float64: count, first, min, max, last per signal
-    stack = np.empty((len(cols), 5, n), "<f8")
-    stack[:, 0, :] = m4.count
-    stack[:, 1, :] = m4.first[:, cols].T
-    stack[:, 2, :] = m4.min[:, cols].T
-    stack[:, 3, :] = m4.max[:, cols].T
-    stack[:, 4, :] = m4.last[:, cols].T
-    head2 = COLUMNS_HEAD.pack(float(m4.first_column), n, 0)
-    return [
-        BLOCK_HEADER.pack(T_COLUMNS, 0, length, sub, sig) + head2 + stack[i].tobytes()
-        for i, sig in enumerate(signals)
-    ]
+    if bodies is None:
+        bodies = columns_bodies(cols, m4)
+    return [BLOCK_HEADER.pack(T_COLUMNS, 0, length, sub, sig) + body
+            for sig, body in zip(signals, bodies, strict=True)]
 
 
 def latest_block(sub: int, sig: int, t_s: float, value: float) -> bytes:
