@@ -188,6 +188,22 @@ def now_s_floor() -> int:
 
 class TestLive(ServerCase):
     @gen_test(timeout=30)
+    async def test_malformed_announces_are_counted_and_never_fatal(self):
+        relay = self.relay()
+        good = json.loads(wire.announce_payload(relay.channel))
+        bad = [b"not json", b"[1, 2]", json.dumps({"name": "x", "schema": {}}).encode(),
+               *(json.dumps({**good, "decimation": d}).encode() for d in ("x", -3, [2])),
+               json.dumps({**good, "id": "one"}).encode()]
+        header = wire.pack_header(1, 0, 0, time.time_ns(), wire.KIND_ANNOUNCE)
+        for payload in bad:
+            relay.sock.sendto(header + payload, self.group)
+        await self.until(lambda: self.intake.n_invalid >= len(bad))
+        assert self.intake.channels == {}
+        await self.announced(relay)  # the intake goes on: a good announce, then data
+        relay.send(records(0, 20, now_s_floor()))
+        await self.until(lambda: self.intake.by_name("engine").records == 20)
+
+    @gen_test(timeout=30)
     async def test_subscribe_columns_latest_and_at_most_4_points_per_column(self):
         relay = self.relay()
         await self.announced(relay)

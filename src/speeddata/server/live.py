@@ -931,11 +931,13 @@ class Intake:
         try:
             ann = wire.parse_announce(payload)
             cid = int(ann["id"])
-        except (wire.WireError, TypeError, ValueError):
-            self.n_invalid += 1
+            decimation = int(ann.get("decimation", 1) or 1)
+            if decimation < 1:
+                raise ValueError(f"decimation {decimation}")
+        except (wire.WireError, KeyError, TypeError, ValueError, AttributeError):
+            self.n_invalid += 1  # a malformed announce is counted, never fatal
             return
         key = (source << 32) | cid
-        decimation = int(ann.get("decimation", 1) or 1)
         old = self.channels.get(key)
         if old is not None and old.fingerprint == ann.get("fingerprint") and \
                 old.base_name == ann.get("name") and old.decimation == decimation:
