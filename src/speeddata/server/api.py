@@ -14,6 +14,7 @@ import math
 import os
 import re
 import time
+import uuid
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -324,7 +325,7 @@ class DashboardsHandler(ApiHandler):
 
 def _write_new(path: Path, text: str) -> None:
     """Write ``path`` whole or not at all, and never over an existing file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # one per request
     tmp.write_text(text, encoding="utf-8")
     try:
         os.link(tmp, path)  # fails with FileExistsError rather than replacing
