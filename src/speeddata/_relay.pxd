@@ -133,6 +133,7 @@ cdef class Engine:
     cdef readonly double flush_interval
     cdef readonly int batch
     cdef int64_t announce_interval_ns
+    cdef readonly int64_t coalesce_ns   # relay.coalesce: wait after a short batch
     cdef bint use_sync_override
     cdef uint8_t sync_override[16]
     cdef public bint _gso               # coalesce equal-size runs with UDP_SEGMENT
@@ -161,6 +162,10 @@ cdef class Engine:
     cdef int64_t next_sweep_ns          # next check of idle segments' age
     cdef int64_t sweep_interval_ns
     cdef uint64_t n_seen                # datagrams received (accepted or rejected)
+    cdef readonly uint64_t wakeups      # loop passes that received datagrams
+    cdef readonly uint64_t coalesced    # of which ended in a coalescing wait
+    cdef int64_t last_pass_ns           # when the last pass that received datagrams ended
+    cdef int64_t gap_ns                 # moving average of the time between datagrams
     cdef sockaddr_in full_addr
     cdef sockaddr_in dec_addr
     cdef sockaddr_in* full_name         # NULL when the socket is connected, else &full_addr
@@ -222,7 +227,7 @@ cdef class Engine:
     ) noexcept nogil
     cdef void _count_sent(self, Py_ssize_t m) noexcept nogil
     cdef void _send_messages(self, Py_ssize_t off, Py_ssize_t k, int fd) noexcept nogil
-    cdef void _receive(self, chan_t* sock_ch) noexcept nogil
+    cdef int _receive(self, chan_t* sock_ch) noexcept nogil
     cdef void _send(self, Py_ssize_t n_acc) noexcept nogil
     cdef void _store(self, Py_ssize_t n_acc) noexcept nogil
     cdef void _store_channel(self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m) noexcept nogil

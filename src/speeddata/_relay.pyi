@@ -43,3 +43,10 @@ class Engine:
 def bare_drain(
     sock: socket.socket, batch: int = 64, idle_timeout: float = 0.0, timestamps: bool = False
 ) -> tuple[int, int]: ...
+def bare_forward(
+    sock: socket.socket,
+    out: socket.socket,
+    group: tuple[str, int],
+    batch: int = 64,
+    idle_timeout: float = 1.0,
+) -> int: ...

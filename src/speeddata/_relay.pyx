@@ -612,11 +612,16 @@ cdef class Engine:
         flush_interval=0.2,
         batch=256,
         rejected_dir=None,
+        coalesce=0.0,
     ):
         cdef epoll_event ev
         cdef int i
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch must be 1..{MAX_BATCH} datagrams, not {batch}")
+        if not 0 <= coalesce <= 1:
+            raise ValueError(f"coalesce must be 0 to 1 seconds, not {coalesce}")
+        self.coalesce_ns = <int64_t>(coalesce * 1e9)
+        self.gap_ns = NS
         if segment_size < 1:
             raise ValueError(f"segment_size must be a positive number of bytes, not {segment_size}")
         if segment_age < 0 or flush_interval < 0:
@@ -1054,10 +1059,21 @@ cdef class Engine:
                         ch.c.multicast_errors += 1
 
     cdef int _loop(self) noexcept nogil:
-        """The batch loop, without the GIL; returns why it stopped (LOOP_*)."""
-        cdef int n, i, timeout_ms
-        cdef int64_t now, wait_ns
+        """The batch loop, without the GIL; returns why it stopped (LOOP_*).
+
+        Coalescing (``relay.coalesce``, docs/relay-internals.md), as a NIC's adaptive
+        interrupt moderation: a pass that took fewer datagrams than a batch sleeps the
+        coalescing time when datagrams have been coming at least two per that time (a
+        moving average of the time between them, over about 8 passes), so that the next
+        pass takes the datagrams that came meanwhile in one go: one wake-up, recvmmsg,
+        sendmmsg and block write for many datagrams instead of one each. Slower streams
+        are never held, and neither is a stray pair of datagrams in a slow stream.
+        """
+        cdef int n, i, k, timeout_ms, got
+        cdef int64_t now, wait_ns, gap
         cdef uint64_t drained
+        cdef bint short
+        cdef timespec pause
         cdef chan_t* ch
         while True:
             if self.stop_flag:
@@ -1082,12 +1098,31 @@ cdef class Engine:
                     continue
                 self.saved_errno = errno
                 return LOOP_ERROR
+            short = True
+            got = 0
             for i in range(n):
                 ch = <chan_t*>self.events[i].data.ptr
                 if ch == NULL:
                     read(self.wakefd, &drained, 8)  # reset the eventfd; flags say why
                     continue
-                self._receive(ch)
+                k = self._receive(ch)
+                got += k
+                if k >= self.batch:
+                    short = False
+            if got == 0:
+                continue
+            self.wakeups += 1
+            now = mono_ns()
+            gap = (now - self.last_pass_ns) // got
+            if gap > NS:
+                gap = NS  # after a quiet second, as if one per second came before
+            self.last_pass_ns = now
+            self.gap_ns += (gap - self.gap_ns) // 8
+            if short and 2 * self.gap_ns <= self.coalesce_ns and not self.stop_flag:
+                self.coalesced += 1
+                pause.tv_sec = 0
+                pause.tv_nsec = <long>self.coalesce_ns
+                nanosleep(&pause, NULL)  # EINTR: a shorter wait, no harm
 
     cdef void _sweep_ages(self) noexcept nogil:
         """Close segments older than segment_age even when their channel is quiet."""
@@ -1203,8 +1238,9 @@ cdef class Engine:
         while writev(ch.rej_fd, iov, 2) < 0 and errno == EINTR:
             pass
 
-    cdef void _receive(self, chan_t* sock_ch) noexcept nogil:
-        """One recvmmsg batch from one socket: validate, then multicast, then store."""
+    cdef int _receive(self, chan_t* sock_ch) noexcept nogil:
+        """One recvmmsg batch from one socket: validate, then multicast, then store;
+        returns the number of datagrams received."""
         cdef int n = -1
         cdef int i
         cdef Py_ssize_t n_acc = 0
@@ -1223,7 +1259,7 @@ cdef class Engine:
         while n < 0:
             n = recvmmsg(sock_ch.fd, self.rmsgs, <unsigned int>self.batch, MSG_DONTWAIT, NULL)
             if n < 0 and errno != EINTR:
-                return  # EAGAIN (another reader, spurious wake-up) or a pending socket error
+                return 0  # EAGAIN (another reader, spurious wake-up) or a pending socket error
         self.n_seen += <uint64_t>n
         for i in range(n):
             msg = &self.rmsgs[i].msg_hdr
@@ -1310,6 +1346,7 @@ cdef class Engine:
             self._send(n_acc)
             if self.cache_dir is not None:
                 self._store(n_acc)
+        return n
 
     cdef void _send(self, Py_ssize_t n_acc) noexcept nogil:
         """The batch's multicast: the full-rate group gets every accepted datagram, the
@@ -1944,7 +1981,7 @@ def bare_drain(sock, int batch=64, double idle_timeout=0.0, bint timestamps=Fals
 
 def blast(
     sock, address, datagrams, Py_ssize_t count, double rate=0.0, double duration=0.0,
-    bint gso=True,
+    bint gso=True, bint smooth=False,
 ):
     """Benchmark sender: ``count`` datagrams (cycling through ``datagrams``) to ``address``
     with sendmmsg, 64 per call, without the GIL.
@@ -1952,7 +1989,11 @@ def blast(
     ``rate`` > 0 paces the sends to that many datagrams per second; ``duration`` > 0
     stops after that many seconds. With ``gso`` and datagrams all of one size, each run
     of up to 64 goes out in one UDP GSO send (the sender then keeps up with the relay).
-    Returns the number sent (EAGAIN/ENOBUFS are retried after a short wait).
+    ``smooth`` paces like a steady source: each datagram is sent alone at its due time
+    (sleeping until then, no GSO); only datagrams already late go out together. Without
+    it the sender sleeps only when 50 us ahead and sends what is due in one call, so
+    datagrams arrive in bursts. Returns the number sent (EAGAIN/ENOBUFS are retried after
+    a short wait).
     """
     cdef int fd = sock.fileno()
     cdef Py_ssize_t n_kinds = len(datagrams)
@@ -1970,6 +2011,7 @@ def blast(
     cdef cmsghdr* cm
     cdef uint16_t seg_size = 0
     cdef Py_ssize_t max_run = 64
+    cdef int64_t lead = 50_000
     if n_kinds == 0:
         raise ValueError("no datagrams to send")
     host, port = address
@@ -1994,6 +2036,9 @@ def blast(
             msgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         pfd.fd = fd
         pfd.events = POLLOUT
+        if smooth:
+            gso = False
+            lead = 0
         if gso and len({len(d) for d in keep}) == 1 and len(keep[0]) <= GSO_MAX_BYTES // 2:
             seg_size = <uint16_t>len(keep[0])
             max_run = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // seg_size)
@@ -2016,7 +2061,7 @@ def blast(
                     break
                 if rate > 0:
                     due = t0 + <int64_t>(sent / rate * 1e9)
-                    if due > now + 50_000:
+                    if due > now + lead:
                         pause.tv_sec = 0
                         pause.tv_nsec = <long>(due - now)
                         nanosleep(&pause, NULL)
@@ -2027,6 +2072,10 @@ def blast(
                     todo = max_run
                 if todo > count - sent:
                     todo = count - sent
+                if smooth and rate > 0:
+                    late = <Py_ssize_t>((now - t0) * rate / 1e9) + 1 - sent
+                    if todo > late:
+                        todo = late if late > 1 else 1
                 if seg_size > 0 and todo > 1:
                     gmsg.msg_iov = &iov[k]
                     gmsg.msg_iovlen = <size_t>todo
@@ -2047,3 +2096,83 @@ def blast(
         PyMem_Free(msgs)
         PyMem_Free(iov)
     return sent
+
+
+def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
+    """Benchmark baseline: the bare forwarder of ``bench_relay`` (docs/performance.md).
+
+    poll, recvmmsg ``sock``, and sendmmsg every datagram to ``group`` on ``out``, behind a
+    constant 32-byte header as the relay's: no cache, no validation, no timestamps, no
+    GSO. Returns the number forwarded once ``sock`` has had nothing for ``idle_timeout``
+    seconds (counting from the call).
+    """
+    cdef int fd = sock.fileno()
+    cdef int out_fd = out.fileno()
+    cdef uint8_t* slab_p = <uint8_t*>PyMem_Calloc(batch, SLOT)
+    cdef mmsghdr* msgs = <mmsghdr*>PyMem_Calloc(batch, sizeof(mmsghdr))
+    cdef mmsghdr* smsgs = <mmsghdr*>PyMem_Calloc(batch, sizeof(mmsghdr))
+    cdef iovec* iov = <iovec*>PyMem_Calloc(batch, sizeof(iovec))
+    cdef iovec* siov = <iovec*>PyMem_Calloc(2 * batch, sizeof(iovec))
+    cdef uint8_t header[HEADER_SIZE]
+    cdef sockaddr_in addr
+    cdef uint64_t count = 0
+    cdef int i, n, r, off
+    cdef int timeout_ms = <int>(idle_timeout * 1000)
+    cdef pollfd pfd
+    cdef pollfd opfd
+    if not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be 1..{MAX_BATCH}")
+    host, port = group
+    memset(&addr, 0, sizeof(sockaddr_in))
+    addr.sin_family = AF_INET
+    addr.sin_port = htons(<uint16_t>port)
+    if inet_pton(AF_INET, host.encode(), &addr.sin_addr) != 1:
+        raise ValueError(f"{host!r} is not an IPv4 address")
+    memset(header, 0, HEADER_SIZE)
+    try:
+        if slab_p == NULL or msgs == NULL or smsgs == NULL or iov == NULL or siov == NULL:
+            raise MemoryError()
+        for i in range(batch):
+            iov[i].iov_base = slab_p + <size_t>i * SLOT
+            iov[i].iov_len = SLOT
+            msgs[i].msg_hdr.msg_iov = &iov[i]
+            msgs[i].msg_hdr.msg_iovlen = 1
+            siov[2 * i].iov_base = header
+            siov[2 * i].iov_len = HEADER_SIZE
+            siov[2 * i + 1].iov_base = iov[i].iov_base
+            smsgs[i].msg_hdr.msg_iov = &siov[2 * i]
+            smsgs[i].msg_hdr.msg_iovlen = 2
+            smsgs[i].msg_hdr.msg_name = &addr
+            smsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+        pfd.fd = fd
+        pfd.events = POLLIN
+        opfd.fd = out_fd
+        opfd.events = POLLOUT
+        with nogil:
+            while True:
+                n = recvmmsg(fd, msgs, <unsigned int>batch, MSG_DONTWAIT, NULL)
+                if n < 0:
+                    if errno == EINTR:
+                        continue
+                    if errno == EAGAIN and poll(&pfd, 1, timeout_ms) > 0:
+                        continue
+                    break
+                for i in range(n):
+                    siov[2 * i + 1].iov_len = msgs[i].msg_len
+                off = 0
+                while off < n:
+                    r = sendmmsg(out_fd, smsgs + off, <unsigned int>(n - off), 0)
+                    if r > 0:
+                        off += r
+                    elif errno == EAGAIN or errno == ENOBUFS:
+                        poll(&opfd, 1, 2)
+                    elif errno != EINTR:
+                        break
+                count += <uint64_t>n
+    finally:
+        PyMem_Free(slab_p)
+        PyMem_Free(msgs)
+        PyMem_Free(smsgs)
+        PyMem_Free(iov)
+        PyMem_Free(siov)
+    return count

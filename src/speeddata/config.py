@@ -190,6 +190,9 @@ class MulticastConfig:
     announce_interval: float = 1.0
 
 
+MAX_COALESCE = 0.1  # relay.coalesce: longer would hold datagrams for several frames
+
+
 @dataclass(frozen=True)
 class RelayConfig:
     control: str = "tcp://127.0.0.1:7100"  # ZeroMQ REP: status, add, remove, rotate
@@ -200,6 +203,9 @@ class RelayConfig:
     workers: int = 1
     batch: int = 256  # datagrams per recvmmsg (docs/performance.md: +3-7 % over 64)
     nice: int = -10  # scheduling priority of the receive loops (needs root/CAP_SYS_NICE)
+    #: after a pass that took less than a batch while datagrams come faster than one per
+    #: this time, wait this long so that the next pass takes many (docs/relay-internals.md)
+    coalesce: float = 0.0005
     keep_rejected: bool = False  # keep rejected datagrams under <cache>/rejected/
 
 
@@ -420,8 +426,15 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         workers=r.get("workers", d.workers, lambda v: _positive_int(v, 1, 256)),
         batch=r.get("batch", d.batch, lambda v: _positive_int(v, 1, 1024)),
         nice=r.get("nice", d.nice, lambda v: _positive_int(v, -20, 19)),
+        coalesce=r.get("coalesce", d.coalesce, parse_duration, (str, int, float)),
         keep_rejected=keep_rejected,
     )
+    if relay.coalesce > MAX_COALESCE:
+        r.fail(
+            "relay.coalesce",
+            f"must be at most {MAX_COALESCE * 1e3:g}ms (it delays datagrams by up to that "
+            "much); write e.g. '500us', or 0 to turn coalescing off",
+        )
     if not 4096 <= relay.rcvbuf <= 2**31 - 1:  # SO_RCVBUF takes a C int
         r.fail("relay.rcvbuf", "must be from 4 KiB to 2 GiB")
     if relay.control == relay.stats:

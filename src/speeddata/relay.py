@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import reprlib
+import select
 import signal
 import socket
 import sys
@@ -81,8 +82,11 @@ CHANNELS_FILE = "relay-channels.json"
 RETENTION_INTERVAL = 2.0
 #: seconds between two status publications on relay.stats
 PUBLISH_INTERVAL = 1.0
-#: seconds between two looks of Relay.wait() at the flag its signal handler sets
-SIGNAL_POLL = 0.1
+#: Relay.wait() is woken by its signals and by request_stop() (a wake-up socket); this
+#: is only the longest it sleeps between two looks at the stop flags
+WAIT_POLL = 5.0
+#: the retention thread's longest sleep: it notices a new segment within this time
+RETENTION_POLL = 1.0
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 #: set to "1" by a supervisor: the relay stops when its parent process dies
 DIE_WITH_PARENT_ENV = "SPEEDDATA_DIE_WITH_PARENT"
@@ -176,6 +180,9 @@ class Relay:
         self._stop = threading.Event()
         self._signalled = False  # set by stop_from_signal(), which may take no lock
         self._retention_wake = threading.Event()
+        # request_stop() (and a signal, through signal.set_wakeup_fd) writes a byte here:
+        # wait() and the control thread sleep on it instead of polling the flags
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._threads: list[threading.Thread] = []
         self._engine_threads: list[threading.Thread] = []
         self._cache_summary: dict[str, dict] = {}
@@ -340,6 +347,7 @@ class Relay:
             segment_age=c.cache.segment_age,
             flush_interval=c.cache.flush_interval,
             batch=c.relay.batch,
+            coalesce=c.relay.coalesce,
             rejected_dir=self.cache_dir / "rejected"
             if c.relay.keep_rejected and self.cache_dir
             else None,
@@ -696,16 +704,15 @@ class Relay:
         """Answer requests and publish the status once a second. No request, however
         malformed, stops or wedges it: each gets a reply (or, past ZMQ_MAXMSGSIZE, its
         connection is dropped by ZeroMQ), a refused one is logged, the next is served."""
-        poller = zmq.Poller()
-        poller.register(self._rep, zmq.POLLIN)
+        poller = self._control_poller()
         next_publish = time.monotonic()
         publish_failed = False
         try:
             while not self._stop.is_set():
-                timeout = max(0.0, min(next_publish - time.monotonic(), 0.2))
-                if poller.poll(int(timeout * 1000)) and not self._serve_request():
-                    poller = zmq.Poller()  # the REP socket was replaced
-                    poller.register(self._rep, zmq.POLLIN)
+                # asleep until a request, the next publication or request_stop()
+                timeout = max(0.0, next_publish - time.monotonic())
+                if poller.poll(int(timeout * 1000) + 1) and not self._serve_request():
+                    poller = self._control_poller()  # the REP socket was replaced
                 if time.monotonic() >= next_publish:
                     next_publish = time.monotonic() + PUBLISH_INTERVAL
                     try:
@@ -722,6 +729,12 @@ class Relay:
                 log.exception("the control thread failed; stopping the relay")
                 self.exit_code = 1
                 self.request_stop()
+
+    def _control_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        poller.register(self._rep, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        return poller
 
     def _serve_request(self) -> bool:
         """Receive one request, send its reply; False when the REP socket had to be
@@ -774,7 +787,7 @@ class Relay:
                     self.retention_pass()
                 except Exception:  # keep relaying; the next pass tries again
                     log.exception("retention pass failed")
-            self._retention_wake.wait(0.25)
+            self._retention_wake.wait(RETENTION_POLL)
 
     def retention_pass(self) -> None:
         """Enforce the budget and age, then summarise the cache for ``status``."""
@@ -807,6 +820,10 @@ class Relay:
         """Ask the relay to stop (any thread, signal handlers included)."""
         self._stop.set()
         self._retention_wake.set()
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass  # already woken (the pipe is full), or closed
 
     def stop_from_signal(self, signum=None, frame=None) -> None:
         """Signal handler: ask :meth:`wait` to return.
@@ -814,13 +831,27 @@ class Relay:
         It only sets a flag. A handler runs in the main thread between two bytecodes,
         possibly while that thread holds the lock inside ``self._stop`` (every
         ``Event.wait`` takes it for a moment), so ``Event.set()`` here could deadlock the
-        relay with SIGTERM pending forever. :meth:`wait` polls the flag."""
+        relay with SIGTERM pending forever. :meth:`wait` looks at the flag when the
+        signal's byte wakes it (``signal.set_wakeup_fd``)."""
         self._signalled = True
 
     def wait(self) -> None:
-        """Block until :meth:`request_stop` (any thread) or :meth:`stop_from_signal`."""
-        while not self._signalled and not self._stop.wait(SIGNAL_POLL):
-            pass
+        """Block until :meth:`request_stop` (any thread) or :meth:`stop_from_signal`.
+
+        Asleep on the wake-up socket, which request_stop() and (in the main thread, via
+        ``signal.set_wakeup_fd``) every handled signal write to: no periodic wake-up."""
+        try:
+            previous = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        except ValueError:
+            previous = None  # not the main thread: request_stop() still wakes it
+        try:
+            while not self._signalled and not self._stop.is_set():
+                select.select([self._wake_r], [], [], WAIT_POLL)
+                if not (self._signalled or self._stop.is_set()):
+                    _drain(self._wake_r)  # a signal without a stop (none today)
+        finally:
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
 
     def close(self) -> None:
         """Stop the engines, close (trim) every segment, close every socket."""
@@ -857,9 +888,21 @@ class Relay:
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
         if self._cache_lock is not None:
             os.close(self._cache_lock)
             self._cache_lock = None
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError:
+        pass  # empty (BlockingIOError) or closed
 
 
 def _error(message: str) -> dict:

@@ -176,9 +176,17 @@ class PyEngine:
         flush_interval: float = 0.2,
         batch: int = 256,
         rejected_dir: Path | None = None,
+        coalesce: float = 0.0,
     ):
         if batch < 1:
             raise ValueError(f"batch must be at least 1, not {batch}")
+        if not 0 <= coalesce <= 1:
+            raise ValueError(f"coalesce must be 0 to 1 seconds, not {coalesce}")
+        self.coalesce = float(coalesce)
+        self.wakeups = 0  # loop passes that received datagrams
+        self.coalesced = 0  # of which ended in a coalescing wait
+        self._last_pass = 0.0  # when the last pass that received datagrams ended
+        self._gap = 1.0  # moving average of the time between datagrams, seconds
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.multicast = multicast
         self.segment_size = int(segment_size)
@@ -268,19 +276,33 @@ class PyEngine:
         try:
             while not self._stopping:
                 events = self._selector.select(self._timeout())
+                got, short = 0, True
                 with self._lock:
                     for key, _ in events:
                         kind, ch = key.data
+                        n = 0
                         if kind == "channel":
                             if self._channels.get(ch.id) is ch:  # not removed meanwhile
-                                self._receive_channel(ch)
+                                n = self._receive_channel(ch)
                         elif kind == "shared":
                             if self._shared is not None:
-                                self._receive_shared()
+                                n = self._receive_shared()
                         else:
                             _drain(self._wake_r)
+                        got += n
+                        short = short and n < self.batch
                     self._store_pending()
                     self._tick()
+                if got:
+                    # coalescing, as the compiled engine's _loop (docs/relay-internals.md)
+                    self.wakeups += 1
+                    now = time.monotonic()
+                    gap = min((now - self._last_pass) / got, 1.0)
+                    self._last_pass = now
+                    self._gap += (gap - self._gap) / 8
+                    if short and 2 * self._gap <= self.coalesce and not self._stopping:
+                        self.coalesced += 1
+                        time.sleep(self.coalesce)
         finally:
             with self._lock:
                 self._running = False
@@ -348,11 +370,12 @@ class PyEngine:
 
     # -- receiving ---------------------------------------------------------------------
 
-    def _receive_channel(self, ch: _Channel) -> None:
-        for _ in range(self.batch):
+    def _receive_channel(self, ch: _Channel) -> int:
+        """Up to a batch of datagrams from the channel's socket; how many there were."""
+        for i in range(self.batch):
             got = _receive(ch.sock, ch.counters)
             if got is None:
-                return
+                return i
             data, recv_ns = got[:2]
             if got[2]:
                 reason = "oversize"
@@ -364,13 +387,15 @@ class PyEngine:
                 ch.rejected_file = self._keep_rejected(ch.rejected_file, ch.name, data, recv_ns)
                 continue
             self._accept(ch, data, recv_ns, n_records, t_min, t_max)
+        return self.batch
 
-    def _receive_shared(self) -> None:
+    def _receive_shared(self) -> int:
+        """Up to a batch of datagrams from the shared socket; how many there were."""
         counters = self._shared_counters
-        for _ in range(self.batch):
+        for i in range(self.batch):
             got = _receive(self._shared, counters)
             if got is None:
-                return
+                return i
             data, recv_ns = got[:2]
             routed = "oversize" if got[2] else self._route(data)
             if isinstance(routed, str):
@@ -382,6 +407,7 @@ class PyEngine:
                 continue
             ch, payload, (n_records, _, t_min, t_max) = routed
             self._accept(ch, payload, recv_ns, n_records, t_min, t_max)
+        return self.batch
 
     def _route(self, data: bytes):
         """Strip the single-object framing -> ``(channel, records, check)``, or the name
