@@ -476,10 +476,10 @@ def lossless_table(seconds: float = 10.0, runs: int = 3, sizes=(811, 92), steps=
         row = {"size": size}
         for key, sub, ok in (("e2e", True, "e2e_ok"), ("stored", False, "stored_ok")):
             relay = lossless_rate(
-                lambda r, s=sub: run_relay(size, r, seconds, s, extra=extra), ok, steps, runs
+                lambda r, s=sub, z=size: run_relay(z, r, seconds, s, extra=extra), ok, steps, runs
             )
             fwd = lossless_rate(
-                lambda r, s=sub: run_forwarder(size, r, seconds, s), ok, steps, runs
+                lambda r, s=sub, z=size: run_forwarder(z, r, seconds, s), ok, steps, runs
             )
             row[f"{key}_relay"] = relay
             row[f"{key}_forwarder"] = fwd
