@@ -30,8 +30,13 @@ hands every freed 2 MiB block back to its host at once makes new page-cache memo
 in the host too (docs/performance.md): that is the VM's cost, which a relay on real
 hardware or a VM without free page reporting does not pay. Both are printed.
 
+C, T, L   the relay's cost at steady rates against a bare forwarder, the latency it
+    adds, lossless rates with and without a co-located subscriber: benchmarks/relay_cost.py
+    (docs/performance.md, "Relay cost at steady rates").
+
     .venv/bin/python -m pytest benchmarks/bench_relay.py -s
     .venv/bin/python benchmarks/bench_relay.py [--quick] [--zero-loss-seconds 30]
+    .venv/bin/python benchmarks/bench_relay.py --cost [--cost-seconds 5] [--lossless-seconds 10]
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # idle BLAS threads spin on 
 
 import numpy as np  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import relay_cost  # noqa: E402
 from speeddata._relay import Engine, bare_drain, blast  # noqa: E402
 from speeddata.cache import IDX_DTYPE, list_segments  # noqa: E402
 from speeddata.config import ChannelConfig, MulticastConfig, RelayConfig  # noqa: E402
@@ -482,6 +489,13 @@ def test_relay_throughput():
         assert r["ratio"] > 0 and z["unaccounted"] == 0, z
 
 
+def test_relay_cost():
+    """The steady-rate part (benchmarks/relay_cost.py: C, T, L); reported, not asserted,
+    except that at 1k/s nothing is lost anywhere."""
+    out = relay_cost.run_all()
+    assert all(r["relay_ok"] and r["forwarder_ok"] for r in out["cost"] if r["rate"] <= 1000)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a tenth of the datagrams, 1 repeat")
@@ -489,9 +503,17 @@ def main(argv=None) -> int:
     p.add_argument(
         "--zero-loss-fraction", type=float, default=0.8, help="paced rate as a share of R1"
     )
+    p.add_argument("--cost", action="store_true", help="only the steady-rate part (C, T, L)")
+    p.add_argument("--no-cost", action="store_true", help="only the drain part (R1, R3, Z)")
+    p.add_argument("--cost-seconds", type=float, default=5.0, help="seconds per C/T run")
+    p.add_argument("--lossless-seconds", type=float, default=10.0, help="seconds per L run")
     args = p.parse_args(argv)
     scale, repeat = (0.1, 1) if args.quick else (1.0, 3)
-    run_all(scale, repeat, args.zero_loss_seconds, args.zero_loss_fraction)
+    if not args.cost:
+        run_all(scale, repeat, args.zero_loss_seconds, args.zero_loss_fraction)
+    if not args.no_cost:
+        with big_socket_buffers():
+            relay_cost.run_all(args.cost_seconds, args.lossless_seconds)
     return 0
 
 

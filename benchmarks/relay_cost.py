@@ -293,7 +293,9 @@ def _taken(c: dict) -> tuple[int, int]:
     return c["datagrams"] + c["rejected"], c["kernel_drops"]
 
 
-def run_forwarder(size: int, rate: float, seconds: float, subscriber: bool) -> dict:
+def run_forwarder(
+    size: int, rate: float, seconds: float, subscriber: bool, gso: bool = False
+) -> dict:
     """The same paced run through the bare forwarder, in a thread of this process."""
     data = datagrams(size)
     n = max(1, int(rate * seconds))
@@ -313,7 +315,7 @@ def run_forwarder(size: int, rate: float, seconds: float, subscriber: bool) -> d
         def forward():
             set_thread_nice(RelayConfig().nice)  # the relay's receive loop's priority
             result["tid"] = threading.get_native_id()
-            result["count"] = bare_forward(rx, out, full, idle_timeout=1.0)
+            result["count"] = bare_forward(rx, out, full, idle_timeout=1.0, gso=gso)
 
         thread = threading.Thread(target=forward)
         thread.start()
@@ -349,24 +351,28 @@ def run_forwarder(size: int, rate: float, seconds: float, subscriber: bool) -> d
 
 def cost_table(seconds: float = 5.0, repeat: int = 2, rates=(1_000, 20_000, 100_000),
                sizes=(811, 92), extra: str = "", subscriber: bool = False) -> list[dict]:
-    """C: CPU per datagram of relay and forwarder at each rate and size (best of
-    ``repeat``, alternated), and the ratio."""
+    """C: CPU per datagram of relay, forwarder and forwarder with GSO at each rate and
+    size (least of ``repeat``, alternated), and the ratios."""
     rows = []
     for size in sizes:
         for rate in rates:
-            relay, fwd = [], []
+            relay, fwd, gso = [], [], []
             for _ in range(repeat):
                 relay.append(run_relay(size, rate, seconds, subscriber, extra=extra))
                 fwd.append(run_forwarder(size, rate, seconds, subscriber))
+                gso.append(run_forwarder(size, rate, seconds, subscriber, gso=True))
             r = min(relay, key=lambda x: x["ns_per_dgram"])
             f = min(fwd, key=lambda x: x["ns_per_dgram"])
+            g = min(gso, key=lambda x: x["ns_per_dgram"])
             rows.append(
                 {
                     "size": size,
                     "rate": rate,
                     "relay_us": r["ns_per_dgram"] / 1e3,
                     "forwarder_us": f["ns_per_dgram"] / 1e3,
+                    "gso_us": g["ns_per_dgram"] / 1e3,
                     "ratio": r["ns_per_dgram"] / f["ns_per_dgram"],
+                    "gso_ratio": r["ns_per_dgram"] / g["ns_per_dgram"],
                     "relay_core": r["cpu_ns"] / 1e9 / (r["sent"] / r["rate"]),
                     "relay_ok": all(x["e2e_ok" if subscriber else "stored_ok"] for x in relay),
                     "forwarder_ok": all(
@@ -382,14 +388,15 @@ def cost_table(seconds: float = 5.0, repeat: int = 2, rates=(1_000, 20_000, 100_
 def print_cost_header() -> None:
     print(
         f"{'bytes':>6}{'rate/s':>9}{'relay us':>10}{'fwd us':>9}{'ratio':>7}"
-        f"{'relay core':>11}{'RSS MB':>8}  lossless relay/fwd"
+        f"{'fwd+GSO us':>11}{'ratio':>7}{'relay core':>11}{'RSS MB':>8}  lossless relay/fwd"
     )
 
 
 def print_cost_row(r: dict, flush: bool = False) -> None:
     print(
         f"{r['size']:>6}{r['rate']:>9,}{r['relay_us']:>10.2f}{r['forwarder_us']:>9.2f}"
-        f"{r['ratio']:>7.2f}{r['relay_core']:>11.1%}{r['rss_mb']:>8.1f}  "
+        f"{r['ratio']:>7.2f}{r['gso_us']:>11.2f}{r['gso_ratio']:>7.2f}"
+        f"{r['relay_core']:>11.1%}{r['rss_mb']:>8.1f}  "
         f"{'yes' if r['relay_ok'] else 'LOSS'}/{'yes' if r['forwarder_ok'] else 'LOSS'}",
         flush=flush,
     )
@@ -397,14 +404,20 @@ def print_cost_row(r: dict, flush: bool = False) -> None:
 
 def lossless_rate(run, ok: str, steps, runs: int = 3) -> float:
     """The highest of ``steps`` (ascending) where ``runs`` of ``runs`` runs are lossless
-    by ``ok``; 0 when the first step loses. ``run(rate)`` -> result dict."""
-    best = 0.0
-    for rate in steps:
-        if all(run(rate)[ok] for _ in range(runs)):
-            best = rate
-        else:
+    by ``ok``; 0 when none is. ``run(rate)`` -> result dict.
+
+    One run a step going up, until one loses; then the last lossless step gets the other
+    ``runs - 1`` runs, stepping down while one of those loses."""
+    passed = -1
+    for i, rate in enumerate(steps):
+        if not run(rate)[ok]:
             break
-    return best
+        passed = i
+    while passed >= 0:
+        if all(run(steps[passed])[ok] for _ in range(runs - 1)):
+            return steps[passed]
+        passed -= 1
+    return 0.0
 
 
 def latency(rate: float = 1000.0, seconds: float = 5.0, extra: str = "") -> dict:
@@ -503,3 +516,52 @@ def print_lossless_row(r: dict, flush: bool = False) -> None:
         f"{r['stored_ratio']:>7.2f}",
         flush=flush,
     )
+
+
+def cause_table(seconds: float = 5.0, size: int = 811, rates=(100_000, 150_000, 200_000),
+                extra: str = "") -> list[dict]:
+    """Who loses when a co-located subscriber does: one run each of the relay (its
+    defaults), the relay with ``relay.nice = 0``, and the forwarder with and without GSO
+    (at the relay's priority), every one with the subscriber; the relay's (or
+    forwarder's) own socket drops beside the subscriber's."""
+    arms = (
+        ("relay", lambda r: run_relay(size, r, seconds, True, extra=extra)),
+        ("relay nice 0", lambda r: run_relay(size, r, seconds, True, extra=extra + "\nnice = 0")),
+        ("forwarder", lambda r: run_forwarder(size, r, seconds, True)),
+        ("forwarder GSO", lambda r: run_forwarder(size, r, seconds, True, gso=True)),
+    )
+    rows = []
+    print(f"{'arm':<15}{'rate/s':>9}{'sent':>10}{'own drops':>11}{'sub drops':>11}"
+          f"{'us/dgram':>10}")
+    for rate in rates:
+        for name, run in arms:
+            x = run(rate)
+            row = {"arm": name, "rate": rate, "sent": x["sent"], "drops": x["kernel_drops"],
+                   "sub_drops": x["sub_drops"], "us": x["ns_per_dgram"] / 1e3}
+            rows.append(row)
+            print(f"{name:<15}{rate:>9,}{row['sent']:>10,}{row['drops']:>11,}"
+                  f"{row['sub_drops']:>11,}{row['us']:>10.2f}", flush=True)
+    return rows
+
+
+def run_all(seconds: float = 5.0, lossless_seconds: float = 10.0, repeat: int = 2) -> dict:
+    """Every table of this part of bench_relay (about 25 minutes with the defaults)."""
+    out = {}
+    print("\nC: CPU per datagram, relay process vs bare forwarder thread (no subscriber)")
+    print_cost_header()
+    out["cost"] = cost_table(seconds, repeat)
+    print("\nT: latency added by the relay (subscriber receive - relay receive), 811 B")
+    out["latency"] = {}
+    for rate in (1_000, 20_000):
+        for label, extra in (("coalesce 500us (default)", ""), ("coalesce 0", "coalesce = 0")):
+            lat = latency(rate, seconds, extra)
+            out["latency"][(rate, label)] = lat
+            print(f"{rate:>7,}/s {label:<25} p50 {lat['p50_us']:8.1f} us  "
+                  f"p99 {lat['p99_us']:8.1f} us  max {lat['max_us']:8.1f} us  (n={lat['n']})",
+                  flush=True)
+    print("\nwho loses beside a co-located subscriber (one run each)")
+    out["cause"] = cause_table(seconds)
+    print(f"\nL: lossless rates ({lossless_seconds:g} s runs, 3 of 3)")
+    print_lossless_header()
+    out["lossless"] = lossless_table(lossless_seconds)
+    return out

@@ -108,3 +108,23 @@ def test_best_paired_alternates(bench):
                              lambda: calls.append("b") or -len(calls), 3)
     assert calls == ["a", "b"] * 3
     assert (a, b) == (5, -2)
+
+
+def test_steady_rate_part_measures(bench):
+    """benchmarks/relay_cost.py (C, T, L and the co-located subscriber table) on short
+    runs at a low rate: the machinery counts every datagram, none is lost at 2k/s."""
+    cost = bench.relay_cost
+    rows = cost.cost_table(seconds=0.5, repeat=1, rates=(2000,), sizes=(92,))
+    (row,) = rows
+    assert row["relay_ok"] and row["forwarder_ok"], row
+    assert row["relay_us"] > 0 and row["forwarder_us"] > 0 and row["gso_us"] > 0
+    r = cost.run_relay(811, 2000, 0.5, subscriber=True)
+    assert r["sent"] == 1000 and r["stored"] == 1000 and r["received"] >= 1000, r
+    assert r["e2e_ok"] and r["multicast_sent"] == 1000
+    f = cost.run_forwarder(811, 2000, 0.5, subscriber=True, gso=True)
+    assert f["forwarded"] == 1000 and f["e2e_ok"], f
+    steps = []
+    assert cost.lossless_rate(lambda rate: steps.append(rate) or r, "e2e_ok", (1, 2), 3) == 2
+    assert steps == [1, 2, 2, 2]  # one run a step going up, then the last one twice more
+    lat = cost.latency(2000, 0.5)
+    assert lat["n"] == 1000 and 0 < lat["p50_us"] <= lat["p99_us"] <= lat["max_us"]

@@ -235,6 +235,7 @@ listen = "127.0.0.1"
 rcvbuf = "32 MiB"
 workers = 2
 batch = 128
+coalesce = "250us"
 keep_rejected = true
 
 [server]
@@ -279,6 +280,7 @@ def test_readme_style_example_loads(confdir: Path, tmp_path: Path, monkeypatch):
     assert cfg.relay.shared_port is None  # 0 disables it
     assert cfg.relay.rcvbuf == 32 * 1024**2
     assert (cfg.relay.workers, cfg.relay.batch, cfg.relay.keep_rejected) == (2, 128, True)
+    assert cfg.relay.coalesce == pytest.approx(250e-6)
     assert cfg.server.listen == ("127.0.0.1", 9000)
     assert cfg.server.token == "s3cret-token" and cfg.server.window == 7200.0
     engine, status = cfg.channels
@@ -449,6 +451,8 @@ ERRORS = {
     "relay-listen": ("[relay]\nlisten = 'all'\n", "relay.listen", "not an IPv4 address"),
     "rcvbuf-range": ("[relay]\nrcvbuf = '8 GiB'\n", "relay.rcvbuf", "from 4 KiB to 2 GiB"),
     "nice-range": ("[relay]\nnice = -30\n", "relay.nice", "integer from -20 to 19"),
+    "coalesce-long": ("[relay]\ncoalesce = '1s'\n", "relay.coalesce", "at most 100ms"),
+    "coalesce-unit": ("[relay]\ncoalesce = '5 parsecs'\n", "relay.coalesce", "not a duration"),
     "workers-type": ("[relay]\nworkers = 1.5\n", "relay.workers", "integer from 1 to 256"),
     "shared-port-bool": (
         "[relay]\nshared_port = true\n",

@@ -642,3 +642,67 @@ def test_gso_on_off_same_multicast(tmp_path, monkeypatch, gso, connect):
         assert s["multicast_errors"] == 0
     finally:
         r.close()
+
+
+# -- coalescing (relay.coalesce, docs/relay-internals.md) ------------------------------
+
+
+def _send_spaced(r, port: int, datagrams: list[bytes], spacing: float) -> None:
+    """One datagram every ``spacing`` seconds (a steady source), bounded by the list."""
+    t0 = time.monotonic()
+    for i, d in enumerate(datagrams):
+        pause = t0 + i * spacing - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        r.sender.send(port, d)
+
+
+@pytest.mark.parametrize("coalesce", [0.03, 0.0])
+def test_coalescing_takes_many_datagrams_per_pass(rig, coalesce):
+    """A steady stream faster than two datagrams per coalescing time is taken in few
+    passes, each of many datagrams; every datagram is still stored and multicast, in
+    order. Without coalescing no pass waits."""
+    sch = schema("power")
+    datagrams = [
+        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
+        for i in range(300)
+    ]
+    r = rig(coalesce=coalesce)
+    ch = r.channel(sch, "power", cid=2)
+    r.start()
+    _send_spaced(r, ch.port, datagrams, 0.001)
+    wait_for(lambda: r.processed(2) >= len(datagrams))
+    r.full.collect_until(lambda s: len(s.data) >= len(datagrams))
+    r.stop()
+    assert [p for _, p in r.full.data] == datagrams
+    assert [h.seq for h, _ in r.full.data] == list(range(len(datagrams)))
+    stored, _, _ = read_segments(r.cache, "power")
+    assert len(stored) == len(datagrams)
+    wakeups, coalesced = r.engine.wakeups, r.engine.coalesced
+    if coalesce:
+        # ~35 passes while the moving average learns the rate, then ~30 datagrams a pass
+        assert coalesced > 0 and wakeups < 150, (wakeups, coalesced)
+    else:
+        assert coalesced == 0 and wakeups > 0
+
+
+def test_coalescing_never_holds_a_slow_stream(rig):
+    """Datagrams further apart than half the coalescing time are never waited for."""
+    sch = schema("power")
+    datagrams = [
+        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
+        for i in range(15)
+    ]
+    r = rig(coalesce=0.02)
+    ch = r.channel(sch, "power", cid=2)
+    r.start()
+    _send_spaced(r, ch.port, datagrams, 0.05)
+    wait_for(lambda: r.processed(2) >= len(datagrams))
+    r.stop()
+    assert r.engine.coalesced == 0 and 0 < r.engine.wakeups <= len(datagrams)
+
+
+def test_coalesce_out_of_range(rig):
+    r = rig()
+    with pytest.raises(ValueError, match="coalesce"):
+        rig.engine_cls(None, r.multicast, coalesce=2.0)

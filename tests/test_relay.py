@@ -617,3 +617,31 @@ def test_set_thread_nice(monkeypatch, caplog):
         assert set_thread_nice(-10) is False
         assert set_thread_nice(-10) is False  # a second worker: refused, not logged again
     assert caplog.text.count("relay.nice = -10 refused") == 1
+
+
+def _voluntary_switches(pid: int) -> int:
+    """Times the process's threads went to sleep (each a wake-up later), all threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return total
+
+
+def test_an_idle_relay_sleeps(relay):
+    """No thread of an idle relay polls: what wakes it is the once-a-second work (status
+    publication, announces, the retention pass, the age sweep), a handful a second in all.
+    (Before issue 13: 21 a second, from 0.1-0.25 s polls of flags.)"""
+    proc = relay().start()
+    time.sleep(1.0)  # start-up done
+    before = _voluntary_switches(proc.proc.pid)
+    time.sleep(4.0)
+    woken = (_voluntary_switches(proc.proc.pid) - before) / 4.0
+    status = proc.status()
+    assert woken < 12, f"{woken:.1f} wake-ups a second"
+    assert status["loop"]["wakeups"] == 0 and status["loop"]["coalesced"] == 0
+    assert status["loop"]["coalesce"] == pytest.approx(0.0005)

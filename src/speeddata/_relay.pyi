@@ -49,4 +49,5 @@ def bare_forward(
     group: tuple[str, int],
     batch: int = 64,
     idle_timeout: float = 1.0,
+    gso: bool = False,
 ) -> int: ...

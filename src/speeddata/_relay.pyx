@@ -1030,6 +1030,17 @@ cdef class Engine:
             self._apply_pending()
 
     def _populate(self):
+        # Work ahead of the loop, not before others: the thread was started by the receive
+        # loop's thread (relay.nice, -10 by default) and inherited its priority; it takes
+        # the process's own back, so that a co-located subscriber competes with it as an
+        # equal (docs/performance.md, "Relay cost at steady rates").
+        try:
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(),
+                os.getpriority(os.PRIO_PROCESS, os.getpid()),
+            )
+        except OSError:
+            pass  # not permitted (a lower nice than the loop's): keep the inherited one
         with nogil:
             populate_loop(&self.pop)
 
@@ -2098,13 +2109,14 @@ def blast(
     return sent
 
 
-def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
+def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0, bint gso=False):
     """Benchmark baseline: the bare forwarder of ``bench_relay`` (docs/performance.md).
 
     poll, recvmmsg ``sock``, and sendmmsg every datagram to ``group`` on ``out``, behind a
-    constant 32-byte header as the relay's: no cache, no validation, no timestamps, no
-    GSO. Returns the number forwarded once ``sock`` has had nothing for ``idle_timeout``
-    seconds (counting from the call).
+    constant 32-byte header as the relay's: no cache, no validation, no timestamps. With
+    ``gso``, runs of equal-size datagrams go out as one UDP GSO message each, as the
+    relay sends them. Returns the number forwarded once ``sock`` has had nothing for
+    ``idle_timeout`` seconds (counting from the call).
     """
     cdef int fd = sock.fileno()
     cdef int out_fd = out.fileno()
@@ -2113,11 +2125,15 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
     cdef mmsghdr* smsgs = <mmsghdr*>PyMem_Calloc(batch, sizeof(mmsghdr))
     cdef iovec* iov = <iovec*>PyMem_Calloc(batch, sizeof(iovec))
     cdef iovec* siov = <iovec*>PyMem_Calloc(2 * batch, sizeof(iovec))
+    cdef uint8_t* scmsg_p = <uint8_t*>PyMem_Calloc(batch, SCMSG_BUF)
     cdef uint8_t header[HEADER_SIZE]
     cdef sockaddr_in addr
     cdef uint64_t count = 0
-    cdef int i, n, r, off
+    cdef int i, j, n, r, off, k
     cdef int timeout_ms = <int>(idle_timeout * 1000)
+    cdef uint16_t size
+    cdef msghdr* msg
+    cdef cmsghdr* cm
     cdef pollfd pfd
     cdef pollfd opfd
     if not 1 <= batch <= MAX_BATCH:
@@ -2130,7 +2146,10 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
         raise ValueError(f"{host!r} is not an IPv4 address")
     memset(header, 0, HEADER_SIZE)
     try:
-        if slab_p == NULL or msgs == NULL or smsgs == NULL or iov == NULL or siov == NULL:
+        if (
+            slab_p == NULL or msgs == NULL or smsgs == NULL or iov == NULL or siov == NULL
+            or scmsg_p == NULL
+        ):
             raise MemoryError()
         for i in range(batch):
             iov[i].iov_base = slab_p + <size_t>i * SLOT
@@ -2140,8 +2159,6 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
             siov[2 * i].iov_base = header
             siov[2 * i].iov_len = HEADER_SIZE
             siov[2 * i + 1].iov_base = iov[i].iov_base
-            smsgs[i].msg_hdr.msg_iov = &siov[2 * i]
-            smsgs[i].msg_hdr.msg_iovlen = 2
             smsgs[i].msg_hdr.msg_name = &addr
             smsgs[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         pfd.fd = fd
@@ -2159,9 +2176,37 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
                     break
                 for i in range(n):
                     siov[2 * i + 1].iov_len = msgs[i].msg_len
+                k = 0  # messages: one per datagram, or one per equal-size run with gso
+                i = 0
+                while i < n:
+                    j = i + 1
+                    if gso:
+                        while (
+                            j < n and j - i < GSO_MAX_SEGMENTS
+                            and msgs[j].msg_len == msgs[i].msg_len
+                            and (j - i + 1) * (HEADER_SIZE + msgs[i].msg_len) <= GSO_MAX_BYTES
+                        ):
+                            j += 1
+                    msg = &smsgs[k].msg_hdr
+                    msg.msg_iov = &siov[2 * i]
+                    msg.msg_iovlen = <size_t>(2 * (j - i))
+                    if j - i > 1:
+                        msg.msg_control = scmsg_p + k * SCMSG_BUF
+                        msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+                        cm = CMSG_FIRSTHDR(msg)
+                        cm.cmsg_level = SOL_UDP
+                        cm.cmsg_type = UDP_SEGMENT
+                        cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+                        size = <uint16_t>(HEADER_SIZE + msgs[i].msg_len)
+                        memcpy(CMSG_DATA(cm), &size, sizeof(uint16_t))
+                    else:
+                        msg.msg_control = NULL
+                        msg.msg_controllen = 0
+                    k += 1
+                    i = j
                 off = 0
-                while off < n:
-                    r = sendmmsg(out_fd, smsgs + off, <unsigned int>(n - off), 0)
+                while off < k:
+                    r = sendmmsg(out_fd, smsgs + off, <unsigned int>(k - off), 0)
                     if r > 0:
                         off += r
                     elif errno == EAGAIN or errno == ENOBUFS:
@@ -2175,4 +2220,5 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0):
         PyMem_Free(smsgs)
         PyMem_Free(iov)
         PyMem_Free(siov)
+        PyMem_Free(scmsg_p)
     return count

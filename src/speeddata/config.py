@@ -199,7 +199,7 @@ class RelayConfig:
     stats: str = "tcp://127.0.0.1:7101"  # ZeroMQ PUB: stats once a second
     shared_port: int | None = 26000  # single-object encoded datagrams, routed by fingerprint
     listen: str = "127.0.0.1"  # address the channel ports bind to
-    rcvbuf: int = 8 * 1024**2
+    rcvbuf: int = 32 * 1024**2  # per channel socket; memory is used only by a backlog
     workers: int = 1
     batch: int = 256  # datagrams per recvmmsg (docs/performance.md: +3-7 % over 64)
     nice: int = -10  # scheduling priority of the receive loops (needs root/CAP_SYS_NICE)

@@ -602,6 +602,13 @@ class Relay:
                 "now_ns": now,
                 "uptime": (now - self.started_ns) / 1e9,
                 "rcvbuf_requested": self.config.relay.rcvbuf,
+                # receive loop passes that took datagrams, and of them those that waited
+                # relay.coalesce for more (docs/relay-internals.md, "Coalescing")
+                "loop": {
+                    "coalesce": self.config.relay.coalesce,
+                    "wakeups": sum(e.wakeups for e in self.engines),
+                    "coalesced": sum(e.coalesced for e in self.engines),
+                },
                 "multicast": {
                     "full": "{}:{}".format(*self.config.multicast.full),
                     "decimated": "{}:{}".format(*self.config.multicast.decimated),
