@@ -37,6 +37,9 @@ time), ints (ns since the epoch), ``"now"`` and relative forms: ``"-5min"``,
 ``"now-30s"``, ``"+1h"`` (relative to now), or a ``timedelta`` (added to now).
 Signals accept names and ``fnmatch`` globs (``"temp*"``, ``"host.*"``), against the
 signal name or ``"<channel>.<signal>"``.
+
+``Columns.to_pandas()`` and ``to_xarray()`` (and ``ColumnSet``'s, for ``load`` of a whole
+file) convert, when pandas / xarray are installed: see :mod:`speeddata.frames`.
 """
 
 from __future__ import annotations
