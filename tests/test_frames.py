@@ -109,6 +109,11 @@ def test_pandas_time_zone(all_types):
     assert str(df.index.tz) == "Europe/Berlin"
     assert df.index.asi8.tolist() == w.time_ns  # the same instants
     assert df.index[0].hour == 17  # 16:00 UTC in November
+    assert str(df["recv_time"].dt.tz) == "Europe/Berlin"
+    assert df["recv_time"].array.asi8.tolist() == w.recv_ns
+    naive = cols.to_pandas(tz=None)
+    assert naive["recv_time"].dtype == "datetime64[ns]"
+    assert np.shares_memory(naive["recv_time"].to_numpy(), cols["recv_time"])
 
 
 def test_fixed_keeps_trailing_nul_bytes(tmp_path):

@@ -14,10 +14,12 @@ Column by column (pandas; xarray):
 
 - ``time``: the index, a ``DatetimeIndex`` in UTC (``tz=None``: naive UTC, no copy); the
   ``time`` coordinate, ``datetime64[ns]`` UTC (no copy).
-- ``recv_time``: a ``datetime64[ns, UTC]`` column; a ``datetime64[ns]`` variable.
+- ``recv_time``: a ``datetime64[ns, UTC]`` column (in ``tz`` as the index); a
+  ``datetime64[ns]`` variable.
 - int, long, float, double, boolean: the reader's array itself (no copy); the same.
 - nullable int, long, boolean: ``Int32``/``Int64``/``boolean``, ``<NA>`` where null (the
-  values not copied); ``float64`` with NaN where null, as xarray decodes masked data.
+  values not copied); ``float64`` with NaN where null, as xarray decodes masked data (a
+  long beyond 2**53 is rounded there: pandas keeps it exact).
 - nullable float, double: the array, NaN where null; the same.
 - enum: a ``Categorical`` of the symbols (NaN where null); the ``int32`` codes with CF
   ``flag_values``/``flag_meanings`` attributes (nullable: ``float64``, NaN where null).
@@ -130,11 +132,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _datetimes(pd: Any, ns: np.ndarray, tz: str | None, name: str | None) -> Any:
+    """int64 ns since the epoch as a DatetimeIndex in ``tz`` (None: naive UTC, sharing
+    ``ns``'s memory; pandas copies to attach a time zone)."""
+    index = pd.DatetimeIndex(ns.view("M8[ns]"), copy=False, name=name)
+    if tz is None:
+        return index
+    index = index.tz_localize("UTC")
+    return index if tz == "UTC" else index.tz_convert(tz)
+
+
 def to_pandas(cols: Any, *, tz: str | None = "UTC") -> Any:
     """One channel's columns as a ``pandas.DataFrame`` indexed by time (see the module
-    docstring). ``tz``: the index's time zone (``"UTC"``; a name such as
-    ``"Europe/Berlin"`` shows local wall-clock times); None gives a naive index of UTC
-    times that shares the ``time`` column's memory (a time zone costs a copy of it)."""
+    docstring). ``tz``: the time zone of the index and ``recv_time`` (``"UTC"``; a name
+    such as ``"Europe/Berlin"`` shows local wall-clock times); None gives naive UTC times
+    that share the columns' memory (a time zone costs a copy of them)."""
     pd = optional_import("pandas", "pandas", "Columns.to_pandas()")
     data: dict[str, Any] = {}
     units: dict[str, str] = {}
@@ -145,7 +157,7 @@ def to_pandas(cols: Any, *, tz: str | None = "UTC") -> Any:
         sig, agg = _signal(cols, name)
         valid = cols.valid.get(name)
         if name == "recv_time":
-            data[name] = pd.DatetimeIndex(values.view("M8[ns]"), copy=False).tz_localize("UTC")
+            data[name] = _datetimes(pd, values, tz, None)
             continue
         if _is_enum_codes(sig, agg, values):
             codes = values if valid is None else np.where(valid, values, -1)
@@ -163,13 +175,7 @@ def to_pandas(cols: Any, *, tz: str | None = "UTC") -> Any:
                 units[name] = sig.unit
             if sig.doc:
                 docs[name] = sig.doc
-    index = None
-    if "time" in cols:
-        index = pd.DatetimeIndex(cols["time"].view("M8[ns]"), copy=False, name="time")
-        if tz is not None:
-            index = index.tz_localize("UTC")
-            if tz != "UTC":
-                index = index.tz_convert(tz)
+    index = _datetimes(pd, cols["time"], tz, "time") if "time" in cols else None
     # copy=False: each column keeps its own array (pandas copies a dict's arrays into
     # consolidated blocks by default)
     df = pd.DataFrame(data, index=index, columns=list(data), copy=False)
