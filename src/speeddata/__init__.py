@@ -22,6 +22,7 @@ _EXPORTS = {
     "load": "speeddata.reader",
     "release_memory": "speeddata.pivot",
     "Columns": "speeddata.reader",
+    "ColumnSet": "speeddata.reader",
     "Tag": "speeddata.tags",
     "add_tag": "speeddata.tags",
     "list_tags": "speeddata.tags",

@@ -37,6 +37,9 @@ time), ints (ns since the epoch), ``"now"`` and relative forms: ``"-5min"``,
 ``"now-30s"``, ``"+1h"`` (relative to now), or a ``timedelta`` (added to now).
 Signals accept names and ``fnmatch`` globs (``"temp*"``, ``"host.*"``), against the
 signal name or ``"<channel>.<signal>"``.
+
+``Columns.to_pandas()`` and ``to_xarray()`` (and ``ColumnSet``'s, for ``load`` of a whole
+file) convert, when pandas / xarray are installed: see :mod:`speeddata.frames`.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ from .times import format_time, parse_range, parse_time
 
 __all__ = [
     "Columns",
+    "ColumnSet",
     "ReadError",
     "read",
     "load",
@@ -161,9 +165,57 @@ class Columns(dict):
         """The ``time`` column as ``datetime64[ns]`` (UTC)."""
         return self["time"].view("datetime64[ns]")
 
+    def to_pandas(self, *, tz: str | None = "UTC"):
+        """The columns as a ``pandas.DataFrame``: a ``DatetimeIndex`` named ``time`` (in
+        ``tz``; None: naive UTC, sharing the time column's memory), one column per signal
+        (and ``recv_time``), numbers without a copy, enums as categories, nulls as
+        pandas' missing values; units and docs in ``DataFrame.attrs``. Needs pandas:
+        ``pip install 'speeddata[pandas]'``. Types: :mod:`speeddata.frames`."""
+        from .frames import to_pandas
+
+        return to_pandas(self, tz=tz)
+
+    def to_xarray(self):
+        """The columns as an ``xarray.Dataset``: a ``time`` coordinate (``datetime64[ns]``,
+        UTC), one variable per signal with ``units``/``long_name`` attributes, the
+        channel, range and (for ``load``) the file's attributes on the Dataset. Needs
+        xarray: ``pip install 'speeddata[xarray]'``. Types: :mod:`speeddata.frames`."""
+        from .frames import to_xarray
+
+        return to_xarray(self)
+
     def __repr__(self) -> str:
         names = ", ".join(self)
         return f"<Columns {self.channel} {self.n_rows} rows: {names}>"
+
+
+class ColumnSet(dict):
+    """Several channels' columns: channel name -> :class:`Columns` (``load`` without a
+    channel). ``attrs``: the set's attributes (a pivoted file's root attributes: range,
+    tag, note, mode...)."""
+
+    def __init__(self, data: Any = (), *, attrs: dict | None = None):
+        super().__init__(data)
+        self.attrs: dict = dict(attrs or {})
+
+    def to_pandas(self, *, tz: str | None = "UTC") -> dict:
+        """channel -> ``pandas.DataFrame`` (:meth:`Columns.to_pandas`): each channel keeps
+        its own time index. Needs pandas: ``pip install 'speeddata[pandas]'``."""
+        from .frames import set_to_pandas
+
+        return set_to_pandas(self, tz=tz)
+
+    def to_xarray(self):
+        """An ``xarray.DataTree``: the set's attributes on the root, one child per channel
+        holding its Dataset (:meth:`Columns.to_xarray`), like the groups of the HDF5
+        file. Needs xarray: ``pip install 'speeddata[xarray]'``."""
+        from .frames import set_to_xarray
+
+        return set_to_xarray(self, self.attrs)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{name}: {cols.n_rows} rows" for name, cols in self.items())
+        return f"<ColumnSet {inner}>"
 
 
 def column_name(sig: Signal, schema: Schema) -> str:
@@ -893,10 +945,11 @@ def load(
     signals: Any = None,
     *,
     recv_time: bool = False,
-) -> Columns | dict[str, Columns]:
+) -> Columns | ColumnSet:
     """Read a file written by ``speeddata pivot`` back into :class:`Columns`.
 
-    With ``channel``: that channel's columns; without: a dict channel -> Columns.
+    With ``channel``: that channel's columns; without: a :class:`ColumnSet` (a dict
+    channel -> Columns, with the file's root attributes as ``attrs``).
     ``start``/``end``/``signals`` select as in :func:`read`; ``recv_time=True`` adds the
     receive times when the file has them. Enum columns come back as int32 codes, strings
     as ``StringDType`` (numpy >= 2), bytes as ``bytes`` objects, and ``<signal>.valid``
@@ -918,7 +971,10 @@ def load(
             if channel not in names:
                 raise ReadError(f"{path}: no channel {channel!r}; channels: {names}")
             return _load_group(f[channel], channel, s_ns, e_ns, signals, recv_time)
-        return {n: _load_group(f[n], n, s_ns, e_ns, signals, recv_time) for n in names}
+        return ColumnSet(
+            {n: _load_group(f[n], n, s_ns, e_ns, signals, recv_time) for n in names},
+            attrs={k: _attr(v) for k, v in f.attrs.items()},
+        )
 
 
 def _load_group(group, channel: str, s_ns, e_ns, signals, recv_time: bool) -> Columns:

@@ -361,6 +361,14 @@ class DatasetWriter:
     def close(self) -> int:
         if self.stream:
             self.guard.flush_staged()
+        if self.raw_mask and self.size != self.n:
+            # Shrink before the last (partial) chunk is written, so that the shrink
+            # prunes no written chunk: HDF5 2.0 rewrites a pruned chunk that was stored
+            # as it is (raw_mask) deflated, yet keeps its filter mask, and readers then
+            # take the deflate stream for values. Every chunk submitted so far is a
+            # whole chunk of rows below self.n.
+            self.size = self.n
+            self.ds.resize((self.n,))
         if self.direct and self.fill:
             self._flush_buf()
         while self.inflight:
