@@ -59,7 +59,7 @@ def netns_unavailable() -> str | None:
     """Why this machine cannot build the test network, or None when it can."""
     if os.geteuid() != 0:
         return "needs root (ip netns, veth, bridge); CI runs as root"
-    for tool in ("ip", "tc"):
+    for tool in ("ip", "tc", "bridge"):
         if run("sh", "-c", f"command -v {tool}", check=False).returncode != 0:
             return f"needs `{tool}` (apt-get install iproute2)"
     return None
@@ -93,7 +93,8 @@ class Site:
     """One bridge (a switch) in its own namespace, and hosts plugged into it.
 
     ``host(name, n)`` makes namespace ``sdnet<pid>-<name>`` with ``lo`` up and one device
-    ``eth0`` at 10.77.0.<n>/24, whose peer ``p-<name>`` is a port of the bridge. ``close()``
+    ``eth0`` at 10.77.0.<n>/24, whose peer ``p-<name>`` is a port of the bridge (IGMP
+snooping on, with a querier). ``close()``
     deletes every namespace made (the veth pairs and the bridge go with them).
     """
 
@@ -102,10 +103,11 @@ class Site:
         self.namespaces: list[str] = []
         self.hosts: dict[str, tuple[str, str]] = {}  # name -> (namespace, address)
         self.bridge = self._namespace("switch")
-        # IGMP snooping off: the bridge floods multicast to every port, as a switch
-        # without snooping (or without a querier on the segment) does
+        # a managed switch: IGMP snooping with a querier on the segment, so multicast
+        # goes only to the ports whose hosts joined the group (the reports of their
+        # IP_ADD_MEMBERSHIP), as on a real site with a snooping switch and a querier
         run("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge",
-            "mcast_snooping", "0")
+            "mcast_snooping", "1", "mcast_querier", "1")
         run("ip", "-n", self.bridge, "link", "set", "br0", "up")
 
     def _namespace(self, name: str) -> str:
@@ -155,6 +157,11 @@ class Site:
         if isinstance(doc, dict) and "http_error" in doc:
             raise NetnsError(f"GET {url} from {host}: HTTP {doc['http_error']} {doc['body']}")
         return doc
+
+    def members(self, group: str) -> set[str]:
+        """The bridge's ports that IGMP snooping forwards ``group`` to (its mdb)."""
+        out = run("bridge", "-n", self.bridge, "mdb", "show").stdout
+        return {m.group(1) for m in re.finditer(rf"port (\S+) grp {re.escape(group)}\b", out)}
 
     # -- dropping packets on a bridge port
 

@@ -3,8 +3,8 @@
 ::
 
     ns sources 10.77.0.1 --+
-    ns relay   10.77.0.2 --+-- br0 (ns switch, IGMP snooping off) --+-- ns server 10.77.0.3
-    ns relay2  10.77.0.4 --+        (added by the last test)
+    ns relay   10.77.0.2 --+-- br0 (ns switch: IGMP snooping, querier) --+-- ns server 10.77.0.3
+    ns relay2  10.77.0.4 --+        (added by the third test)
 
 Sources send UDP to the relay across the bridge; the relay multicasts (interface
 10.77.0.2, TTL 1) to 239.77.0.1:7000 and 239.77.0.2:7001; the live server joins the full
@@ -199,6 +199,8 @@ def test_the_network_is_closed_and_data_flows_end_to_end(net):
     assert ch["records"] - ch0["records"] == 3000
     status = net.api("/api/status")
     assert status["relay"]["multicast"]["interface"] == "10.77.0.2"
+    # the server's join reached the switch: IGMP snooping sends the group to it alone
+    assert net.site.members(FULL.split(":")[0]) == {net.site.port("server")}
     assert status["loss"]["engine"] == {"datagrams": 0, "gaps": 0}
 
 
