@@ -607,6 +607,20 @@ def test_a_multicast_interface_not_on_this_host_names_the_key(tmp_path):
     assert "cannot listen" not in r.stderr and "Traceback" not in r.stderr
 
 
+def test_a_listen_address_not_on_this_host_names_the_key(tmp_path):
+    """It said "is another server running there?": the fix is another address."""
+    path = tmp_path / "server.toml"
+    path.write_text(config_text(tmp_path, (random_group(), free_udp_port()),
+                                "192.0.2.1:8080", extra=f'token = "{TOKEN}"'))
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "serve", "-c", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "speeddata serve: error: cannot listen on 192.0.2.1:8080: Cannot assign " \
+        "requested address; server.listen 192.0.2.1 is not an address of this host" \
+        in r.stderr, r.stderr
+    assert "another server" not in r.stderr and "Traceback" not in r.stderr
+
+
 class TestChanges(ServerCase):
     @gen_test(timeout=30)
     async def test_a_range_with_no_data_completes_and_a_replaced_channel_is_resubscribed(self):
