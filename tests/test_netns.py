@@ -19,6 +19,7 @@ Needs root (CI runs as root, ``.ci/run`` installs iproute2); skipped otherwise. 
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -273,6 +274,21 @@ def test_a_second_relay_on_another_host_appears_without_a_server_restart(net):
     log = net.procs.log("server")
     assert "channel dyno (10.77.0.4/1) from 10.77.0.4" in log, log[-3000:]
     assert "Traceback" not in log
+
+
+def test_a_relay_whose_group_has_no_route_refuses_to_start(net, tmp_path):
+    """multicast.interface 0.0.0.0 leaves the choice to the routing table; a host without
+    a route for the group (as here: no default route) failed every send, counting
+    multicast_errors while nothing left. Now the start fails and says what to set."""
+    config = relay_config(tmp_path / "relay.toml", "0.0.0.0",
+                          [("engine", "engine", ENGINE_PORT, 1)],
+                          control="tcp://127.0.0.1:7100", stats="tcp://127.0.0.1:7101")
+    r = nh.run(*net.site.argv("sources", sys.executable, "-m", "speeddata.commands", "relay",
+                              "-c", str(config)), check=False, timeout=20)
+    assert r.returncode == 2, r.stderr
+    assert f"speeddata relay: error: multicast.full {FULL}: no route to it by " \
+        "multicast.interface 0.0.0.0 (Network is unreachable)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 def test_leftover_namespaces_of_a_dead_run_are_removed():

@@ -163,19 +163,35 @@ NOT_LOCAL_FIX = (
 )
 
 
-def check_multicast_interface(interface: str) -> None:
-    """Raise RelayError unless multicast can leave by ``interface`` (``multicast.interface``):
-    ip(7) IP_MULTICAST_IF takes only an address of one of this host's interfaces (or
-    0.0.0.0: the routing table chooses), else EADDRNOTAVAIL. Both engines set it on their
+def check_multicast_interface(multicast) -> None:
+    """Raise RelayError unless multicast to ``multicast.full`` can leave by
+    ``multicast.interface``. ip(7) IP_MULTICAST_IF takes only an address of one of this
+    host's interfaces, else EADDRNOTAVAIL; with 0.0.0.0 the routing table chooses, and a
+    host without a route for the group (no default route, no 224.0.0.0/4) fails every
+    send, counted as ``multicast_errors`` while nothing leaves. connect(2) on a UDP socket
+    looks the route up the way a send does (for a multicast destination, by the
+    IP_MULTICAST_IF interface) and sends nothing. Both engines set the option on their
     send sockets; checking once here names the key instead of failing in an engine."""
+    interface = multicast.interface
+    group = "{}:{}".format(*multicast.full)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface))
-    except OSError as exc:
-        raise RelayError(
-            f"multicast.interface {interface}: multicast cannot leave by it "
-            f"({exc.strerror}); it is not an address of this host: {NOT_LOCAL_FIX}"
-        ) from None
+        try:
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
+            )
+        except OSError as exc:
+            raise RelayError(
+                f"multicast.interface {interface}: multicast cannot leave by it "
+                f"({exc.strerror}); it is not an address of this host: {NOT_LOCAL_FIX}"
+            ) from None
+        try:
+            sock.connect(multicast.full)
+        except OSError as exc:
+            raise RelayError(
+                f"multicast.full {group}: no route to it by multicast.interface {interface} "
+                f"({exc.strerror}): {NOT_LOCAL_FIX}, or add a route for 224.0.0.0/4"
+            ) from None
     finally:
         sock.close()
 
@@ -231,7 +247,7 @@ class Relay:
             if self.cache_dir is not None:
                 self.segment_size = self._fit_segment_size(len(channels))
             self._bind_control()
-            check_multicast_interface(self.config.multicast.interface)
+            check_multicast_interface(self.config.multicast)
             self.engines = [self._make_engine() for _ in range(self.workers)]
             if self.config.relay.shared_port:
                 self._bind_shared()
