@@ -66,7 +66,8 @@ def netns_unavailable() -> str | None:
 
 
 def remove_leftovers() -> list[str]:
-    """Delete the namespaces of earlier runs whose process is gone; return their names."""
+    """Delete the namespaces of earlier runs whose process is gone, and stop what still
+    runs in them; return their names."""
     out = run("ip", "netns", "list").stdout
     removed = []
     for line in out.splitlines():
@@ -84,6 +85,12 @@ def remove_leftovers() -> list[str]:
             pass
         except PermissionError:
             continue
+        # its processes (the relay, the server) outlive the namespace's name: stop them
+        for pid_text in run("ip", "netns", "pids", name, check=False).stdout.split():
+            try:
+                os.kill(int(pid_text), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         run("ip", "netns", "del", name, check=False)
         removed.append(name)
     return removed
@@ -102,13 +109,17 @@ snooping on, with a querier). ``close()``
         self.prefix = f"sdnet{os.getpid()}-"
         self.namespaces: list[str] = []
         self.hosts: dict[str, tuple[str, str]] = {}  # name -> (namespace, address)
-        self.bridge = self._namespace("switch")
-        # a managed switch: IGMP snooping with a querier on the segment, so multicast
-        # goes only to the ports whose hosts joined the group (the reports of their
-        # IP_ADD_MEMBERSHIP), as on a real site with a snooping switch and a querier
-        run("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge",
-            "mcast_snooping", "1", "mcast_querier", "1")
-        run("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        try:
+            self.bridge = self._namespace("switch")
+            # a managed switch: IGMP snooping with a querier on the segment, so multicast
+            # goes only to the ports whose hosts joined the group (the reports of their
+            # IP_ADD_MEMBERSHIP), as on a real site with a snooping switch and a querier
+            run("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge",
+                "mcast_snooping", "1", "mcast_querier", "1")
+            run("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        except BaseException:
+            self.close()
+            raise
 
     def _namespace(self, name: str) -> str:
         ns = self.prefix + name
@@ -201,8 +212,12 @@ class Processes:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, host: str, *argv: str) -> subprocess.Popen:
+        # SIGTERM when the test process dies, finalizer or not (speeddata.relay's
+        # die_with_parent, as under `speeddata up`)
+        env = {**os.environ, "SPEEDDATA_DIE_WITH_PARENT": "1"}
         with open(self.log_dir / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(self.site.argv(host, *argv), stdout=log, stderr=log)
+            proc = subprocess.Popen(self.site.argv(host, *argv), stdout=log, stderr=log,
+                                    env=env)
         self.procs[name] = proc
         return proc
 
