@@ -112,13 +112,17 @@ class Network:
         return None
 
     def send(self, count: int, channel: str = "engine", relay: str = "relay",
-             port: int = ENGINE_PORT, schema: str = "engine") -> dict:
-        """``count`` more datagrams of 10 numbered records from the sources' host."""
-        start = self.next_datagram.setdefault(channel, 0)
-        self.next_datagram[channel] = start + count
+             port: int = ENGINE_PORT, schema: str = "engine", start: int | None = None
+             ) -> dict:
+        """``count`` more datagrams of 10 numbered records from the sources' host (from
+        datagram ``start`` when given, else after the last sent to ``channel``)."""
+        if start is None:
+            start = self.next_datagram.setdefault(channel, 0)
+            self.next_datagram[channel] = start + count
         sent = nh.send(self.site, "sources", self.site.address(relay), port, channel,
                        start, count, schema=schema)
-        self.last_record[channel] = sent["last"]
+        if relay == "relay":
+            self.last_record[channel] = sent["last"]
         return sent
 
     def settled(self, name: str = "engine"):
@@ -236,37 +240,47 @@ def test_a_second_relay_on_another_host_appears_without_a_server_restart(net):
     server_pid = net.procs.procs["server"].pid
     uptime0 = net.api("/api/status")["server"]["uptime_s"]
     relay2 = net.site.host("relay2", 4)
-    # channel id 1 again (the first relay's engine is 1 too): the server keys channels by
-    # (relay address, id); names differ
+    # its own channels; dyno has id 1 again (the first relay's engine is 1 too): the
+    # server keys channels by (relay address, id). Its "engine" (id 2) takes a name the
+    # first relay has: shown as engine@10.77.0.4, its data apart
     config = relay_config(net.root / "relay2" / "relay.toml", relay2,
-                          [("dyno", "engine", 27001, 1), ("power", "power", 27002, 7)],
+                          [("dyno", "engine", 27001, 1), ("power", "power", 27002, 7),
+                           ("engine", "engine", 27003, 2)],
                           control=f"tcp://{relay2}:7100", stats=f"tcp://{relay2}:7101")
     net.procs.speeddata("relay2", "relay2", "relay", "-c", str(config))
+    twin = "engine@10.77.0.4"
 
     def announced():
         net.procs.check_alive("relay2", "server")
         chans = net.channels()
-        return chans if {"dyno", "power"} <= set(chans) else None
+        return chans if {"dyno", "power", twin} <= set(chans) else None
 
     chans = wait_for(announced, timeout=30, interval=0.3)
     assert chans["dyno"]["key"] == "10.77.0.4/1" and chans["power"]["key"] == "10.77.0.4/7"
+    assert chans[twin]["key"] == "10.77.0.4/2"
     assert chans["engine"]["key"] == "10.77.0.2/1"
+    engine_before = chans["engine"]
     dyno = net.send(40, channel="dyno", relay="relay2", port=27001)
     power = net.send(40, channel="power", relay="relay2", port=27002, schema="power")
+    other = net.send(20, channel="engine", relay="relay2", port=27003, start=50_000)
 
     def arrived():
         chans = net.channels()
         d, p = chans["dyno"]["latest"]["dyno.rpm"], chans["power"]["latest"]["power.voltage"]
-        if d and p and d["value"] == 1000.0 + dyno["last"] and \
-                p["value"] == 230.0 + power["last"]:
+        e = chans[twin]["latest"][f"{twin}.rpm"]
+        if d and p and e and d["value"] == 1000.0 + dyno["last"] and \
+                p["value"] == 230.0 + power["last"] and e["value"] == 1000.0 + other["last"]:
             return chans
         return None
 
     chans = wait_for(arrived, timeout=20, interval=0.2)
-    for name in ("dyno", "power"):
+    for name, n in (("dyno", 40), ("power", 40), (twin, 20)):
         assert chans[name]["relay"] == "10.77.0.4"
         assert chans[name]["loss"] == {"datagrams": 0, "gaps": 0}
-        assert chans[name]["records"] > 0
+        assert chans[name]["datagrams"] == n and chans[name]["records"] == 10 * n
+    # the first relay's engine did not take the second's records
+    assert chans["engine"]["records"] == engine_before["records"]
+    assert chans["engine"]["latest"] == engine_before["latest"]
     # the same server process all along
     net.procs.check_alive("server", "relay")
     assert net.procs.procs["server"].pid == server_pid
