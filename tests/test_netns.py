@@ -13,7 +13,7 @@ The root namespace gets no device, address or route, and no namespace has a defa
 nothing here can reach the machine's network. The tests ask the server's REST API from
 inside its namespace. docs/deployment.md maps this to a real site.
 
-Needs root (CI runs as root, ``.ci/run`` installs iproute2); skipped otherwise. About 10 s.
+Needs root (CI runs as root, ``.ci/run`` installs iproute2); skipped otherwise. About 15 s.
 """
 
 from __future__ import annotations
