@@ -7,8 +7,9 @@ creates. The machine's own (root) namespace gets no device, address or route: th
 and one end of every veth pair live in the bridge's namespace, the other end in a host's.
 No namespace has a default route; the test network is 10.77.0.0/24 on one bridge.
 
-Run as a program (``python netns_helpers.py send ...``) it is the source: it runs inside
-the sources' namespace and sends with :class:`speeddata.source.Source`.
+Run as a program inside a namespace: ``python netns_helpers.py send ...`` is the source
+(it sends with :class:`speeddata.source.Source`), ``... ws URL SIGNAL`` a websocket
+client that prints the server's ``hello`` and a signal's latest value.
 """
 
 from __future__ import annotations
@@ -269,6 +270,39 @@ def record(schema: str, i: int) -> dict:
     raise ValueError(f"no test records for schema {schema!r}")
 
 
+def ws_latest(site: Site, host: str, url: str, signal: str, timeout: float = 20.0) -> dict:
+    """From inside ``host``: the ``hello`` of the websocket at ``url`` and the latest value
+    of ``signal`` that a latest-values subscription brings (``python netns_helpers.py
+    ws``, the `websockets` package as the client)."""
+    r = run(*site.argv(host, sys.executable, str(Path(__file__).resolve()), "ws", url,
+                       signal, "--timeout", str(timeout)), timeout=timeout + 10)
+    return json.loads(r.stdout)
+
+
+async def _ws(url: str, signal: str, timeout: float) -> dict:
+    import asyncio
+
+    import websockets
+
+    from speeddata.server.ws import decode_frame
+
+    async def session() -> dict:
+        async with websockets.connect(url) as ws:
+            hello = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "subscribe", "sub": 1, "signals": [signal],
+                                      "pixels": 0}))
+            while True:
+                raw = await ws.recv()
+                if not isinstance(raw, bytes):
+                    continue
+                for block in decode_frame(raw)["blocks"]:
+                    if block["type"] == 2 and block["signal"] == 0:
+                        return {"hello": hello, "value": block["value"],
+                                "time_s": block["time_s"]}
+
+    return await asyncio.wait_for(session(), timeout)
+
+
 def _main(argv: list[str] | None = None) -> int:
     """``send``: numbered records to a relay, paced (20 datagrams, then 20 ms: about
     1000 datagrams/s, bursts far below the 1000-packet backlog of a veth's receiver)."""
@@ -281,7 +315,16 @@ def _main(argv: list[str] | None = None) -> int:
     s.add_argument("--start", type=int, required=True)
     s.add_argument("--count", type=int, required=True)
     s.add_argument("--per-datagram", type=int, default=10)
+    w = sub.add_parser("ws")
+    w.add_argument("url")
+    w.add_argument("signal")
+    w.add_argument("--timeout", type=float, default=20.0)
     args = parser.parse_args(argv)
+    if args.cmd == "ws":
+        import asyncio
+
+        print(json.dumps(asyncio.run(_ws(args.url, args.signal, args.timeout))))
+        return 0
     from speeddata.source import Source
 
     schemas = Path(__file__).resolve().parents[1] / "src" / "speeddata" / "schemas"

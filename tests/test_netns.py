@@ -202,6 +202,10 @@ def test_the_network_is_closed_and_data_flows_end_to_end(net):
     assert ch["loss"] == {"datagrams": 0, "gaps": 0}
     assert ch["datagrams"] - ch0["datagrams"] == 300
     assert ch["records"] - ch0["records"] == 3000
+    # ... and to a browser: the websocket's hello and a latest-values subscription
+    ws = nh.ws_latest(net.site, "server", "ws://127.0.0.1:8080/ws", "engine.rpm")
+    assert [c["key"] for c in ws["hello"]["channels"]] == ["10.77.0.2/1"]
+    assert ws["value"] == 1000.0 + sent["last"]
     status = net.api("/api/status")
     assert status["relay"]["multicast"]["interface"] == "10.77.0.2"
     # the server's join reached the switch: IGMP snooping sends the group to it alone
