@@ -41,7 +41,7 @@ from relay_helpers import (
 )
 from speeddata.cache import cache_segments, list_segments, segment_bytes, segment_needs_recovery
 from speeddata.config import load_config
-from speeddata.relay import Relay
+from speeddata.relay import Relay, RelayError
 from speeddata.schema import Schema
 from speeddata.validate import PyValidator
 
@@ -380,6 +380,53 @@ def test_port_in_use_exits_2(tmp_path, ipc_dir):
     assert "INFO stopped" not in r.stderr
     assert "ERROR failed to start: cannot bind channel 'engine'" in r.stderr
     assert "ERROR stopped: the relay failed to start" in r.stderr
+
+
+#: an address no host has (TEST-NET-1, RFC 5737): never one of this machine's
+NOT_LOCAL = "192.0.2.1"
+
+
+def test_a_multicast_interface_not_on_this_host_is_a_clear_error(tmp_path, ipc_dir):
+    """It was a traceback from inside the engine (OSError 99 on IP_MULTICAST_IF)."""
+    info = write_config(tmp_path / "relay.toml", ipc_dir)
+    text = info["path"].read_text().replace('interface = "127.0.0.1"',
+                                            f'interface = "{NOT_LOCAL}"')
+    info["path"].write_text(text)
+    r = subprocess.run(
+        [sys.executable, "-m", "speeddata.relay", "-c", str(info["path"])],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"speeddata relay: error: multicast.interface {NOT_LOCAL}: multicast cannot " \
+        "leave by it (Cannot assign requested address); it is not an address of this " \
+        "host" in r.stderr
+    assert "ip -4 addr" in r.stderr
+
+
+@pytest.mark.parametrize("key", ["relay.listen", "relay.control", "relay.stats"])
+def test_an_address_not_on_this_host_names_its_key(tmp_path, ipc_dir, key):
+    """relay.listen (or a TCP control or stats endpoint) on an address this host does not
+    have said "is another relay using it? pick another port": the fix is another address."""
+    info = write_config(tmp_path / "relay.toml", ipc_dir)
+    text = info["path"].read_text()
+    if key == "relay.listen":
+        text = text.replace("[relay]\n", f'[relay]\nlisten = "{NOT_LOCAL}"\n')
+    else:
+        endpoint = info[key.split(".")[1]]
+        text = text.replace(f'"{endpoint}"', f'"tcp://{NOT_LOCAL}:7100"')
+    info["path"].write_text(text)
+    relay = Relay(load_config(info["path"]), "python")
+    try:
+        with pytest.raises(RelayError) as err:
+            relay.start()
+    finally:
+        relay.close()
+    message = str(err.value)
+    assert "is not an address of this host" in message or \
+        "its address is not one of this host's" in message, message
+    assert key in message and "ip -4 addr" in message
+    assert "another relay" not in message and "pick another port" not in message
 
 
 def test_status_without_relay_exits_2(ipc_dir):

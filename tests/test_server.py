@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +26,7 @@ from speeddata import downsample, wire
 from speeddata.config import ChannelConfig, load_config
 from speeddata.schema import Schema
 from speeddata.server import LiveServer, ServerError
+from speeddata.server.live import IntakeError
 from speeddata.server.ws import decode_frame
 
 ENGINE = Schema(SCHEMAS / "engine.avsc")
@@ -582,6 +585,40 @@ def test_no_token_no_bind_beyond_loopback(tmp_path, monkeypatch):
     monkeypatch.setenv("SPEEDDATA_TOKEN", TOKEN)
     cfg = load_config(text=config_text(tmp_path, group, "0.0.0.0:8080"))
     assert LiveServer(cfg).token == TOKEN
+
+
+def test_a_multicast_interface_not_on_this_host_names_the_key(tmp_path):
+    """The join's failure was reported as "cannot listen on 127.0.0.1:8080 ... is another
+    server running there? (server.listen)": the key to change is multicast.interface."""
+    group = (random_group(), free_udp_port())
+    text = config_text(tmp_path, group, "127.0.0.1:1").replace(
+        'interface = "127.0.0.1"', 'interface = "192.0.2.1"')  # TEST-NET-1: no host's
+    with pytest.raises(IntakeError) as err:
+        LiveServer(load_config(text=text)).make_intake()
+    message = str(err.value)
+    assert f"cannot join multicast group {group[0]} on multicast.interface 192.0.2.1" \
+        in message and "ip -4 addr" in message, message
+    path = tmp_path / "server.toml"
+    path.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "serve", "-c", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"speeddata serve: error: {message}" in r.stderr
+    assert "cannot listen" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_listen_address_not_on_this_host_names_the_key(tmp_path):
+    """It said "is another server running there?": the fix is another address."""
+    path = tmp_path / "server.toml"
+    path.write_text(config_text(tmp_path, (random_group(), free_udp_port()),
+                                "192.0.2.1:8080", extra=f'token = "{TOKEN}"'))
+    r = subprocess.run([sys.executable, "-m", "speeddata.commands", "serve", "-c", str(path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "speeddata serve: error: cannot listen on 192.0.2.1:8080: Cannot assign " \
+        "requested address; server.listen 192.0.2.1 is not an address of this host" \
+        in r.stderr, r.stderr
+    assert "another server" not in r.stderr and "Traceback" not in r.stderr
 
 
 class TestChanges(ServerCase):

@@ -46,7 +46,7 @@ from .relay_ref import SHARED_CHANNEL_ID, PyEngine
 from .schema import Schema, SchemaError
 from .validate import validator_factory
 
-__all__ = ["Relay", "RelayError", "engine_class", "die_with_parent"]
+__all__ = ["Relay", "RelayError", "engine_class", "die_with_parent", "check_multicast_interface"]
 
 log = logging.getLogger("speeddata.relay")
 
@@ -159,6 +159,47 @@ class _LiveOpenSegments:
         return any(path in e.open_segments() for e in self.engines)
 
 
+#: how to fix an address that is not this host's (relay.listen, multicast.interface,
+#: the control and stats endpoints)
+NOT_LOCAL_FIX = (
+    "give the IPv4 address of this host's interface on the network it should use "
+    "(`ip -4 addr` lists them), or 127.0.0.1 to stay on this host"
+)
+
+
+def check_multicast_interface(multicast) -> None:
+    """Raise RelayError unless multicast to ``multicast.full`` can leave by
+    ``multicast.interface``. ip(7) IP_MULTICAST_IF takes only an address of one of this
+    host's interfaces, else EADDRNOTAVAIL; with 0.0.0.0 the routing table chooses, and a
+    host without a route for the group (no default route, no 224.0.0.0/4) fails every
+    send, counted as ``multicast_errors`` while nothing leaves. connect(2) on a UDP socket
+    looks the route up the way a send does (for a multicast destination, by the
+    IP_MULTICAST_IF interface) and sends nothing. Both engines set the option on their
+    send sockets; checking once here names the key instead of failing in an engine."""
+    interface = multicast.interface
+    group = "{}:{}".format(*multicast.full)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            sock.setsockopt(
+                socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(interface)
+            )
+        except OSError as exc:
+            raise RelayError(
+                f"multicast.interface {interface}: multicast cannot leave by it "
+                f"({exc.strerror}); it is not an address of this host: {NOT_LOCAL_FIX}"
+            ) from None
+        try:
+            sock.connect(multicast.full)
+        except OSError as exc:
+            raise RelayError(
+                f"multicast.full {group}: no route to it by multicast.interface {interface} "
+                f"({exc.strerror}): {NOT_LOCAL_FIX}, or add a route for 224.0.0.0/4"
+            ) from None
+    finally:
+        sock.close()
+
+
 class Relay:
     """One relay: call ``start()``, then ``wait()`` until stopped, then ``close()``."""
 
@@ -213,6 +254,7 @@ class Relay:
             if self.cache_dir is not None:
                 self.segment_size = self._fit_segment_size(len(channels))
             self._bind_control()
+            check_multicast_interface(self.config.multicast)
             self.engines = [self._make_engine() for _ in range(self.workers)]
             if self.config.relay.shared_port:
                 self._bind_shared()
@@ -367,6 +409,11 @@ class Relay:
             try:
                 sock.bind(endpoint)
             except zmq.ZMQError as exc:
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    raise RelayError(
+                        f"cannot bind {key} {endpoint}: {exc}; its address is not one of "
+                        f"this host's: {NOT_LOCAL_FIX}"
+                    ) from exc
                 raise RelayError(
                     f"cannot bind {key} {endpoint}: {exc}; is another relay running? "
                     f"pick another endpoint in the config"
@@ -401,6 +448,12 @@ class Relay:
             sock.bind((self.config.relay.listen, port))
         except OSError as exc:
             sock.close()
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise RelayError(
+                    f"cannot bind {what} to {self.config.relay.listen}:{port}: "
+                    f"{exc.strerror}; relay.listen {self.config.relay.listen} is not an "
+                    f"address of this host: {NOT_LOCAL_FIX}, or 0.0.0.0 for every interface"
+                ) from exc
             raise RelayError(
                 f"cannot bind {what} to {self.config.relay.listen}:{port}: {exc.strerror}; "
                 "is another relay or program using it? pick another port"

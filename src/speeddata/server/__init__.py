@@ -7,6 +7,7 @@ and embedders drive on their own IOLoop. See docs/server.md and docs/websocket.m
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import sys
@@ -33,6 +34,12 @@ def serve(config: Config, listen: tuple[str, int] | None = None,
         try:
             server.start()
         except OSError as exc:
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise ServerError(
+                    f"cannot listen on {server.listen[0]}:{server.listen[1]}: {exc.strerror}; "
+                    f"server.listen {server.listen[0]} is not an address of this host: give "
+                    "one of its IPv4 addresses (`ip -4 addr` lists them), 0.0.0.0 for "
+                    "every interface, or 127.0.0.1") from exc
             raise ServerError(
                 f"cannot listen on {server.listen[0]}:{server.listen[1]}: {exc.strerror}; "
                 "is another server running there? (server.listen)") from exc

@@ -32,10 +32,12 @@ from typing import Any
 import numpy as np
 
 from .. import downsample, wire
+from ..errors import SpeedDataError
 from ..schema import Schema, SchemaError
 
 __all__ = [
     "Intake",
+    "IntakeError",
     "LiveChannel",
     "LiveSignal",
     "Level",
@@ -246,6 +248,10 @@ def join_m4(parts: list[M4], c0: int, n: int, k: int) -> M4:
         last[sl] = la
         count[sl] += p.count
     return M4(c0, count, first, mn, mx, last)
+
+
+class IntakeError(SpeedDataError):
+    """The multicast group cannot be joined as configured; the message names the key."""
 
 
 @dataclass
@@ -810,14 +816,29 @@ class Intake:
                 sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
             except OSError:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            sock.bind((addr, port))
-            sock.setsockopt(
-                socket.IPPROTO_IP,
-                socket.IP_ADD_MEMBERSHIP,
-                socket.inet_aton(addr) + socket.inet_aton(self.interface),
-            )
+            try:
+                sock.bind((addr, port))
+            except OSError as exc:
+                raise IntakeError(
+                    f"cannot bind the multicast socket to {addr}:{port} ({exc.strerror}); "
+                    "multicast.full and multicast.decimated are the relays' groups "
+                    "(server.group picks one)") from None
+            try:
+                sock.setsockopt(
+                    socket.IPPROTO_IP,
+                    socket.IP_ADD_MEMBERSHIP,
+                    socket.inet_aton(addr) + socket.inet_aton(self.interface),
+                )
+            except OSError as exc:
+                # ip(7): the membership's interface is looked up by address; one that
+                # is not this host's gives ENODEV (EADDRNOTAVAIL on older kernels)
+                raise IntakeError(
+                    f"cannot join multicast group {addr} on multicast.interface "
+                    f"{self.interface} ({exc.strerror}): give the IPv4 address of this "
+                    "host's interface on the relays' network (`ip -4 addr` lists them), "
+                    "or 127.0.0.1 when the relay runs on this host") from None
             sock.setblocking(False)
-        except OSError:
+        except BaseException:
             sock.close()
             raise
         return sock
