@@ -77,6 +77,11 @@ def test_up_demo_duration(tmp_path, ipc_dir, engine):
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
+    # one line says what to open (issue 14), printed once the server listens
+    host, port = _listen_of(info["path"])
+    assert [line for line in r.stderr.splitlines() if "http" in line] == [
+        f"speeddata up: open http://{host}:{port}/"
+    ]
     log = (info["cache"] / "up.log").read_text()
     assert "Traceback" not in r.stderr + log and "Exception ignored" not in r.stderr + log
     # the status table was shown (refreshed), one row per channel
