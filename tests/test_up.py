@@ -266,6 +266,9 @@ def test_up_restarts_a_relay_killed_by_sigkill_and_the_server_follows(tmp_path, 
         kids = _children_of(up.pid)
         assert first in kids and len(kids) == 3  # relay, live server, demo source
         server_pid = next(p for p in kids if "serve" in Path(f"/proc/{p}/cmdline").read_text())
+        # the relay has written blocks: its open segments need recovery once it is killed
+        wait_for(lambda: any(len(s.read_index()) for s in cache_segments(info["cache"])),
+                 timeout=20)
         killed_at = time.monotonic()
         os.kill(first, signal.SIGKILL)
         second = wait_for(lambda: (_relay_pid(info) or first) != first and _relay_pid(info),
@@ -291,7 +294,7 @@ def test_up_restarts_a_relay_killed_by_sigkill_and_the_server_follows(tmp_path, 
     assert not any(segment_needs_recovery(s) for s in cache_segments(info["cache"]))
     assert read_all_cleanly(info["cache"]) > 0
     log = (info["cache"] / "up.log").read_text()
-    assert "[relay]" in log and "recovered" in log  # the new relay recovered the segments
+    assert "[relay]" in log and "recovered" in log, log  # the new relay recovered the segments
 
 
 def _run_up_and_kill_relay(info, kills: int, *extra) -> tuple[subprocess.CompletedProcess, list]:
@@ -409,3 +412,21 @@ def test_up_a_live_server_that_cannot_start_stops_up_with_its_reason(tmp_path, i
     assert code == 2, err
     assert "live server exited with status" in err and "while starting" in err
     assert "its last lines:" in err
+
+
+def test_status_display_on_a_terminal_keeps_what_happened_on_screen(tmp_path):
+    """The table is redrawn over the whole screen each second: a death and a restart
+    must stay on it (they are also written once to stderr)."""
+    import io
+
+    from speeddata.commands.up import StatusDisplay
+
+    out = io.StringIO()
+    events = ["relay was killed by SIGKILL after 3.0 s; its last lines:",
+              "restarting relay in 1 s (restart 1 of 10 in a row)"]
+    display = StatusDisplay(f"ipc://{tmp_path / 'none'}", "speeddata up: header", out=out,
+                            tty=True, events=events)
+    display.refresh()
+    screen = out.getvalue().split("\x1b[H\x1b[2J")[-1]
+    assert screen.startswith("speeddata up: header\nspeeddata up: relay was killed by SIGKILL")
+    assert "speeddata up: restarting relay in 1 s" in screen and "no status" in screen
