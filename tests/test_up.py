@@ -430,3 +430,29 @@ def test_status_display_on_a_terminal_keeps_what_happened_on_screen(tmp_path):
     screen = out.getvalue().split("\x1b[H\x1b[2J")[-1]
     assert screen.startswith("speeddata up: header\nspeeddata up: relay was killed by SIGKILL")
     assert "speeddata up: restarting relay in 1 s" in screen and "no status" in screen
+
+
+def test_up_restarts_a_killed_live_server_on_its_port(tmp_path, ipc_dir):
+    """kill -9 the live server: up restarts it, on the same port, and it sees the relay's
+    channels again; the relay is not touched."""
+    info = _with_up_section(up_config(tmp_path, ipc_dir), restart_backoff='"200ms"')
+    with _running_up(info, "--demo", "-q", "--no-status") as up:
+        relay = wait_for(lambda: _relay_pid(info), timeout=30)
+        wait_for(lambda: (_server_status(info["server"]) or {}).get("channels"), timeout=30)
+        (server,) = [p for p in _children_of(up.pid)
+                     if "serve" in Path(f"/proc/{p}/cmdline").read_text()]
+        os.kill(server, signal.SIGKILL)
+        wait_for(lambda: _server_status(info["server"]) is None, timeout=10)
+        status = wait_for(lambda: (_server_status(info["server"]) or {}).get("channels")
+                          and _server_status(info["server"]), timeout=30)
+        assert {"engine", "power", "status"} <= set(status["channels"])
+        assert status["server"]["uptime_s"] < 20 and _relay_pid(info) == relay
+        (again,) = [p for p in _children_of(up.pid)
+                    if "serve" in Path(f"/proc/{p}/cmdline").read_text()]
+        assert again != server
+        up.send_signal(signal.SIGTERM)
+        _, err = up.communicate(timeout=30)
+    assert up.returncode == 0, err
+    assert "speeddata up: live server was killed by SIGKILL after" in err
+    assert "speeddata up: restarting live server in 0.2 s" in err
+    assert not any(_alive(pid) for pid in (relay, server, again))

@@ -65,21 +65,21 @@ def run(args: argparse.Namespace) -> int:
         raise UpError(f"cannot write the log {log_path}: {exc.strerror}") from exc
     names = ", ".join(name for name, _ in procs)
     header = f"speeddata up: {names}; output in {log_path}; Ctrl-C stops"
-    has_server = any(name == "live server" for name, _ in procs)
-    if has_server:
-        header += f"\nspeeddata up: open {server_url(config)}"
+    if any(name == "live server" for name, _ in procs):
+        header += f"\nspeeddata up: open {server_url(config)}"  # once it listens
     print(f"speeddata up: starting {names}", file=sys.stderr, flush=True)
     code = 0
     try:
         with Supervisor(policy=policy) as sup:
             try:
-                started = {}
+                # each part ready before the next; one that fails to start stops up
+                # (restarting would not help a config or port problem)
                 for name, argv in procs:
-                    started[name] = sup.start(name, argv, output=log)
+                    child = sup.start(name, argv, output=log)
                     if name == "relay":
-                        wait_for_relay(config.relay.control, started[name], sup)
+                        wait_for_relay(config.relay.control, child, sup)
                     elif name == "live server":
-                        wait_for_server(config.server.listen, started[name], sup)
+                        wait_for_server(config.server.listen, child, sup)
                 print(header, file=sys.stderr, flush=True)
                 display = None
                 if not args.no_status:
