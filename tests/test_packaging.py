@@ -207,8 +207,8 @@ def test_the_package_imports_no_test_or_lint_tool():
 
 def _make_dry_run(target: str, venv: Path) -> list[str]:
     """The commands `make TARGET` runs on a fresh machine (no venv yet), not run."""
-    r = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run(["make", "-n", target, f"VENV={venv}", "PYTHON=python3"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines()
 
