@@ -13,6 +13,7 @@ from speeddata.config import (
     CacheConfig,
     Config,
     ConfigError,
+    UpConfig,
     load_config,
     parse_address,
     parse_budget,
@@ -501,6 +502,18 @@ ERRORS = {
                           "does not exist"),
     "server-unknown": ("[server]\nport = 8080\n", "server.port", "allowed keys in [server]"),
     "dir-type": ("[cache]\ndir = 5\n", "cache.dir", "must be a string"),
+    "up-on-failure": ("[up]\non_failure = 'retry'\n", "up.on_failure",
+                      'must be "restart" (the part, after a back-off) or "stop" (everything)'),
+    "up-on-failure-type": ("[up]\non_failure = true\n", "up.on_failure", "must be a string"),
+    "up-backoff-unit": ("[up]\nrestart_backoff = 'soon'\n", "up.restart_backoff",
+                        "write e.g. '500ms', '30s'"),
+    "up-backoff-zero": ("[up]\nrestart_backoff = 0\n", "up.restart_backoff",
+                        "from 10 ms to 1 h"),
+    "up-backoff-max-below": ("[up]\nrestart_backoff = '5s'\nrestart_backoff_max = '2s'\n",
+                             "up.restart_backoff_max", "from up.restart_backoff (5 s)"),
+    "up-max-restarts": ("[up]\nmax_restarts = -1\n", "up.max_restarts",
+                        "integer from 0 to 1000000"),
+    "up-unknown": ("[up]\nrestart = true\n", "up.restart", "allowed keys in [up]: on_failure"),
     "enabled-type": ("[cache]\nenabled = 1\n", "cache.enabled", "must be true or false"),
 }
 
@@ -619,3 +632,14 @@ def test_server_keys(tmp_path):
     ):
         with pytest.raises(ConfigError, match=message):
             load_config(text=f"[server]\n{text}\n")
+
+
+def test_up_section_defaults_and_values(tmp_path):
+    """Issue 14: [up] says what `speeddata up` does when a process dies; by default it
+    restarts it after 1 s, doubling to 30 s, and gives up after 10 failures in a row."""
+    assert load_config(text="").up == UpConfig("restart", 1.0, 30.0, 10)
+    assert load_config(DEFAULT_CONFIG).up == UpConfig()
+    path = tmp_path / "up.toml"
+    path.write_text("[up]\non_failure = 'stop'\nrestart_backoff = '250ms'\n"
+                    "restart_backoff_max = '2min'\nmax_restarts = 0\n")
+    assert load_config(path).up == UpConfig("stop", 0.25, 120.0, 0)

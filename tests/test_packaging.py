@@ -11,6 +11,7 @@ running venv through a .pth line, so nothing is downloaded.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,11 @@ from pathlib import Path
 import pytest
 
 import speeddata
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "speeddata"
@@ -139,3 +145,126 @@ def test_web_ui_is_installed_and_served_from_the_install(installed):
     code = "from speeddata.server import web_root; print(web_root())"
     out = run([installed["python"], "-c", code], cwd=installed["cwd"]).stdout.strip()
     assert out == f"{installed['site']}/speeddata/web"
+
+
+# -- what `make up` installs (issue 14): running needs no test or lint tool -------------
+
+#: tools that only tests, benchmarks and linters use: never a runtime dependency
+DEV_TOOLS = {
+    "pytest", "hypothesis", "playwright", "ruff", "cython-lint", "import-linter",
+    "schemathesis", "websockets", "avro", "mypy", "coverage", "black", "flake8", "pylint",
+}
+#: their import names
+DEV_MODULES = {
+    "pytest", "_pytest", "pytest_benchmark", "pytest_timeout", "hypothesis", "playwright",
+    "ruff", "cython_lint", "importlinter", "schemathesis", "websockets", "avro", "mypy",
+    "coverage", "black", "flake8", "pylint",
+}
+
+
+def _name(requirement: str) -> str:
+    """``"pytest-timeout>=2.2"`` -> ``"pytest-timeout"`` (PEP 503 normalised)."""
+    name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _is_dev_tool(name: str) -> bool:
+    return name in DEV_TOOLS or name.startswith("pytest-")
+
+
+def _project() -> dict:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]
+
+
+def test_runtime_dependencies_hold_no_test_or_lint_tool():
+    project = _project()
+    runtime = [_name(r) for r in project["dependencies"]]
+    assert "numpy" in runtime and "tornado" in runtime
+    assert [n for n in runtime if _is_dev_tool(n)] == []
+    # the tools are where `make test` and `make lint` get them (and the check above
+    # would see them: the names are spelled as the extras spell them)
+    extras = project["optional-dependencies"]
+    dev = {_name(r) for r in extras["test"] + extras["lint"]}
+    assert {"pytest", "hypothesis", "playwright", "ruff", "cython-lint", "import-linter"} <= dev
+    assert {_name(r) for r in extras["lint"]} <= dev and all(_is_dev_tool(n) for n in
+                                                             map(_name, extras["lint"]))
+
+
+def test_the_package_imports_no_test_or_lint_tool():
+    """What runs (src/speeddata) never imports what only `make test` installs."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "src" / "speeddata").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.module
+                     and node.level == 0 else [])
+            found += [(path.name, n) for n in names if n.split(".")[0] in DEV_MODULES]
+    assert found == []
+
+
+def _make_dry_run(target: str, venv: Path) -> list[str]:
+    """The commands `make TARGET` runs on a fresh machine (no venv yet), not run."""
+    r = subprocess.run(["make", "-n", target, f"VENV={venv}", "PYTHON=python3"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+def _make_rule(target: str) -> list[str]:
+    """The prerequisites of ``target`` as the Makefile writes them."""
+    text = (ROOT / "Makefile").read_text()
+    m = re.search(rf"^{re.escape(target)}:(?!=)(.*)$", text, re.M)
+    assert m, f"no rule for {target} in the Makefile"
+    return m.group(1).split()
+
+
+def test_make_up_depends_only_on_the_runtime_stamp():
+    assert _make_rule("up") == ["$(RUNTIME_STAMP)"]
+    assert _make_rule("$(RUNTIME_STAMP)") == ["$(PY)", "$(SOURCES)"]
+    for target in ("test", "lint", "bench", "fuzz", "install"):
+        assert _make_rule(target) == ["$(DEV_STAMP)"], target
+    assert _make_rule("$(DEV_STAMP)") == ["$(RUNTIME_STAMP)"]
+
+
+def test_make_up_on_a_fresh_machine_installs_only_what_running_needs(tmp_path):
+    venv = tmp_path / "venv"
+    up = _make_dry_run("up", venv)
+    assert up[0] == f"python3 -m venv {venv}"
+    # the build requirements into the venv, then SpeedData without extras, no isolation
+    (build,) = [c for c in up if "Cython" in c]
+    assert all(f'"{r}' in build for r in ("setuptools", "wheel", "Cython", "numpy"))
+    assert f"{venv}/bin/python -m pip install --no-build-isolation -e ." in up
+    assert up[-1] == f"{venv}/bin/speeddata up --demo"
+    installs = " ".join(c for c in up if " pip install" in c)
+    assert "[" not in installs and "-r " not in installs
+    assert not any(_is_dev_tool(_name(word.strip('"'))) for c in up for word in c.split()
+                   if word.strip('"')[:1].isalpha())
+
+
+@pytest.mark.parametrize("target", ["test", "lint", "bench", "fuzz"])
+def test_make_test_lint_bench_fuzz_install_the_extras_test_and_lint(tmp_path, target):
+    venv = tmp_path / "venv"
+    commands = _make_dry_run(target, venv)
+    assert f"{venv}/bin/python -m pip install --no-build-isolation -e ." in commands
+    (write,) = [c for c in commands if c.endswith(f"> {venv}/dev-requirements.txt")]
+    assert f"{venv}/bin/python -m pip install -r {venv}/dev-requirements.txt" in commands
+    # the requirements file the recipe writes (run here with this Python, into tmp_path)
+    venv.mkdir()
+    env = dict(os.environ, DEV_REQUIREMENTS=_make_variable("DEV_REQUIREMENTS"))
+    subprocess.run(["bash", "-c", write.replace(f"{venv}/bin/python", sys.executable)],
+                   cwd=ROOT, env=env, check=True, timeout=60)
+    written = (venv / "dev-requirements.txt").read_text().splitlines()
+    extras = _project()["optional-dependencies"]
+    assert written == list(dict.fromkeys(extras["test"] + extras["lint"]))
+
+
+def _make_variable(name: str) -> str:
+    """The value of a Makefile variable, as make expands it."""
+    r = subprocess.run(["make", "-s", "-f", "-", "print"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60,
+                       input=f'include Makefile\nprint:\n\t@printf "%s" "$${name}"\n')
+    assert r.returncode == 0, r.stderr
+    return r.stdout

@@ -34,9 +34,11 @@ import pytest
 
 from speeddata.config import (
     CacheConfig,
+    Config,
     MulticastConfig,
     RelayConfig,
     ServerConfig,
+    UpConfig,
     load_config,
 )
 from speeddata.schema import Schema
@@ -108,9 +110,10 @@ def test_the_config_block_loads_and_shows_the_defaults(tmp_path):
     assert cfg.multicast == MulticastConfig()
     assert cfg.relay == RelayConfig()
     assert cfg.server == ServerConfig()
+    assert cfg.up == UpConfig()
     # every key of the sections is shown (commented out when it has no default value)
     for section, cls in (("cache", CacheConfig), ("multicast", MulticastConfig),
-                         ("relay", RelayConfig), ("server", ServerConfig)):
+                         ("relay", RelayConfig), ("server", ServerConfig), ("up", UpConfig)):
         for f in dataclasses.fields(cls):
             assert re.search(rf"^#? ?{f.name} = ", _section(block.text, section), re.M), (
                 f"README config block: {section}.{f.name} is missing"
@@ -201,3 +204,29 @@ def test_readme_says_where_the_command_is(marker):
     """Item 14: after `make up` the command is in .venv/bin, not on PATH."""
     text = README.read_text()
     assert ". .venv/bin/activate" in text and f".venv/bin/{marker}" in text
+
+
+def test_readme_covers_what_a_new_user_needs():
+    """Issue 14: the README's sections, from a new user's point of view."""
+    text = README.read_text()
+    headings = re.findall(r"^##+ (.+)$", text, re.M)
+    for wanted in ("Two commands", "A source in ten lines", "A dashboard in five lines",
+                   "Keep and export", "Configure", "Sizing the cache", "Running as a service",
+                   "What to expect on a Raspberry Pi and on a many-core server"):
+        assert wanted in headings, wanted
+    assert "![" in text.split("## Two commands")[0]  # the screenshot, before anything else
+    assert "make up" in text and "make test" in text
+    # every section of the config is named in the configuration reference
+    configure = text.split("## Configure", 1)[1].split("\n## ", 1)[0]
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "path"]
+    for name in sections:
+        shown = "[[channels]]" if name == "channels" else f"[{name}]"
+        assert shown in configure, shown
+    # the ten and five lines are that short
+    blocks = readme_blocks(text)
+    source = next(b for b in blocks if b.lang == "python" and "Source(" in b.text)
+    dashboard = next(b for b in blocks if b.lang == "html")
+    assert len(source.text.splitlines()) <= 10 and len(dashboard.text.splitlines()) <= 5
+    # what it points to is there (docs/scaling.md comes with its own change)
+    assert (REPO / "deploy" / "README.md").is_file()
+    assert "docs/scaling.md" in text.split("many-core server", 1)[1].split("\n## ", 1)[0]

@@ -37,6 +37,7 @@ __all__ = [
     "MulticastConfig",
     "RelayConfig",
     "ServerConfig",
+    "UpConfig",
     "DEFAULT_CONFIG",
     "load_config",
     "parse_size",
@@ -221,6 +222,20 @@ class ServerConfig:
     dashboards: Path | None = None  # folder of HTML dashboards (/d/<name>)
 
 
+#: what ``up.on_failure`` allows
+ON_FAILURE = ("restart", "stop")
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """How ``speeddata up`` treats a part (relay, live server, demo source) that dies."""
+
+    on_failure: str = "restart"  # "restart" it after a back-off, or "stop" everything
+    restart_backoff: float = 1.0  # seconds before the first restart; doubles each time...
+    restart_backoff_max: float = 30.0  # ...up to this; a part that ran this long starts over
+    max_restarts: int = 10  # failures in a row before up stops everything; 0: no limit
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     name: str
@@ -243,6 +258,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     channels: tuple[ChannelConfig, ...] = ()
     path: Path | None = None
+    up: UpConfig = field(default_factory=UpConfig)
 
     def channel(self, name: str) -> ChannelConfig:
         for ch in self.channels:
@@ -365,7 +381,7 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
-    _Section(where, _TOP, doc, ("cache", "multicast", "relay", "server", "channels"))
+    _Section(where, _TOP, doc, ("cache", "multicast", "relay", "server", "up", "channels"))
 
     c = _Section(where, "cache", doc.get("cache", {}), _field_names(CacheConfig))
     d = CacheConfig()
@@ -467,6 +483,8 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
     if server.dashboards is not None and not server.dashboards.is_dir():
         s.fail("server.dashboards", f"folder {str(server.dashboards)!r} does not exist")
 
+    up = _up_section(_Section(where, "up", doc.get("up", {}), _field_names(UpConfig)))
+
     raw_channels = doc.get("channels", [])
     if not isinstance(raw_channels, list):
         raise ConfigError(f"{where}: channels: must be an array of tables ([[channels]])")
@@ -525,7 +543,38 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
                 time=schema.time_field,
             )
         )
-    return Config(cache, multicast, relay, server, tuple(channels), Path(path) if path else None)
+    return Config(
+        cache, multicast, relay, server, tuple(channels), Path(path) if path else None, up=up
+    )
+
+
+def _up_section(u: _Section) -> UpConfig:
+    """[up]: what ``speeddata up`` does when one of its processes dies."""
+    d = UpConfig()
+    on_failure = u.get("on_failure", d.on_failure, types=(str,))
+    if on_failure not in ON_FAILURE:
+        u.fail("up.on_failure", f"must be \"restart\" (the part, after a back-off) or \"stop\" "
+               f"(everything), not {on_failure!r}")
+    up = UpConfig(
+        on_failure=on_failure,
+        restart_backoff=u.get(
+            "restart_backoff", d.restart_backoff, parse_duration, (str, int, float)
+        ),
+        restart_backoff_max=u.get(
+            "restart_backoff_max", d.restart_backoff_max, parse_duration, (str, int, float)
+        ),
+        max_restarts=u.get(
+            "max_restarts", d.max_restarts, lambda v: _positive_int(v, 0, 1_000_000)
+        ),
+    )
+    if not 0.01 <= up.restart_backoff <= 3600.0:
+        u.fail("up.restart_backoff", f"must be from 10 ms to 1 h (e.g. '1s'), not "
+               f"{up.restart_backoff:g} s")
+    if not up.restart_backoff <= up.restart_backoff_max <= 86400.0:
+        u.fail("up.restart_backoff_max", f"must be from up.restart_backoff "
+               f"({up.restart_backoff:g} s) to 24 h (e.g. '30s'), not "
+               f"{up.restart_backoff_max:g} s")
+    return up
 
 
 def _field_names(cls: type) -> tuple[str, ...]:

@@ -4,14 +4,14 @@ supervisor of speeddata.up, with the relay's status table until Ctrl-C."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import textwrap
-from pathlib import Path
 
 from ..config import load_config
 from ..control import WIDTH, ControlError, format_status, request
-from ..up import Supervisor, UpError, children, server_url, wait_for_relay
+from ..up import Supervisor, UpError, children, server_url, wait_for_relay, wait_for_server
 from .options import add_config_argument, add_duration_argument
 
 
@@ -34,18 +34,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-status", action="store_true", help="do not show the relay status table"
     )
+    parser.add_argument(
+        "--on-failure",
+        choices=("restart", "stop"),
+        help="when a process dies: restart it after a back-off, or stop everything "
+        "(default: up.on_failure of the config, \"restart\")",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """``speeddata up``: start the children, show the relay status until Ctrl-C (or
-    ``--duration``), stop them all; 0 on Ctrl-C/duration, else the failed child's status.
+    ``--duration``), stop them all; 0 on Ctrl-C/duration, else the exit status of the
+    child whose death stopped everything (``[up]`` of the config: restart or stop).
 
-    The children's output goes to ``<cache dir>/up.log``; its tail is printed when a
-    child fails.
+    The children's output goes to ``<cache dir>/up.log``; the last lines of a child that
+    dies are printed with its exit status or signal.
     """
     if args.duration is not None and (math.isnan(args.duration) or args.duration < 0):
         raise UpError(f"--duration {args.duration}: must be a number of seconds >= 0")
     config = load_config(args.config)  # report config errors once, before starting anything
+    policy = config.up
+    if args.on_failure:
+        policy = dataclasses.replace(policy, on_failure=args.on_failure)
     procs = children(args.config, args.engine, args.demo, args.rate, args.quiet)
     log_path = config.cache.dir.resolve() / "up.log"
     try:
@@ -56,17 +66,24 @@ def run(args: argparse.Namespace) -> int:
     names = ", ".join(name for name, _ in procs)
     header = f"speeddata up: {names}; output in {log_path}; Ctrl-C stops"
     if any(name == "live server" for name, _ in procs):
-        header += f"\nspeeddata up: open {server_url(config)}"
-    print(header, file=sys.stderr, flush=True)
+        header += f"\nspeeddata up: open {server_url(config)}"  # once it listens
+    print(f"speeddata up: starting {names}", file=sys.stderr, flush=True)
     code = 0
     try:
-        with Supervisor() as sup:
+        with Supervisor(policy=policy) as sup:
             try:
-                relay = sup.start(*procs[0], output=log)
-                wait_for_relay(config.relay.control, relay)
-                for name, argv in procs[1:]:
-                    sup.start(name, argv, output=log)
-                display = None if args.no_status else StatusDisplay(config.relay.control, header)
+                # each part ready before the next; one that fails to start stops up
+                # (restarting would not help a config or port problem)
+                for name, argv in procs:
+                    child = sup.start(name, argv, output=log)
+                    if name == "relay":
+                        wait_for_relay(config.relay.control, child, sup)
+                    elif name == "live server":
+                        wait_for_server(config.server.listen, child, sup)
+                print(header, file=sys.stderr, flush=True)
+                display = None
+                if not args.no_status:
+                    display = StatusDisplay(config.relay.control, header, events=sup.events)
                 code = sup.wait(args.duration, tick=display.refresh if display else None)
             except KeyboardInterrupt:
                 code = 0
@@ -75,8 +92,6 @@ def run(args: argparse.Namespace) -> int:
                 raise
     finally:
         log.close()
-        if code != 0:
-            sys.stderr.write(f"--- last lines of {log_path} ---\n{_tail(log_path)}\n")
     return code
 
 
@@ -84,9 +99,11 @@ class StatusDisplay:
     """Shows the relay's status table (asked over ZeroMQ) on ``out``: redrawn in place on
     a terminal, appended otherwise."""
 
-    def __init__(self, endpoint: str, header: str, out=None, tty: bool | None = None):
+    def __init__(self, endpoint: str, header: str, out=None, tty: bool | None = None,
+                 events=()):
         self.endpoint = endpoint
         self.header = header
+        self.events = events  # the supervisor's recent events (a child died, restarted)
         self.out = out if out is not None else sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
         self.shown = 0
@@ -96,8 +113,9 @@ class StatusDisplay:
             text = format_status(request(self.endpoint, {"cmd": "status"}, timeout=0.5))
         except ControlError as exc:
             text = f"(no status: {exc})"
-        if self.tty:
-            text = _fit_lines(self.header + "\n" + text, WIDTH)
+        if self.tty:  # the screen is redrawn: what happened must be on it
+            events = "".join(f"speeddata up: {e}\n" for e in self.events)
+            text = _fit_lines(self.header + "\n" + events + text, WIDTH)
             self.out.write("\x1b[H\x1b[2J" + text + "\n")
         else:
             self.out.write(_fit_lines(text, WIDTH) + "\n\n")
@@ -113,9 +131,3 @@ def _fit_lines(text: str, width: int) -> str:
         for line in text.splitlines()
     )
 
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
