@@ -64,7 +64,6 @@ import relay_cost  # noqa: E402
 from speeddata._relay import Engine, bare_drain, blast  # noqa: E402
 from speeddata.cache import IDX_DTYPE, list_segments  # noqa: E402
 from speeddata.config import ChannelConfig, MulticastConfig, RelayConfig  # noqa: E402
-from speeddata.relay import set_thread_nice  # noqa: E402
 from speeddata.schema import Schema  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -332,7 +331,7 @@ def run_zero_loss(arm: Arm, rate: float, seconds: float, cache: bool = True) -> 
             ch = ChannelConfig("bench", sock.getsockname()[1], arm.schema, 1, DECIMATION)
             engine.add_channel(ch, sock)
             def run_engine():
-                set_thread_nice(RelayConfig().nice)  # as the relay process does
+                engine._boost_nice = RelayConfig().nice  # as the relay: while behind
                 engine.run()
 
             thread = threading.Thread(target=run_engine)

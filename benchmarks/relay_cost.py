@@ -8,8 +8,8 @@ meanwhile either
 - the relay runs as the real process (``python -m speeddata.relay -c FILE``) on its
   default configuration (only ports, groups and the cache folder set), or
 - the bare forwarder (``_relay.bare_forward``: poll, recvmmsg, sendmmsg to the full-rate
-  group; no cache, no validation, no timestamps, no GSO) runs in a thread here, at the
-  priority of the relay's receive loop (``relay.nice``).
+  group; no cache, no validation, no timestamps, no GSO) runs in a thread here, at
+  normal priority (the relay's loop takes ``relay.nice`` only while it is behind).
 
 C   CPU per datagram: the relay process's CPU time (every thread, from
     /proc/PID/task/*/schedstat, in ns) over the paced window, divided by the datagrams
@@ -48,9 +48,7 @@ import numpy as np
 
 from speeddata import wire
 from speeddata._relay import bare_drain, bare_forward, blast
-from speeddata.config import RelayConfig
 from speeddata.control import request, wait_for_relay
-from speeddata.relay import set_thread_nice
 
 LOOPBACK = "127.0.0.1"
 SO_MEMINFO = 55
@@ -313,7 +311,6 @@ def run_forwarder(
         sub = Subscriber(full).start() if subscriber else None
 
         def forward():
-            set_thread_nice(RelayConfig().nice)  # the relay's receive loop's priority
             result["tid"] = threading.get_native_id()
             result["count"] = bare_forward(rx, out, full, idle_timeout=1.0, gso=gso)
 
@@ -521,8 +518,8 @@ def print_lossless_row(r: dict, flush: bool = False) -> None:
 def cause_table(seconds: float = 5.0, size: int = 811, rates=(100_000, 150_000, 200_000),
                 extra: str = "") -> list[dict]:
     """Who loses when a co-located subscriber does: one run each of the relay (its
-    defaults), the relay with ``relay.nice = 0``, and the forwarder with and without GSO
-    (at the relay's priority), every one with the subscriber; the relay's (or
+    defaults: -10 while behind), the relay with ``relay.nice = 0`` (never raised), and
+    the forwarder with and without GSO, every one with the subscriber; the relay's (or
     forwarder's) own socket drops beside the subscriber's."""
     arms = (
         ("relay", lambda r: run_relay(size, r, seconds, True, extra=extra)),

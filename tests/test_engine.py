@@ -706,3 +706,33 @@ def test_coalesce_out_of_range(rig):
     r = rig()
     with pytest.raises(ValueError, match="coalesce"):
         rig.engine_cls(None, r.multicast, coalesce=2.0)
+
+
+def _thread_nice(tid: int) -> int:
+    return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a raised priority is lowered back: root")
+def test_priority_while_behind(rig):
+    """The loop takes ``_boost_nice`` (relay.nice) when a pass finds a full batch waiting
+    and gives it back after 16 short passes in a row. (A lower priority than the
+    thread's stands in for relay.nice here: the mechanism is the same.)"""
+    sch = schema("power")
+    datagrams = [
+        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
+        for i in range(600)
+    ]
+    r = rig(batch=64)
+    ch = r.channel(sch, "power", cid=2)
+    for d in datagrams[:300]:  # a backlog before the loop starts: full batches
+        r.sender.send(ch.port, d)
+    r.engine._boost_nice = 7
+    r.start()
+    wait_for(lambda: r.processed(2) >= 300)
+    tid = r.thread.native_id
+    assert r.engine.boosts == 1
+    _send_spaced(r, ch.port, datagrams[300:340], 0.005)  # short passes
+    wait_for(lambda: r.processed(2) >= 340)
+    wait_for(lambda: _thread_nice(tid) == 0)
+    r.stop()
+    assert r.engine.boosts == 1 and r.engine.wakeups >= 16 + 300 // 64

@@ -166,6 +166,15 @@ cdef class Engine:
     cdef readonly uint64_t coalesced    # of which ended in a coalescing wait
     cdef int64_t last_pass_ns           # when the last pass that received datagrams ended
     cdef int64_t gap_ns                 # moving average of the time between datagrams
+    # priority while behind (relay.nice, docs/relay-internals.md "Priority while behind")
+    cdef public object _boost_nice      # None: the loop keeps the priority it runs at
+    cdef bint boost_on                  # a boost is configured
+    cdef int boost_nice                 # the priority while behind
+    cdef int base_nice                  # the priority otherwise (the thread's at run())
+    cdef long loop_tid                  # the receive loop's thread id
+    cdef bint boosted                   # now at boost_nice
+    cdef int n_short                    # short passes in a row while boosted
+    cdef readonly uint64_t boosts       # times the loop took boost_nice
     cdef sockaddr_in full_addr
     cdef sockaddr_in dec_addr
     cdef sockaddr_in* full_name         # NULL when the socket is connected, else &full_addr
@@ -238,6 +247,7 @@ cdef class Engine:
         self, chan_t* ch, Py_ssize_t* idx, Py_ssize_t m, size_t n_bytes, uint64_t n_records
     ) noexcept nogil
     cdef void _sweep_ages(self) noexcept nogil
+    cdef void _boost(self, bint short) noexcept nogil
     cdef void _reject(
         self, chan_t* ch, const uint8_t* p, uint32_t n, int64_t recv_ns, int reason
     ) noexcept nogil

@@ -159,6 +159,10 @@ from speeddata.includes.system cimport (
     unlink,
     write,
     writev,
+    PRIO_PROCESS,
+    SYS_gettid,
+    setpriority,
+    syscall,
 )
 
 import ipaddress
@@ -221,6 +225,8 @@ cdef int64_t NS = 1_000_000_000
 # A source time more than this ahead of its receive time counts as time_future (the same
 # as relay_ref.FUTURE_NS; docs/relay-internals.md, "Source clocks").
 cdef int64_t FUTURE_NS = 600 * NS
+# short passes in a row after which a loop raised to relay.nice while behind goes back
+cdef int BOOST_HOLD = 16
 cdef uint32_t WIRE_MAGIC = 0x61447053  # b"SpDa" read as a little-endian u32
 
 
@@ -622,6 +628,7 @@ cdef class Engine:
             raise ValueError(f"coalesce must be 0 to 1 seconds, not {coalesce}")
         self.coalesce_ns = <int64_t>(coalesce * 1e9)
         self.gap_ns = NS
+        self._boost_nice = None
         if segment_size < 1:
             raise ValueError(f"segment_size must be a positive number of bytes, not {segment_size}")
         if segment_age < 0 or flush_interval < 0:
@@ -996,6 +1003,13 @@ cdef class Engine:
                 raise RuntimeError("the engine is already running")
             self._running = True
         self.next_announce_ns = 0
+        self.boost_on = self._boost_nice is not None
+        self.boosted = False
+        self.n_short = 0
+        if self.boost_on:
+            self.boost_nice = int(self._boost_nice)
+            self.loop_tid = syscall(SYS_gettid)
+            self.base_nice = os.getpriority(os.PRIO_PROCESS, self.loop_tid)
         if self.cache_dir is not None:
             self.pop.stop = False
             self._pop_thread = threading.Thread(
@@ -1024,6 +1038,9 @@ cdef class Engine:
                     pthread_mutex_unlock(&self.pop.lock)
                 self._pop_thread.join()
                 self._pop_thread = None
+            if self.boosted:
+                setpriority(PRIO_PROCESS, <unsigned int>self.loop_tid, self.base_nice)
+                self.boosted = False
             with self._lock:
                 self._running = False
                 self.stop_flag = 0
@@ -1123,6 +1140,8 @@ cdef class Engine:
             if got == 0:
                 continue
             self.wakeups += 1
+            if self.boost_on:
+                self._boost(short)
             now = mono_ns()
             gap = (now - self.last_pass_ns) // got
             if gap > NS:
@@ -1134,6 +1153,25 @@ cdef class Engine:
                 pause.tv_sec = 0
                 pause.tv_nsec = <long>self.coalesce_ns
                 nanosleep(&pause, NULL)  # EINTR: a shorter wait, no harm
+
+    cdef void _boost(self, bint short) noexcept nogil:
+        """Priority while behind: a pass that took a full batch (datagrams are waiting)
+        raises the loop to relay.nice; BOOST_HOLD short passes in a row lower it back
+        (docs/relay-internals.md). A refused raise turns it off."""
+        if not short:
+            self.n_short = 0
+            if not self.boosted:
+                if setpriority(PRIO_PROCESS, <unsigned int>self.loop_tid, self.boost_nice) == 0:
+                    self.boosted = True
+                    self.boosts += 1
+                else:
+                    self.boost_on = False
+        elif self.boosted:
+            self.n_short += 1
+            if self.n_short >= BOOST_HOLD:
+                setpriority(PRIO_PROCESS, <unsigned int>self.loop_tid, self.base_nice)
+                self.boosted = False
+                self.n_short = 0
 
     cdef void _sweep_ages(self) noexcept nogil:
         """Close segments older than segment_age even when their channel is quiet."""

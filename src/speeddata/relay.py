@@ -52,13 +52,13 @@ log = logging.getLogger("speeddata.relay")
 
 
 def set_thread_nice(nice: int) -> bool:
-    """Give the calling thread (and the threads it starts, such as the engine's populate
-    thread) the scheduling priority ``nice`` (setpriority(2) on the thread id). The
-    receive loops run above the kernel's writeback workers and a local sender at the
-    default -10: without it, on a machine with few cores, the page-cache writeback of a
-    busy cache takes the loop's core for long enough to overflow its socket buffers
-    (docs/performance.md, "Zero loss"). False when not permitted (with a warning, once
-    per process: every worker's loop asks)."""
+    """Give the calling thread (and the threads it starts) the scheduling priority
+    ``nice`` (setpriority(2) on the thread id). A receive loop takes the default -10 while
+    it is behind (the engine's priority while behind, docs/relay-internals.md): it then
+    runs above the kernel's writeback workers and a local sender; without it, on a machine
+    with few cores, the page-cache writeback of a busy cache takes the loop's core for
+    long enough to overflow its socket buffers (docs/performance.md, "Zero loss"). False
+    when not permitted (with a warning, once per process: every worker's loop asks)."""
     global _nice_refused
     try:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
@@ -661,6 +661,7 @@ class Relay:
                     "coalesce": self.config.relay.coalesce,
                     "wakeups": sum(e.wakeups for e in self.engines),
                     "coalesced": sum(e.coalesced for e in self.engines),
+                    "boosts": sum(e.boosts for e in self.engines),
                 },
                 "multicast": {
                     "full": "{}:{}".format(*self.config.multicast.full),
@@ -752,7 +753,17 @@ class Relay:
     # -- threads -----------------------------------------------------------------------
 
     def _run_engine(self, engine) -> None:
-        set_thread_nice(self.config.relay.nice)
+        nice = self.config.relay.nice
+        tid = threading.get_native_id()
+        base = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice < base:
+            # a higher priority, taken only while behind (docs/relay-internals.md): asked
+            # once here, so that a refusal is logged once and the loop never asks
+            if set_thread_nice(nice):
+                os.setpriority(os.PRIO_PROCESS, tid, base)
+                engine._boost_nice = nice
+        elif nice > base:
+            set_thread_nice(nice)  # a lower priority holds for the whole run
         try:
             engine.run()
         except BaseException:

@@ -24,6 +24,7 @@ lock, so ``add_channel``, ``remove_channel``, ``rotate`` and ``stats`` are safe 
 from __future__ import annotations
 
 import errno
+import os
 import selectors
 import socket
 import struct
@@ -160,6 +161,49 @@ class _Channel:
         return self.config.name
 
 
+#: short passes in a row after which a loop raised to relay.nice while behind goes back
+BOOST_HOLD = 16
+
+
+class _Boost:
+    """Priority while behind, as the compiled engine's ``_boost`` (docs/relay-internals.md):
+    a pass that took a full batch raises the calling thread to ``nice``; BOOST_HOLD short
+    passes in a row lower it back; a refused raise turns it off."""
+
+    def __init__(self, nice: int | None):
+        self.nice = nice
+        self.tid = threading.get_native_id()
+        self.base = os.getpriority(os.PRIO_PROCESS, self.tid)
+        self.boosted = False
+        self.n_short = 0
+
+    def update(self, short: bool) -> bool:
+        """After a pass; True when it raised the priority."""
+        if self.nice is None:
+            return False
+        if not short:
+            self.n_short = 0
+            if not self.boosted:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, self.tid, self.nice)
+                except OSError:
+                    self.nice = None
+                    return False
+                self.boosted = True
+                return True
+        elif self.boosted:
+            self.n_short += 1
+            if self.n_short >= BOOST_HOLD:
+                self.end()
+        return False
+
+    def end(self) -> None:
+        if self.boosted:
+            os.setpriority(os.PRIO_PROCESS, self.tid, self.base)
+            self.boosted = False
+            self.n_short = 0
+
+
 class PyEngine:
     """The relay loop in pure Python: receive, validate, cache, multicast.
 
@@ -186,6 +230,8 @@ class PyEngine:
         self.wakeups = 0  # loop passes that received datagrams
         self.coalesced = 0  # of which ended in a coalescing wait
         self._last_pass = 0.0  # when the last pass that received datagrams ended
+        self._boost_nice: int | None = None  # priority while behind (relay.nice), or None
+        self.boosts = 0  # times the loop took it
         self._gap = 1.0  # moving average of the time between datagrams, seconds
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.multicast = multicast
@@ -273,6 +319,7 @@ class PyEngine:
             if self._running:
                 raise RuntimeError("the engine is already running")
             self._running = True
+        boost = _Boost(self._boost_nice)
         try:
             while not self._stopping:
                 events = self._selector.select(self._timeout())
@@ -296,6 +343,8 @@ class PyEngine:
                 if got:
                     # coalescing, as the compiled engine's _loop (docs/relay-internals.md)
                     self.wakeups += 1
+                    if boost.update(short):
+                        self.boosts += 1
                     now = time.monotonic()
                     gap = min((now - self._last_pass) / got, 1.0)
                     self._last_pass = now
@@ -304,6 +353,7 @@ class PyEngine:
                         self.coalesced += 1
                         time.sleep(self.coalesce)
         finally:
+            boost.end()
             with self._lock:
                 self._running = False
 

@@ -266,6 +266,18 @@ cdef extern from "<unistd.h>" nogil:
     enum:
         SEEK_END
     int unlink(const char* pathname)
+    long syscall(long number, ...)
+
+
+cdef extern from "<sys/syscall.h>" nogil:
+    enum:
+        SYS_gettid
+
+
+cdef extern from "<sys/resource.h>" nogil:
+    enum:
+        PRIO_PROCESS
+    int setpriority(int which, unsigned int who, int prio)
 
 
 cdef extern from "<sys/random.h>" nogil:
