@@ -547,6 +547,10 @@ def run_all(seconds: float = 5.0, lossless_seconds: float = 10.0, repeat: int = 
     print("\nC: CPU per datagram, relay process vs bare forwarder thread (no subscriber)")
     print_cost_header()
     out["cost"] = cost_table(seconds, repeat)
+    print("\nC (coalesce 0): the same, coalescing off (the relay before issue 13)")
+    print_cost_header()
+    out["cost_off"] = cost_table(seconds, repeat, rates=(1_000, 20_000), sizes=(811,),
+                                 extra="coalesce = 0")
     print("\nT: latency added by the relay (subscriber receive - relay receive), 811 B")
     out["latency"] = {}
     for rate in (1_000, 20_000):
