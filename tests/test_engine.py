@@ -647,6 +647,14 @@ def test_gso_on_off_same_multicast(tmp_path, monkeypatch, gso, connect):
 # -- coalescing (relay.coalesce, docs/relay-internals.md) ------------------------------
 
 
+def _power_datagrams(sch: Schema, n: int) -> list[bytes]:
+    """``n`` one-record datagrams of the power channel."""
+    return [
+        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
+        for i in range(n)
+    ]
+
+
 def _send_spaced(r, port: int, datagrams: list[bytes], spacing: float) -> None:
     """One datagram every ``spacing`` seconds (a steady source), bounded by the list."""
     t0 = time.monotonic()
@@ -663,10 +671,7 @@ def test_coalescing_takes_many_datagrams_per_pass(rig, coalesce):
     passes, each of many datagrams; every datagram is still stored and multicast, in
     order. Without coalescing no pass waits."""
     sch = schema("power")
-    datagrams = [
-        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
-        for i in range(300)
-    ]
+    datagrams = _power_datagrams(sch, 300)
     r = rig(coalesce=coalesce)
     ch = r.channel(sch, "power", cid=2)
     r.start()
@@ -689,10 +694,7 @@ def test_coalescing_takes_many_datagrams_per_pass(rig, coalesce):
 def test_coalescing_never_holds_a_slow_stream(rig):
     """Datagrams further apart than half the coalescing time are never waited for."""
     sch = schema("power")
-    datagrams = [
-        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
-        for i in range(15)
-    ]
+    datagrams = _power_datagrams(sch, 15)
     r = rig(coalesce=0.02)
     ch = r.channel(sch, "power", cid=2)
     r.start()
@@ -718,10 +720,7 @@ def test_priority_while_behind(rig):
     and gives it back after 16 short passes in a row. (A lower priority than the
     thread's stands in for relay.nice here: the mechanism is the same.)"""
     sch = schema("power")
-    datagrams = [
-        encode(sch, [{"time": i, "voltage": 1.0, "current": 2.0, "noise": 0.5}])
-        for i in range(600)
-    ]
+    datagrams = _power_datagrams(sch, 600)
     r = rig(batch=64)
     ch = r.channel(sch, "power", cid=2)
     for d in datagrams[:300]:  # a backlog before the loop starts: full batches
