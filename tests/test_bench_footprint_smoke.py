@@ -30,7 +30,7 @@ def bench():
 def test_small_config_loads(tmp_path):
     cfg = load_config(SMALL_CONFIG)
     assert cfg.server.group == "decimated"
-    assert cfg.server.window <= 60 and cfg.server.memory <= 16 << 20
+    assert cfg.server.window <= 30 and cfg.server.memory <= 8 << 20
     assert cfg.cache.segment_size <= 4 << 20 and cfg.cache.budget[0] == "bytes"
     assert cfg.cache.segment_map is False
     assert cfg.multicast.interface == "127.0.0.1" and cfg.multicast.ttl == 1
