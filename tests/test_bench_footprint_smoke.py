@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -77,3 +78,27 @@ def test_run_small_briefly(bench, capsys):
     assert by["demo", "relay"]["VmRSS"] < 40 << 20
     out = capsys.readouterr().out
     assert "RSS MiB" in out and "us of CPU per datagram" in out
+
+
+def test_relay_process_imports_no_numpy():
+    """What the relay process imports (its command, config, schemas, engine, recovery
+    and retention readers) leaves numpy out; the other commands still load."""
+    code = """
+import sys
+from speeddata.commands import build_parser
+build_parser("relay")
+import speeddata.relay, speeddata._relay, speeddata._validate, speeddata.cache as c
+from speeddata.config import SMALL_CONFIG, load_config
+cfg = load_config(SMALL_CONFIG)
+assert [s.schema.fixed_size for s in cfg.channels] and cfg.channels[0].schema.program_ops
+speeddata._validate.Validator(cfg.channels[0].schema)
+print("numpy" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"
+    from speeddata.commands import COMMANDS, build_parser
+
+    help_text = build_parser().format_help()
+    assert all(name in help_text for name in COMMANDS)
