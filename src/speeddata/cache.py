@@ -472,11 +472,47 @@ def segment_bytes(segment: Segment) -> int:
     return total
 
 
+#: segment_data_bytes() of segments whose three files have not changed since (size and
+#: mtime of each): the relay's retention pass and status summary ask for every segment
+#: every few seconds, and a closed segment never changes. Bounded; cleared when full.
+_DATA_BYTES: dict[tuple, tuple[tuple, int]] = {}
+_DATA_BYTES_LIMIT = 100_000
+
+
+def _files_key(segment: Segment) -> tuple | None:
+    key = []
+    for p in segment.files():
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            key.append(None)
+            continue
+        key.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(key) if key[0] is not None else None
+
+
 def segment_data_bytes(segment: Segment, n_blocks: int | None = None) -> int:
     """The bytes of data a segment holds: its ``.avro`` up to the end of its last complete
     block (or of its first ``n_blocks``), its ``.idx`` and ``.recv``. Unlike
     :func:`segment_bytes` (the files' sizes), the pre-allocated rest of a segment being
-    written is not counted."""
+    written is not counted. Remembered while the segment's files are unchanged: at low
+    rates an index holds an entry per datagram, and reading every index of a full cache
+    every pass would cost more than the relay's whole work."""
+    key = _files_key(segment)
+    if key is None:
+        return 0
+    memo = (str(segment.avro), n_blocks)
+    hit = _DATA_BYTES.get(memo)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = _segment_data_bytes(segment, n_blocks)
+    if len(_DATA_BYTES) >= _DATA_BYTES_LIMIT:
+        _DATA_BYTES.clear()
+    _DATA_BYTES[memo] = (key, value)
+    return value
+
+
+def _segment_data_bytes(segment: Segment, n_blocks: int | None) -> int:
     try:
         size = segment.avro.stat().st_size
     except FileNotFoundError:
