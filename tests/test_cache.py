@@ -261,3 +261,22 @@ def test_segment_data_bytes_remembered_until_the_files_change(tmp_path, schema):
     finally:
         w.close()
     assert cache.segment_data_bytes(w.segment) == cache.segment_bytes(w.segment)
+
+
+def test_segment_data_bytes_memo_forgets_deleted_segments(tmp_path, schema, monkeypatch):
+    monkeypatch.setattr(cache, "_DATA_BYTES", {})
+    monkeypatch.setattr(cache, "_data_bytes_limit", 4)
+    root = tmp_path / "cache"
+    segments = [
+        write_segment(root / "engine", schema, [[i]], t_open_ns=T0 + i).segment
+        for i in range(6)
+    ]
+    for seg in segments[:3]:
+        cache.segment_data_bytes(seg)
+        for p in seg.files():
+            p.unlink()
+    for seg in segments[3:]:
+        assert cache.segment_data_bytes(seg) == cache.segment_bytes(seg)
+    held = {memo[0] for memo in cache._DATA_BYTES}
+    assert not held & {str(seg.avro) for seg in segments[:3]}  # the deleted ones went
+    assert held == {str(seg.avro) for seg in segments[3:]}

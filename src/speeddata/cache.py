@@ -474,9 +474,11 @@ def segment_bytes(segment: Segment) -> int:
 
 #: segment_data_bytes() of segments whose three files have not changed since (size and
 #: mtime of each): the relay's retention pass and status summary ask for every segment
-#: every few seconds, and a closed segment never changes. Bounded; cleared when full.
+#: every few seconds, and a closed segment never changes. When it reaches its limit, the
+#: entries of deleted segments go; the limit doubles when the live ones fill half of it
+#: (a cache of many segments), so it holds a few hundred bytes per segment at most.
 _DATA_BYTES: dict[tuple, tuple[tuple, int]] = {}
-_DATA_BYTES_LIMIT = 100_000
+_data_bytes_limit = 1024
 
 
 def _files_key(segment: Segment) -> tuple | None:
@@ -506,10 +508,19 @@ def segment_data_bytes(segment: Segment, n_blocks: int | None = None) -> int:
     if hit is not None and hit[0] == key:
         return hit[1]
     value = _segment_data_bytes(segment, n_blocks)
-    if len(_DATA_BYTES) >= _DATA_BYTES_LIMIT:
-        _DATA_BYTES.clear()
+    if len(_DATA_BYTES) >= _data_bytes_limit:
+        _forget_deleted_segments()
     _DATA_BYTES[memo] = (key, value)
     return value
+
+
+def _forget_deleted_segments() -> None:
+    global _data_bytes_limit
+    for memo in list(_DATA_BYTES):  # a copy: another thread may add meanwhile
+        if not os.path.exists(memo[0]):
+            _DATA_BYTES.pop(memo, None)
+    if len(_DATA_BYTES) >= _data_bytes_limit // 2:
+        _data_bytes_limit *= 2
 
 
 def _segment_data_bytes(segment: Segment, n_blocks: int | None) -> int:
