@@ -241,3 +241,42 @@ def test_stem_sorts_by_time():
     stems = [segment_stem(T0 + d) for d in (0, 1, 999_999_999, 10**9, 86400 * 10**9)]
     assert stems == sorted(stems) and len(set(stems)) == len(stems)
     assert cache.segment_time_ns(Segment(cache.Path(f"/x/{stems[2]}.avro"))) == T0 + 999_999_999
+
+
+def test_segment_data_bytes_remembered_until_the_files_change(tmp_path, schema):
+    """The retention pass asks for every segment every few seconds: the answer is kept
+    while the segment's files are unchanged, and recomputed as soon as a block lands."""
+    root = tmp_path / "cache"
+    w = write_segment(root / "engine", schema, [[0]], t_open_ns=T0, close=False)
+    try:
+        first = cache.segment_data_bytes(w.segment)
+        assert first == cache._segment_data_bytes(w.segment, None)
+        assert cache.segment_data_bytes(w.segment) == first  # from the memo
+        datagrams = [encode(schema, [engine_record(1)]), encode(schema, [engine_record(2)])]
+        t = engine_record(1)["time"]
+        w.append(datagrams, [T0 + 1, T0 + 2], [1, 2], [1, 1], t, engine_record(2)["time"])
+        second = cache.segment_data_bytes(w.segment)
+        assert second == cache._segment_data_bytes(w.segment, None) > first
+        assert cache.segment_data_bytes(w.segment, 1) == first  # the first block only
+    finally:
+        w.close()
+    assert cache.segment_data_bytes(w.segment) == cache.segment_bytes(w.segment)
+
+
+def test_segment_data_bytes_memo_forgets_deleted_segments(tmp_path, schema, monkeypatch):
+    monkeypatch.setattr(cache, "_DATA_BYTES", {})
+    monkeypatch.setattr(cache, "_data_bytes_limit", 4)
+    root = tmp_path / "cache"
+    segments = [
+        write_segment(root / "engine", schema, [[i]], t_open_ns=T0 + i).segment
+        for i in range(6)
+    ]
+    for seg in segments[:3]:
+        cache.segment_data_bytes(seg)
+        for p in seg.files():
+            p.unlink()
+    for seg in segments[3:]:
+        assert cache.segment_data_bytes(seg) == cache.segment_bytes(seg)
+    held = {memo[0] for memo in cache._DATA_BYTES}
+    assert not held & {str(seg.avro) for seg in segments[:3]}  # the deleted ones went
+    assert held == {str(seg.avro) for seg in segments[3:]}

@@ -158,6 +158,9 @@ def test_every_supported_type_gives_a_signal_and_an_op():
         [OP_UNION, 1],  # null is branch 1
         [OP_STRING, 0],
     ]
+    # the same pairs, flat, as the int32 buffer the compiled validator and relay take
+    assert s.program_ops.itemsize == 4
+    assert s.program_ops.tolist() == s.program.reshape(-1).tolist()
     # Each signal points at its value op (after the union op for nullable ones).
     for sig in s.signals:
         op = int(s.program[sig.op_index][0])

@@ -173,8 +173,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from speeddata.cache import ocf_header
 from speeddata.validate import REJECT_REASONS
 from speeddata.wire import announce_datagram
@@ -809,7 +807,7 @@ cdef class Engine:
         if int(channel.decimation) < 1:
             raise ValueError(f"channel {channel.name!r}: decimation must be >= 1")
         schema = channel.schema
-        program = np.ascontiguousarray(schema.program, dtype=np.int32).reshape(-1)
+        program = schema.program_ops  # int32 (op, arg) pairs; no numpy in the relay process
         ops = program[0::2].tolist()
         fixed_size = 0
         if schema.time_op < 0 and all(
@@ -944,7 +942,7 @@ cdef class Engine:
                 ch.decimation = <uint32_t>int(channel.decimation)
                 prog = program
                 ch.program_p = &prog[0]
-                ch.n_ops = program.shape[0] // 2
+                ch.n_ops = len(program) // 2
                 ch.time_op = channel.schema.time_op
                 ch.time_scale = channel.schema.time_scale
                 ch.fixed_size = fixed_size

@@ -17,8 +17,6 @@ from speeddata._avro cimport (
     skip_record,
 )
 
-import numpy as np
-
 from speeddata.schema import Schema
 from speeddata.validate import REJECT_REASONS
 
@@ -70,12 +68,12 @@ cdef class Validator:
     """Validate datagrams of one schema: ``Validator(schema).count(data)``."""
 
     cdef readonly object schema
-    cdef int32_t[:, ::1] program
+    cdef const int32_t[::1] program  # (op, arg) pairs, flat
     cdef Py_ssize_t time_op
 
     def __init__(self, schema):
         self.schema = Schema.load(schema)
-        self.program = np.ascontiguousarray(self.schema.program, dtype=np.int32)
+        self.program = self.schema.program_ops  # a buffer: no numpy in the relay process
         self.time_op = self.schema.time_op
 
     cdef void _validate(self, const uint8_t[::1] data, validation* out) noexcept:
@@ -84,7 +82,7 @@ cdef class Validator:
         cdef const uint8_t* p = &data[0] if n > 0 else NULL
         with nogil:
             validate_records(
-                p, n, &self.program[0, 0], self.program.shape[0], self.time_op, out
+                p, n, &self.program[0], self.program.shape[0] // 2, self.time_op, out
             )
 
     def count(self, const uint8_t[::1] data not None):

@@ -12,21 +12,24 @@ import fcntl
 import json
 import mmap
 import os
+import struct
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errors import SpeedDataError
 from .schema import Schema
 
+if TYPE_CHECKING:
+    import numpy as np
+
 __all__ = [
-    "IDX_DTYPE",
-    "RECV_DTYPE",
+    "IDX_DTYPE",  # noqa: F822 (made on first use, by __getattr__)
+    "RECV_DTYPE",  # noqa: F822
     "MAGIC",
     "Segment",
     "SegmentWriter",
@@ -58,19 +61,64 @@ __all__ = [
 
 MAGIC = b"Obj\x01"
 
-IDX_DTYPE = np.dtype(
-    [
-        ("offset", "<u8"),
-        ("size", "<u4"),
-        ("n_records", "<u4"),
-        ("n_datagrams", "<u4"),
-        ("seq_first", "<u4"),
-        ("t_min", "<i8"),
-        ("t_max", "<i8"),
-    ]
-)
-RECV_DTYPE = np.dtype([("recv_ns", "<i8"), ("n_records", "<u4"), ("seq", "<u4")])
-assert IDX_DTYPE.itemsize == 40 and RECV_DTYPE.itemsize == 16
+# The index entries as numpy dtypes (``IDX_DTYPE``, ``RECV_DTYPE``), made on first use:
+# what the relay process itself reads of them (recovery, retention, the status summary)
+# goes through ``struct``, so that it never loads numpy (~19 MB of RSS; docs/scaling.md).
+_IDX_FIELDS = [
+    ("offset", "<u8"),
+    ("size", "<u4"),
+    ("n_records", "<u4"),
+    ("n_datagrams", "<u4"),
+    ("seq_first", "<u4"),
+    ("t_min", "<i8"),
+    ("t_max", "<i8"),
+]
+_RECV_FIELDS = [("recv_ns", "<i8"), ("n_records", "<u4"), ("seq", "<u4")]
+IDX_ENTRY = struct.Struct("<QIIIIqq")  # the fields of _IDX_FIELDS
+IDX_SIZE = IDX_ENTRY.size
+RECV_SIZE = 16
+assert IDX_SIZE == 40
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("IDX_DTYPE", "RECV_DTYPE"):
+        import numpy as np
+
+        idx, recv = np.dtype(_IDX_FIELDS), np.dtype(_RECV_FIELDS)
+        assert idx.itemsize == IDX_SIZE and recv.itemsize == RECV_SIZE
+        globals().update(IDX_DTYPE=idx, RECV_DTYPE=recv)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _dtypes() -> tuple[np.dtype, np.dtype]:
+    """(IDX_DTYPE, RECV_DTYPE), loading numpy."""
+    return __getattr__("IDX_DTYPE"), __getattr__("RECV_DTYPE")
+
+
+def _index_bytes(segment: Segment) -> bytes:
+    """A segment's ``.idx``, whole entries only (empty when there is none)."""
+    try:
+        raw = segment.idx.read_bytes()
+    except FileNotFoundError:
+        return b""
+    return raw[: len(raw) // IDX_SIZE * IDX_SIZE]
+
+
+def _index_end(raw: bytes) -> int | None:
+    """Where the last indexed block ends in the ``.avro`` (None: no entry)."""
+    if not raw:
+        return None
+    offset, size = struct.unpack_from("<QI", raw, len(raw) - IDX_SIZE)
+    return offset + size
+
+
+def _index_datagrams(raw: bytes, n_entries: int | None = None) -> int:
+    """The datagrams of the first ``n_entries`` (all) entries: the sum of n_datagrams."""
+    raw = raw if n_entries is None else raw[: n_entries * IDX_SIZE]
+    if sys.byteorder == "little":  # u32 number 4 of each 10: a C loop over a strided view
+        return sum(memoryview(raw).cast("I")[4::10])
+    return sum(e[0] for e in struct.iter_unpack("<16xI20x", raw))  # pragma: no cover
 
 
 def encode_long(value: int) -> bytes:
@@ -131,18 +179,19 @@ class Segment:
         return [self.avro, self.idx, self.recv]
 
     def read_index(self) -> np.ndarray:
-        try:
-            raw = self.idx.read_bytes()
-        except FileNotFoundError:
-            return np.zeros(0, IDX_DTYPE)
-        return np.frombuffer(raw[: len(raw) // 40 * 40], IDX_DTYPE)
+        import numpy as np
+
+        return np.frombuffer(_index_bytes(self), _dtypes()[0])
 
     def read_recv(self) -> np.ndarray:
+        import numpy as np
+
+        RECV_DTYPE = _dtypes()[1]
         try:
             raw = self.recv.read_bytes()
         except FileNotFoundError:
             return np.zeros(0, RECV_DTYPE)
-        return np.frombuffer(raw[: len(raw) // 16 * 16], RECV_DTYPE)
+        return np.frombuffer(raw[: len(raw) // RECV_SIZE * RECV_SIZE], RECV_DTYPE)
 
     def header_size(self) -> int:
         """Bytes up to and including the header's sync marker."""
@@ -260,6 +309,9 @@ class SegmentWriter:
         block = encode_long(n_records) + encode_long(len(data)) + data + self.sync
         if self.end + len(block) > self.capacity:
             raise ValueError("block does not fit in the segment; rotate first")
+        import numpy as np
+
+        IDX_DTYPE, RECV_DTYPE = _dtypes()
         recv = np.zeros(len(datagrams), RECV_DTYPE)
         recv["recv_ns"] = recv_ns
         recv["n_records"] = counts
@@ -356,11 +408,11 @@ def recover_segment(segment: Segment, validator=None) -> tuple[int, int]:
         mm = mmap.mmap(f.fileno(), 0)
         try:
             header_size, sync, _ = parse_header(mm[: min(file_size, 64 * 1024)])
-            index = segment.read_index()
+            index = _index_bytes(segment)
             end = header_size
             good = 0
-            for entry in index:
-                if int(entry["offset"]) != end or end + int(entry["size"]) > file_size:
+            for offset, size, entry_records, *_ in IDX_ENTRY.iter_unpack(index):
+                if offset != end or end + size > file_size:
                     break
                 try:
                     n_records, pos = _read_long(mm, end)
@@ -369,9 +421,9 @@ def recover_segment(segment: Segment, validator=None) -> tuple[int, int]:
                     break
                 block_end = pos + n_bytes + 16
                 if (
-                    n_records != int(entry["n_records"])
+                    n_records != entry_records
                     or n_bytes < 0
-                    or block_end != end + int(entry["size"])
+                    or block_end != end + size
                     or mm[pos + n_bytes : block_end] != sync
                 ):
                     break
@@ -382,12 +434,12 @@ def recover_segment(segment: Segment, validator=None) -> tuple[int, int]:
         finally:
             mm.close()
         f.truncate(end)
-    n_datagrams = int(index["n_datagrams"][:good].sum()) if good else 0
+    n_datagrams = _index_datagrams(index, good)
     with open(segment.idx, "r+b") if segment.idx.exists() else open(segment.idx, "wb") as f:
-        f.truncate(good * IDX_DTYPE.itemsize)
+        f.truncate(good * IDX_SIZE)
     with open(segment.recv, "r+b") if segment.recv.exists() else open(segment.recv, "wb") as f:
-        f.truncate(n_datagrams * RECV_DTYPE.itemsize)
-    return good, len(index) - good
+        f.truncate(n_datagrams * RECV_SIZE)
+    return good, len(index) // IDX_SIZE - good
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -420,32 +472,78 @@ def segment_bytes(segment: Segment) -> int:
     return total
 
 
+#: segment_data_bytes() of segments whose three files have not changed since (size and
+#: mtime of each): the relay's retention pass and status summary ask for every segment
+#: every few seconds, and a closed segment never changes. When it reaches its limit, the
+#: entries of deleted segments go; the limit doubles when the live ones fill half of it
+#: (a cache of many segments), so it holds a few hundred bytes per segment at most.
+_DATA_BYTES: dict[tuple, tuple[tuple, int]] = {}
+_data_bytes_limit = 1024
+
+
+def _files_key(segment: Segment) -> tuple | None:
+    key = []
+    for p in segment.files():
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            key.append(None)
+            continue
+        key.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(key) if key[0] is not None else None
+
+
 def segment_data_bytes(segment: Segment, n_blocks: int | None = None) -> int:
     """The bytes of data a segment holds: its ``.avro`` up to the end of its last complete
     block (or of its first ``n_blocks``), its ``.idx`` and ``.recv``. Unlike
     :func:`segment_bytes` (the files' sizes), the pre-allocated rest of a segment being
-    written is not counted."""
+    written is not counted. Remembered while the segment's files are unchanged: at low
+    rates an index holds an entry per datagram, and reading every index of a full cache
+    every pass would cost more than the relay's whole work."""
+    key = _files_key(segment)
+    if key is None:
+        return 0
+    memo = (str(segment.avro), n_blocks)
+    hit = _DATA_BYTES.get(memo)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = _segment_data_bytes(segment, n_blocks)
+    if len(_DATA_BYTES) >= _data_bytes_limit:
+        _forget_deleted_segments()
+    _DATA_BYTES[memo] = (key, value)
+    return value
+
+
+def _forget_deleted_segments() -> None:
+    global _data_bytes_limit
+    for memo in list(_DATA_BYTES):  # a copy: another thread may add meanwhile
+        if not os.path.exists(memo[0]):
+            _DATA_BYTES.pop(memo, None)
+    if len(_DATA_BYTES) >= _data_bytes_limit // 2:
+        _data_bytes_limit *= 2
+
+
+def _segment_data_bytes(segment: Segment, n_blocks: int | None) -> int:
     try:
         size = segment.avro.stat().st_size
     except FileNotFoundError:
         return 0
-    index = segment.read_index()
+    index = _index_bytes(segment)
     if n_blocks is not None:
-        index = index[:n_blocks]
+        index = index[: n_blocks * IDX_SIZE]
     try:
-        if len(index):
-            end = int(index["offset"][-1]) + int(index["size"][-1])
-        else:
+        end = _index_end(index)
+        if end is None:
             end = segment.header_size()
     except (OSError, ValueError, IndexError):
         end = size
-    total = min(size, end) + len(index) * IDX_DTYPE.itemsize
-    n_datagrams = int(index["n_datagrams"].sum()) if len(index) else 0
+    total = min(size, end) + len(index)
+    n_datagrams = _index_datagrams(index)
     try:
         recv = segment.recv.stat().st_size
     except FileNotFoundError:
         recv = 0
-    return total + min(recv, n_datagrams * RECV_DTYPE.itemsize)
+    return total + min(recv, n_datagrams * RECV_SIZE)
 
 
 def enforce_retention(
@@ -503,18 +601,16 @@ def segment_needs_recovery(segment: Segment) -> bool:
         recv_size = segment.recv.stat().st_size if segment.recv.exists() else 0
     except FileNotFoundError:
         return False
-    if idx_size % IDX_DTYPE.itemsize or recv_size % RECV_DTYPE.itemsize:
+    if idx_size % IDX_SIZE or recv_size % RECV_SIZE:
         return True
-    index = segment.read_index()
+    index = _index_bytes(segment)
     try:
-        if len(index):
-            end = int(index["offset"][-1]) + int(index["size"][-1])
-        else:
+        end = _index_end(index)
+        if end is None:
             end = segment.header_size()
     except (ValueError, IndexError):
         return True  # no complete header
-    n_datagrams = int(index["n_datagrams"].sum()) if len(index) else 0
-    return file_size != end or recv_size != n_datagrams * RECV_DTYPE.itemsize
+    return file_size != end or recv_size != _index_datagrams(index) * RECV_SIZE
 
 
 def segment_schema_json(segment: Segment) -> str:
@@ -544,7 +640,7 @@ def recover_cache(cache_dir: Path, make_validator=None) -> list[tuple[Segment, i
             # Crashed between creating the file and writing its header: nothing to keep.
             for p in segment.files():
                 p.unlink(missing_ok=True)
-            recovered.append((segment, 0, len(segment.read_index())))
+            recovered.append((segment, 0, len(_index_bytes(segment)) // IDX_SIZE))
             continue
         validator = None
         if make_validator is not None:
@@ -579,12 +675,12 @@ def channel_summary(cache_dir: Path, channel: str) -> dict:
     for seg in segments:
         first = _index_entry(seg, 0)
         if first is not None:
-            oldest = int(first["t_min"])
+            oldest = first[5]  # t_min
             break
     for seg in reversed(segments):
         last = _index_entry(seg, -1)
         if last is not None:
-            newest = int(last["t_max"])
+            newest = last[6]  # t_max
             break
     return {
         "segments": len(segments),
@@ -595,17 +691,17 @@ def channel_summary(cache_dir: Path, channel: str) -> dict:
     }
 
 
-def _index_entry(segment: Segment, which: int):
-    """The first (0) or last (-1) entry of a segment's index, or None."""
-    size = IDX_DTYPE.itemsize
+def _index_entry(segment: Segment, which: int) -> tuple | None:
+    """The first (0) or last (-1) entry of a segment's index (IDX_ENTRY's fields), or None."""
+    size = IDX_SIZE
     try:
         with open(segment.idx, "rb") as f:
             n = os.fstat(f.fileno()).st_size // size
             if n == 0:
                 return None
             f.seek(0 if which == 0 else (n - 1) * size)
-            return np.frombuffer(f.read(size), IDX_DTYPE)[0]
-    except (FileNotFoundError, ValueError):
+            return IDX_ENTRY.unpack(f.read(size))
+    except (FileNotFoundError, ValueError, struct.error):
         return None
 
 

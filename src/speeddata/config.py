@@ -39,6 +39,7 @@ __all__ = [
     "ServerConfig",
     "UpConfig",
     "DEFAULT_CONFIG",
+    "SMALL_CONFIG",
     "load_config",
     "parse_size",
     "parse_duration",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = Path(__file__).with_name("default.toml")
+#: the demo channels on a small device (docs/scaling.md, "Footprint")
+SMALL_CONFIG = Path(__file__).with_name("raspberry-pi.toml")
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +178,10 @@ class CacheConfig:
     max_age: float | None = None  # delete untagged segments older than this
     flush_interval: float = 0.2  # close a block at least this often (seconds)
     enabled: bool = True
+    #: copy blocks into a shared map of the segment that a helper thread populates 4-8 MiB
+    #: ahead (the fast path at high rates; those pages count in the relay's RSS); false:
+    #: every block by pwritev, for small devices at low rates (docs/scaling.md)
+    segment_map: bool = True
 
     def budget_bytes(self, total_fs_bytes: int) -> int:
         kind, value = self.budget
@@ -393,6 +400,7 @@ def load_config(path: str | Path | None = None, text: str | None = None) -> Conf
         max_age=c.get("max_age", d.max_age, parse_duration, (str, int, float)),
         flush_interval=c.get("flush_interval", d.flush_interval, parse_duration, (str, int, float)),
         enabled=c.get("enabled", d.enabled, types=(bool,)),
+        segment_map=c.get("segment_map", d.segment_map, types=(bool,)),
     )
     if not 64 * 1024 <= cache.segment_size <= 2**32 - 1:
         c.fail("cache.segment_size", "must be from 64 KiB to 4 GiB (block offsets are 32-bit)")

@@ -66,7 +66,7 @@ COUNTERS = (
 FUTURE_NS = 600 * 1_000_000_000
 
 #: ``stats()`` key of the shared port's pseudo channel.
-SHARED_CHANNEL_ID = 0
+SHARED_CHANNEL_ID = wire.SHARED_CHANNEL_ID
 
 # socket(7): SO_TIMESTAMPNS puts the kernel receive time of each datagram in a control
 # message of type SCM_TIMESTAMPNS (= SO_TIMESTAMPNS) holding a struct timespec;

@@ -20,16 +20,19 @@ from __future__ import annotations
 import json
 import os
 import stat
+from array import array
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import parse_schema, to_parsing_canonical_form
 
 from .errors import SpeedDataError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = [
     "Schema",
@@ -78,6 +81,7 @@ _PRIMITIVE_OPS = {
 
 # Fixed-size ops and their numpy types, for the zero-parse layout.
 _FIXED_LAYOUT = {OP_BOOLEAN: "?", OP_FLOAT: "<f4", OP_DOUBLE: "<f8"}
+_FIXED_SIZE = {OP_BOOLEAN: 1, OP_FLOAT: 4, OP_DOUBLE: 8}
 
 # Nanoseconds per unit of the time field, by logical type. A plain ``long`` is taken as ns.
 _TIME_SCALE = {
@@ -112,6 +116,8 @@ class Signal:
     @property
     def dtype(self) -> np.dtype:
         """The numpy dtype of this signal's column (strings/bytes are objects)."""
+        import numpy as np
+
         return np.dtype(
             {
                 "boolean": "?",
@@ -320,7 +326,10 @@ class Schema:
         self.avsc: dict = avsc
         self.name: str = avsc["name"]
         self.signals: list[Signal] = compiler.signals
-        self.program: np.ndarray = np.array(compiler.ops, dtype=np.int32).reshape(-1, 2)
+        #: The program as flat (op, arg) int32 pairs: what the compiled validator and relay
+        #: take (a buffer, so that the relay process never needs numpy: docs/scaling.md)
+        self.program_ops: array = array("i", [v for pair in compiler.ops for v in pair])
+        self._program: np.ndarray | None = None
         if all(op == OP_NULL for op, _ in compiler.ops):
             raise SchemaError(f"{where}every field is null: a record must encode to 1+ bytes")
         self.canonical: str = to_parsing_canonical_form(avsc)
@@ -394,6 +403,15 @@ class Schema:
         return json.dumps(self.avsc, separators=(",", ":"))
 
     @property
+    def program(self) -> np.ndarray:
+        """The program as an (n_ops, 2) int32 array of (op, arg) pairs (see _Compiler)."""
+        if self._program is None:
+            import numpy as np
+
+            self._program = np.array(self.program_ops, dtype=np.int32).reshape(-1, 2)
+        return self._program
+
+    @property
     def fingerprint_hex(self) -> str:
         return self.fingerprint.hex()
 
@@ -401,9 +419,11 @@ class Schema:
     def fixed_size(self) -> int | None:
         """Bytes per record when every record has the same size, else None."""
         size = 0
-        for op, arg in self.program.tolist():
-            if op in _FIXED_LAYOUT:
-                size += np.dtype(_FIXED_LAYOUT[op]).itemsize
+        ops = self.program_ops
+        for i in range(0, len(ops), 2):
+            op, arg = ops[i], ops[i + 1]
+            if op in _FIXED_SIZE:
+                size += _FIXED_SIZE[op]
             elif op == OP_FIXED:
                 size += arg
             elif op != OP_NULL:
@@ -419,6 +439,8 @@ class Schema:
         """
         if self.fixed_size is None:
             return None
+        import numpy as np
+
         names, formats, offsets = [], [], []
         offset = 0
         for sig in self.signals:

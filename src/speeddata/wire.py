@@ -15,16 +15,15 @@ import json
 import struct
 from typing import Any, NamedTuple
 
-import numpy as np
-
 __all__ = [
     "HEADER_STRUCT",
     "HEADER_SIZE",
-    "HEADER_DTYPE",
+    "HEADER_DTYPE",  # noqa: F822 (made on first use, by __getattr__)
     "MAGIC",
     "VERSION",
     "KIND_DATA",
     "KIND_ANNOUNCE",
+    "SHARED_CHANNEL_ID",
     "Header",
     "WireError",
     "pack_header",
@@ -40,20 +39,34 @@ MAGIC = b"SpDa"
 VERSION = 1
 KIND_DATA = 0
 KIND_ANNOUNCE = 1
+#: the channel id under which engines report the shared port's counters (never a
+#: channel's: ids start at 1)
+SHARED_CHANNEL_ID = 0
 
-HEADER_DTYPE = np.dtype(
-    [
-        ("magic", "S4"),
-        ("version", "u1"),
-        ("kind", "u1"),
-        ("header_len", "<u2"),
-        ("channel_id", "<u4"),
-        ("n_records", "<u4"),
-        ("seq", "<u8"),
-        ("recv_ns", "<i8"),
-    ]
-)
-assert HEADER_SIZE == 32 and HEADER_DTYPE.itemsize == 32
+#: the header as a numpy structured dtype (``HEADER_DTYPE``), made on first use: the
+#: relay process packs headers with ``struct`` and never loads numpy (docs/scaling.md)
+_HEADER_FIELDS = [
+    ("magic", "S4"),
+    ("version", "u1"),
+    ("kind", "u1"),
+    ("header_len", "<u2"),
+    ("channel_id", "<u4"),
+    ("n_records", "<u4"),
+    ("seq", "<u8"),
+    ("recv_ns", "<i8"),
+]
+assert HEADER_SIZE == 32
+
+
+def __getattr__(name: str) -> Any:
+    if name == "HEADER_DTYPE":
+        import numpy as np
+
+        dtype = np.dtype(_HEADER_FIELDS)
+        assert dtype.itemsize == HEADER_SIZE
+        globals()["HEADER_DTYPE"] = dtype
+        return dtype
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class WireError(ValueError):
