@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import socket
 import subprocess
@@ -41,7 +40,10 @@ from pathlib import Path
 
 import tomllib
 
-from speeddata.config import DEFAULT_CONFIG, SMALL_CONFIG
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from relay_cost import free_port as _free  # noqa: E402
+from relay_cost import random_group as _group  # noqa: E402
+from speeddata.config import DEFAULT_CONFIG, SMALL_CONFIG  # noqa: E402
 from speeddata.control import ControlError, request
 
 LOOPBACK = "127.0.0.1"
@@ -51,14 +53,6 @@ TARGETS = {"relay": (30 * 2**20, 0.01), "server": (60 * 2**20, None)}
 MB = 2**20  # MiB: /proc counts in KiB
 
 
-def _free(kind: int = socket.SOCK_DGRAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def _group() -> str:
-    return f"239.255.{random.randint(0, 255)}.{random.randint(1, 254)}"
 
 
 def _toml_value(v) -> str:
