@@ -206,9 +206,12 @@ def test_the_package_imports_no_test_or_lint_tool():
 
 
 def _make_dry_run(target: str, venv: Path) -> list[str]:
-    """The commands `make TARGET` runs on a fresh machine (no venv yet), not run."""
-    r = subprocess.run(["make", "-n", target, f"VENV={venv}", "PYTHON=python3"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
+    """The commands `make TARGET` runs on a fresh machine (no venv yet), not run. (Under
+    `make test` the parent make's variables would make this one print its directory.)"""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}",
+                        "PYTHON=python3"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout.splitlines()
 
