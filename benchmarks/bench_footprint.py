@@ -43,6 +43,7 @@ import tomllib
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relay_cost import free_port as _free  # noqa: E402
 from relay_cost import random_group as _group  # noqa: E402
+from relay_cost import task_cpu_ns as cpu_ns  # noqa: E402
 from speeddata.config import DEFAULT_CONFIG, SMALL_CONFIG  # noqa: E402
 from speeddata.control import ControlError, request
 
@@ -114,15 +115,6 @@ def memory(pid: int) -> dict:
     return out
 
 
-def cpu_ns(pid: int) -> int:
-    """CPU time (ns) of every thread of ``pid`` (schedstat's first field)."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass  # a thread that ended meanwhile
-    return total
 
 
 def maps_numpy(pid: int) -> bool:

@@ -304,6 +304,29 @@ cdef int pwritev_all(int fd, iovec* iov, Py_ssize_t n, uint64_t offset) noexcept
     return 0
 
 
+cdef inline void set_udp_segment(msghdr* msg, uint8_t* control, uint16_t size) noexcept nogil:
+    """Make ``msg`` a UDP GSO message cut every ``size`` bytes (udp(7), UDP_SEGMENT); its
+    control buffer ``control`` holds SCMSG_BUF bytes."""
+    cdef cmsghdr* cm
+    msg.msg_control = control
+    msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+    cm = CMSG_FIRSTHDR(msg)
+    cm.cmsg_level = SOL_UDP
+    cm.cmsg_type = UDP_SEGMENT
+    cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+    memcpy(CMSG_DATA(cm), &size, sizeof(uint16_t))
+
+
+cdef int set_addr(sockaddr_in* addr, object host, object port) except -1:
+    """``addr`` = IPv4 ``host``:``port``; ValueError when host is not an IPv4 address."""
+    memset(addr, 0, sizeof(sockaddr_in))
+    addr.sin_family = AF_INET
+    addr.sin_port = htons(<uint16_t>int(port))
+    if inet_pton(AF_INET, str(host).encode(), &addr.sin_addr) != 1:
+        raise ValueError(f"{host!r} is not an IPv4 address")
+    return 0
+
+
 cdef void make_stem(char* out, int64_t t_ns) noexcept nogil:
     """``%Y%m%dT%H%M%S.<9 digits>Z`` (UTC), as ``speeddata.cache.segment_stem``."""
     cdef time_t sec = <time_t>(t_ns // NS)
@@ -720,12 +743,10 @@ cdef class Engine:
 
     cdef int _set_addr(self, sockaddr_in* addr, object host_port) except -1:
         host, port = host_port
-        memset(addr, 0, sizeof(sockaddr_in))
-        addr.sin_family = AF_INET
-        addr.sin_port = htons(<uint16_t>int(port))
-        if inet_pton(AF_INET, host.encode(), &addr.sin_addr) != 1:
-            raise ValueError(f"multicast group {host!r} is not an IPv4 address")
-        return 0
+        try:
+            return set_addr(addr, host, port)
+        except ValueError:
+            raise ValueError(f"multicast group {host!r} is not an IPv4 address") from None
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -1045,17 +1066,8 @@ cdef class Engine:
             self._apply_pending()
 
     def _populate(self):
-        # Work ahead of the loop, not before others: the thread was started by the receive
-        # loop's thread (relay.nice, -10 by default) and inherited its priority; it takes
-        # the process's own back, so that a co-located subscriber competes with it as an
-        # equal (docs/performance.md, "Relay cost at steady rates").
-        try:
-            os.setpriority(
-                os.PRIO_PROCESS, threading.get_native_id(),
-                os.getpriority(os.PRIO_PROCESS, os.getpid()),
-            )
-        except OSError:
-            pass  # not permitted (a lower nice than the loop's): keep the inherited one
+        # started by run() before the loop raises itself (priority while behind): it works
+        # ahead of the loop at the priority the loop's thread had then
         with nogil:
             populate_loop(&self.pop)
 
@@ -1442,9 +1454,7 @@ cdef class Engine:
         cdef Py_ssize_t a = 0, b
         cdef chan_t* ch
         cdef msghdr* msg
-        cdef cmsghdr* cm
         cdef uint32_t size, nxt
-        cdef uint16_t gso_size
         while a < n:
             ch = self.dg_chan[self.acc[pos[a]]]
             size = HEADER_SIZE + self.dg_len[self.acc[pos[a]]]
@@ -1469,14 +1479,7 @@ cdef class Engine:
             msg.msg_iovlen = <size_t>(2 * (b - a))
             msg.msg_flags = 0
             if b - a > 1:
-                msg.msg_control = self.scmsg_p + k * SCMSG_BUF
-                msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                cm = CMSG_FIRSTHDR(msg)
-                cm.cmsg_level = SOL_UDP
-                cm.cmsg_type = UDP_SEGMENT
-                cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                gso_size = <uint16_t>size
-                memcpy(CMSG_DATA(cm), &gso_size, sizeof(uint16_t))
+                set_udp_segment(msg, self.scmsg_p + k * SCMSG_BUF, <uint16_t>size)
             else:
                 msg.msg_control = NULL
                 msg.msg_controllen = 0
@@ -2055,7 +2058,6 @@ def blast(
     cdef list keep = [bytes(d) for d in datagrams]
     cdef msghdr gmsg
     cdef uint8_t gcontrol[SCMSG_BUF]
-    cdef cmsghdr* cm
     cdef uint16_t seg_size = 0
     cdef Py_ssize_t max_run = 64
     cdef int64_t lead = 50_000
@@ -2064,11 +2066,7 @@ def blast(
     host, port = address
     if not host.startswith("127."):
         raise ValueError("the benchmark sender sends to 127.0.0.0/8 only")
-    memset(&addr, 0, sizeof(sockaddr_in))
-    addr.sin_family = AF_INET
-    addr.sin_port = htons(<uint16_t>port)
-    if inet_pton(AF_INET, host.encode(), &addr.sin_addr) != 1:
-        raise ValueError(f"{host!r} is not an IPv4 address")
+    set_addr(&addr, host, port)
     msgs = <mmsghdr*>PyMem_Calloc(n_kinds, sizeof(mmsghdr))
     iov = <iovec*>PyMem_Calloc(n_kinds, sizeof(iovec))
     try:
@@ -2092,13 +2090,7 @@ def blast(
             memset(&gmsg, 0, sizeof(msghdr))
             gmsg.msg_name = &addr
             gmsg.msg_namelen = sizeof(sockaddr_in)
-            gmsg.msg_control = gcontrol
-            gmsg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-            cm = CMSG_FIRSTHDR(&gmsg)
-            cm.cmsg_level = SOL_UDP
-            cm.cmsg_type = UDP_SEGMENT
-            cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-            memcpy(CMSG_DATA(cm), &seg_size, sizeof(uint16_t))
+            set_udp_segment(&gmsg, gcontrol, seg_size)
         with nogil:
             t0 = mono_ns()
             stop_at = t0 + <int64_t>(duration * 1e9) if duration > 0 else INT64_MAX
@@ -2167,19 +2159,12 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0, bint g
     cdef uint64_t count = 0
     cdef int i, j, n, r, off, k
     cdef int timeout_ms = <int>(idle_timeout * 1000)
-    cdef uint16_t size
     cdef msghdr* msg
-    cdef cmsghdr* cm
     cdef pollfd pfd
     cdef pollfd opfd
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"batch must be 1..{MAX_BATCH}")
-    host, port = group
-    memset(&addr, 0, sizeof(sockaddr_in))
-    addr.sin_family = AF_INET
-    addr.sin_port = htons(<uint16_t>port)
-    if inet_pton(AF_INET, host.encode(), &addr.sin_addr) != 1:
-        raise ValueError(f"{host!r} is not an IPv4 address")
+    set_addr(&addr, group[0], group[1])
     memset(header, 0, HEADER_SIZE)
     try:
         if (
@@ -2227,14 +2212,10 @@ def bare_forward(sock, out, group, int batch=64, double idle_timeout=1.0, bint g
                     msg.msg_iov = &siov[2 * i]
                     msg.msg_iovlen = <size_t>(2 * (j - i))
                     if j - i > 1:
-                        msg.msg_control = scmsg_p + k * SCMSG_BUF
-                        msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
-                        cm = CMSG_FIRSTHDR(msg)
-                        cm.cmsg_level = SOL_UDP
-                        cm.cmsg_type = UDP_SEGMENT
-                        cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
-                        size = <uint16_t>(HEADER_SIZE + msgs[i].msg_len)
-                        memcpy(CMSG_DATA(cm), &size, sizeof(uint16_t))
+                        set_udp_segment(
+                            msg, scmsg_p + k * SCMSG_BUF,
+                            <uint16_t>(HEADER_SIZE + msgs[i].msg_len),
+                        )
                     else:
                         msg.msg_control = NULL
                         msg.msg_controllen = 0
