@@ -4,8 +4,10 @@ test runs never collide."""
 
 from __future__ import annotations
 
+import os
 import random
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,31 @@ def pytest_runtest_makereport(item, call):
                 + content[start : start + 2000]
             )
         break
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(size) -> Path``: a tmpfs of ``size`` (mount(8) syntax, e.g. "6m") mounted
+    on a fresh folder; ``tmpfs.resize(size)`` remounts it. Unmounted in teardown. Needs
+    root (CI runs as root)."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        assert os.geteuid() == 0, "a tmpfs is mounted: run as root (CI does)"
+        d = tmp_path / f"tmpfs{len(mounted)}"
+        d.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
+                       check=True, capture_output=True)
+        mounted.append(d)
+        return d
+
+    def resize(d: Path, size: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(d)], check=True,
+                       capture_output=True)
+
+    mount.resize = resize
+    yield mount
+    for d in reversed(mounted):
+        r = subprocess.run(["umount", str(d)], capture_output=True)
+        if r.returncode != 0:  # still busy (a process we could not end): detach it
+            subprocess.run(["umount", "-l", str(d)], capture_output=True)

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
@@ -102,30 +101,12 @@ def test_reserved_runtime_channel_skipped_with_a_warning(relay_obj, caplog):
     assert "reserved name" in caplog.text
 
 
-@pytest.fixture
-def small_fs(tmp_path):
-    """``small_fs(size) -> folder`` on a tmpfs of that size, unmounted after."""
-    mounted = []
-
-    def mount(size: str) -> Path:
-        mnt = tmp_path / f"fs{len(mounted)}"
-        mnt.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                       check=True, capture_output=True)
-        mounted.append(mnt)
-        return mnt
-
-    yield mount
-    for mnt in mounted:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("engine", ["compiled", "python"])
-def test_segment_size_fitted_to_a_small_file_system(small_fs, ipc_dir, caplog, engine):
+def test_segment_size_fitted_to_a_small_file_system(tmpfs, ipc_dir, caplog, engine):
     """64 MiB segments on an 8 MiB file system never stored a record; the relay now uses
     segments that fit (two per channel), says so, and stores."""
-    folder = small_fs("8m")
+    folder = tmpfs("8m")
     info = write_config(folder / "relay.toml", ipc_dir, segment_size="64 MiB", budget="80%")
     relay = Relay(load_config(info["path"]), engine=engine)
     sender = Sender()
@@ -154,8 +135,8 @@ def test_segment_size_fitted_to_a_small_file_system(small_fs, ipc_dir, caplog, e
         relay.close()
 
 
-def test_too_small_a_file_system_is_refused_naming_the_fix(small_fs, ipc_dir):
-    folder = small_fs("128k")
+def test_too_small_a_file_system_is_refused_naming_the_fix(tmpfs, ipc_dir):
+    folder = tmpfs("128k")
     info = write_config(folder / "relay.toml", ipc_dir, segment_size="64 MiB", budget="1 GB")
     relay = Relay(load_config(info["path"]), engine="python")
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -48,34 +47,6 @@ def java_reader():
     reader = JavaAvroReader()
     yield reader
     reader.close()
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """``tmpfs(size) -> Path``: a tmpfs of ``size`` (mount(8) syntax, e.g. "6m") mounted
-    on a fresh folder; ``tmpfs.resize(size)`` remounts it. Unmounted in teardown. Needs
-    root (CI runs as root)."""
-    mounted: list[Path] = []
-
-    def mount(size: str) -> Path:
-        assert os.geteuid() == 0, "the disk-full case mounts a tmpfs: run as root (CI does)"
-        d = tmp_path / f"tmpfs{len(mounted)}"
-        d.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)],
-                       check=True, capture_output=True)
-        mounted.append(d)
-        return d
-
-    def resize(d: Path, size: str) -> None:
-        subprocess.run(["mount", "-o", f"remount,size={size}", str(d)], check=True,
-                       capture_output=True)
-
-    mount.resize = resize
-    yield mount
-    for d in reversed(mounted):
-        r = subprocess.run(["umount", str(d)], capture_output=True)
-        if r.returncode != 0:  # still busy (a process we could not end): detach it
-            subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def pytest_terminal_summary(terminalreporter):
