@@ -530,18 +530,8 @@ def test_kill_9_then_recover(tmp_path, engine_id):
 
 
 @pytest.fixture
-def tmpfs_2m(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def tmpfs_2m(tmpfs):
+    return tmpfs("2M")
 
 
 @pytest.mark.parametrize("engine_cls", ENGINES)

@@ -11,7 +11,6 @@ import errno
 import io
 import os
 import socket
-import subprocess
 import threading
 import time
 
@@ -463,20 +462,8 @@ def test_disk_full_append_rolls_back(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "tmpfs"
-    mnt.mkdir()
-    r = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+def small_tmpfs(tmpfs):
+    return tmpfs("1M")
 
 
 def test_disk_full_real_tmpfs(small_tmpfs):
